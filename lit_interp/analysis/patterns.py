@@ -1,0 +1,63 @@
+"""Attention patterns and the head scores read off them: previous-token, BOS, duplicate, induction (seed 003)."""
+
+from __future__ import annotations
+
+import torch
+from jaxtyping import Float
+from transformer_lens import ActivationCache, HookedTransformer
+
+Patterns = Float[torch.Tensor, "layer head query_pos key_pos"]
+HeadScores = Float[torch.Tensor, "layer head"]
+
+
+def mean_attention_patterns(cache: ActivationCache, n_layers: int) -> Patterns:
+    """Every head's attention pattern averaged over the batch."""
+    return torch.stack([cache["pattern", layer].mean(0) for layer in range(n_layers)])
+
+
+def _mean_diagonal(patterns: Patterns, offset: int, first_query: int = 0) -> HeadScores:
+    """Mean attention from query q to key q - offset, over queries q >= max(first_query, offset)."""
+    diagonal = patterns.diagonal(offset=-offset, dim1=-2, dim2=-1)  # [layer head n], query = key + offset
+    first_key = max(first_query - offset, 0)
+    return diagonal[..., first_key:].mean(-1)
+
+
+def previous_token_scores(patterns: Patterns) -> HeadScores:
+    """Mean attention each position pays to the position just before it."""
+    return _mean_diagonal(patterns, offset=1)
+
+
+def bos_scores(patterns: Patterns) -> HeadScores:
+    """Mean attention paid to position 0 from positions >= 1 (position 0 can only attend to itself)."""
+    return patterns[..., 1:, 0].mean(-1)
+
+
+def repeated_sequence(inputs: torch.Tensor, prefix_len: int, n_ctx: int) -> tuple[torch.Tensor, int]:
+    """`[prefix, r, r]`: the first `half_len` non-prefix inputs repeated, with 2*half_len + prefix_len <= n_ctx.
+
+    The repeated part is taken from the probe batch itself, so it is drawn from the task's own
+    distribution and needs no random generator. Returns the sequence and half_len.
+    """
+    half_len = (n_ctx - prefix_len) // 2
+    segment = inputs[:, prefix_len : prefix_len + half_len]
+    return torch.cat([inputs[:, :prefix_len], segment, segment], dim=1), half_len
+
+
+def repeated_sequence_scores(
+    model: HookedTransformer, inputs: torch.Tensor, prefix_len: int
+) -> tuple[HeadScores, HeadScores, Patterns] | None:
+    """Duplicate-token and induction scores on `[prefix, r, r]`, and the mean patterns they come from.
+
+    From each position of the second copy, the duplicate score is the attention to the same
+    token's first occurrence; the induction score, to the token just after that occurrence.
+    None when the context cannot hold two copies of at least two tokens.
+    """
+    repeated, half_len = repeated_sequence(inputs, prefix_len, model.cfg.n_ctx)
+    if half_len < 2:
+        return None
+    _, cache = model.run_with_cache(repeated, names_filter=lambda name: name.endswith("hook_pattern"))
+    patterns = mean_attention_patterns(cache, model.cfg.n_layers)
+    second_copy = prefix_len + half_len
+    duplicate = _mean_diagonal(patterns, offset=half_len, first_query=second_copy)
+    induction = _mean_diagonal(patterns, offset=half_len - 1, first_query=second_copy)
+    return duplicate, induction, patterns

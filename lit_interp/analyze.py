@@ -1,0 +1,177 @@
+"""`python -m lit_interp analyze`: report on one checkpoint (--ckpt_path) or on a run's snapshots (--run)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from lit_interp.errors import ConfigError
+
+DESCRIPTION = """Analyse a checkpoint, or report how a run's analysis snapshots changed over training.
+
+  --ckpt_path FILE  rebuild the model from FILE's hyperparameters (no config needed), analyse a
+                    probe batch, write OUT/summary.json, OUT/tensors.safetensors, OUT/report.html;
+                    OUT defaults to analysis_<checkpoint name>/ beside FILE
+  --run DIR         read DIR/analysis/step_*.json (written by the AnalysisSnapshots callback during
+                    fit), write OUT/trajectory.json and OUT/report.html; OUT defaults to DIR/analysis_report/
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, like every other lit_interp error
+        raise ConfigError(f"analyze: {message}; see python -m lit_interp analyze --help")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = Parser(prog="python -m lit_interp analyze", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ckpt_path", type=Path, help="a .ckpt written by lit_interp fit")
+    source.add_argument("--run", type=Path, help="a run directory, e.g. lightning_logs/version_0")
+    parser.add_argument("--out", type=Path, help="output directory (must be empty or absent unless --overwrite)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files")
+    parser.add_argument("--probe_batch_size", type=int, default=256, help="sequences in the probe batch (default 256)")
+    parser.add_argument("--probe_index", type=int, default=0, help="which probe batch; 0 is the one the training snapshots use")
+    parser.add_argument("--device", default="cpu", help="torch device to analyse on (default cpu)")
+    parser.add_argument("--no_sweep_hooks", action="store_true", help="skip the per-hook mean-ablation sweep")
+    return parser.parse_args(argv)
+
+
+def import_class(name: str, base: type, what: str, path: Path) -> type:
+    """The class a checkpoint names; only lit_interp's own modules are imported, never arbitrary code."""
+    if not re.fullmatch(r"lit_interp(\.\w+)+", name or ""):
+        raise ConfigError(f"checkpoint {path} names {what} class {name!r}, which is not a lit_interp class; pass a checkpoint from a lit_interp run")
+    module_name, _, class_name = name.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError):
+        raise ConfigError(f"checkpoint {path} names {what} class {name}, which this lit_interp does not have; analyse it with the lit_interp version that trained it") from None
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ConfigError(f"checkpoint {path} names {name} as its {what}, which is not a {base.__name__}; pass a checkpoint from a lit_interp run")
+    return found
+
+
+def init_args(hyper_parameters: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in hyper_parameters.items() if not key.startswith("_")}  # drop _class_path, _instantiator
+
+
+def datamodule_class_name(checkpoint: dict[str, Any], module_class: type) -> str | None:
+    """From LightningCLI's `_class_path`, else the task file's datamodule whose state the checkpoint holds."""
+    from lit_interp.tasks.base import SyntheticDataModule
+
+    named = checkpoint.get("datamodule_hyper_parameters", {}).get("_class_path")
+    if named:
+        return named
+    task_file = sys.modules[module_class.__module__]
+    for candidate in vars(task_file).values():
+        if isinstance(candidate, type) and issubclass(candidate, SyntheticDataModule) and candidate.__qualname__ in checkpoint:
+            return f"{candidate.__module__}.{candidate.__qualname__}"
+    return None
+
+
+def rebuild(checkpoint: dict[str, Any], path: Path):
+    """(module with the checkpoint's weights, datamodule), both built from the checkpoint's hyperparameters."""
+    from lit_interp import checkpoints
+    from lit_interp.tasks.base import SyntheticDataModule, TaskModule
+
+    name = checkpoints.checkpoint_module_class(checkpoint)
+    if name is None or "hyper_parameters" not in checkpoint:
+        raise ConfigError(f"checkpoint {path} was not written by lit_interp (no module class or hyperparameters); pass a checkpoint from a lit_interp run")
+    module_class = import_class(name, TaskModule, "module", path)
+    data_name = datamodule_class_name(checkpoint, module_class)
+    if data_name is None or "datamodule_hyper_parameters" not in checkpoint:
+        raise ConfigError(f"checkpoint {path} does not record its datamodule; pass a checkpoint written by lit_interp fit")
+    datamodule_class = import_class(data_name, SyntheticDataModule, "datamodule", path)
+    try:
+        module = module_class(**init_args(checkpoint["hyper_parameters"]))
+        datamodule = datamodule_class(**init_args(checkpoint["datamodule_hyper_parameters"]))
+    except TypeError as error:
+        raise ConfigError(f"checkpoint {path} has hyperparameters {name} does not take ({error}); analyse it with the lit_interp version that trained it") from None
+    checkpoints.check_compatible(checkpoint, path, module)
+    module.load_state_dict(checkpoint["state_dict"], strict=False)  # check_compatible has matched every weight
+    return module, datamodule
+
+
+def output_dir(out: Path | None, default: Path, overwrite: bool) -> Path:
+    out = out or default
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; pass a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"--out {out} is not empty; pass another --out or add --overwrite")
+    return out
+
+
+def analyze_checkpoint(args: argparse.Namespace) -> Path:
+    from safetensors.torch import save_file
+
+    from lit_interp import checkpoints, report
+    from lit_interp.analysis.snapshot import run_analysis
+
+    if args.probe_batch_size < 1:
+        raise ConfigError(f"--probe_batch_size={args.probe_batch_size} must be >= 1")
+    path = args.ckpt_path
+    out = output_dir(args.out, path.parent / f"analysis_{path.stem}", args.overwrite)
+    checkpoint = checkpoints.load_checkpoint(path)
+    module, datamodule = rebuild(checkpoint, path)
+    module.to(args.device)
+    step = int(checkpoint.get("global_step", 0))
+    summary, tensors = run_analysis(module, datamodule, step, args.probe_batch_size, args.probe_index, sweep_hooks=not args.no_sweep_hooks)
+    summary["checkpoint"] = str(path)
+    page = report.checkpoint_report(summary, tensors, f"lit_interp analysis of {path.name}")
+    out.mkdir(parents=True, exist_ok=True)  # everything is computed before anything is written
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    save_file(tensors, str(out / "tensors.safetensors"))
+    (out / "report.html").write_text(page)
+    return out
+
+
+def read_snapshots(run: Path) -> list[dict[str, Any]]:
+    if not run.is_dir():
+        raise ConfigError(f"--run {run} is not a directory; pass a run directory such as lightning_logs/version_0")
+    files = sorted((run / "analysis").glob("step_*.json"))
+    if not files:
+        raise ConfigError(f"--run {run} has no snapshots ({run}/analysis/step_*.json); train with the AnalysisSnapshots callback (every configs/*.yaml has it), or analyse a checkpoint with --ckpt_path")
+    summaries = []
+    for file in files:
+        try:
+            summaries.append(json.loads(file.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"snapshot {file} is not valid JSON (interrupted write?); delete it and rerun analyze") from None
+    return sorted(summaries, key=lambda summary: summary["step"])
+
+
+def nan_to_null(value: Any) -> Any:
+    """A missing value (NaN in a series) as JSON null, so trajectory.json is strict JSON."""
+    if isinstance(value, dict):
+        return {key: nan_to_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [nan_to_null(item) for item in value]
+    return None if isinstance(value, float) and value != value else value
+
+
+def analyze_run(args: argparse.Namespace) -> Path:
+    from lit_interp import report
+
+    summaries = read_snapshots(args.run)
+    out = output_dir(args.out, args.run / "analysis_report", args.overwrite)
+    page = report.trajectory_report(summaries, f"lit_interp trajectory of {args.run}")
+    data = report.trajectories(summaries)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "trajectory.json").write_text(json.dumps(nan_to_null(data)))
+    (out / "report.html").write_text(page)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    """Entry point from `lit_interp.cli.main`; a user's mistake exits 2 with one line, nothing written."""
+    try:
+        args = parse_args(argv)
+        out = analyze_checkpoint(args) if args.ckpt_path else analyze_run(args)
+    except ConfigError as error:
+        print(f"lit_interp: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {out}/report.html")

@@ -1,0 +1,1 @@
+"""Tasks: one file each, holding its DataModule and LightningModule."""

@@ -1,0 +1,62 @@
+"""Seed 000: predict the previous digit of a random digit string with a 1-layer rotary attention head."""
+
+from __future__ import annotations
+
+import torch
+
+from lit_interp.errors import require
+from lit_interp.tasks.base import PreviousTokenModule, SyntheticDataModule, build_hooked_transformer
+
+DIGITS = "0123456789"
+
+
+class DigitsDataModule(SyntheticDataModule):
+    """Strings of `n_ctx` uniform random digits; token id = the digit (vocabulary built in)."""
+
+    d_vocab = len(DIGITS)
+    first_target_pos = 1
+
+    def __init__(self, n_ctx: int = 10, batch_size: int = 64, seed: int = 0, val_batches: int = 4, val_batch_size: int = 512):
+        super().__init__(batch_size, seed, val_batches, val_batch_size)
+        require(n_ctx >= 2, f"n_ctx={n_ctx} leaves nothing to predict; set data.n_ctx >= 2")
+        self.save_hyperparameters()
+        self.n_ctx = n_ctx
+
+    def generate(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
+        return torch.randint(0, self.d_vocab, (batch_size, self.n_ctx), generator=generator, device=generator.device)
+
+
+class PrevTokenDigitsModule(PreviousTokenModule):
+    """1-layer, attention-only, rotary transformer with one head, as in seed 000."""
+
+    def __init__(
+        self,
+        n_ctx: int = 10,
+        d_vocab: int = 10,
+        first_target_pos: int = 1,
+        d_model: int = 512,
+        n_heads: int = 1,
+        d_head: int = 8,
+        normalization_type: str | None = "LNPre",
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        decay_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+    ):
+        super().__init__(n_ctx, d_vocab, first_target_pos, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
+            decay_steps=decay_steps, min_lr_ratio=min_lr_ratio)
+        self.save_hyperparameters()
+        self.model = build_hooked_transformer(
+            n_layers=1,
+            d_model=d_model,
+            n_heads=n_heads,
+            d_head=d_head,
+            n_ctx=n_ctx,
+            d_vocab=d_vocab,
+            attn_only=True,
+            normalization_type=normalization_type,
+            positional_embedding_type="rotary",
+            rotary_dim=d_head,
+        )

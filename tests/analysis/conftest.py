@@ -1,0 +1,47 @@
+"""Analysis test fixtures: seeded single-threaded torch, tiny task modules per config, and hand-built HookedTransformers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule, AffineRecurrenceModule
+from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
+from lit_interp.tasks.prev_token_digits import DigitsDataModule, PrevTokenDigitsModule
+
+
+@pytest.fixture(autouse=True)
+def seeded_single_threaded():
+    # Tiny tensors: on a busy 2-core machine, thread hand-offs cost ~10x the arithmetic.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_task(name: str):
+    """(module, datamodule) shaped like configs/<name>.yaml, shrunk to d_model=16."""
+    if name == "prev_token_digits":
+        return PrevTokenDigitsModule(d_model=16), DigitsDataModule(batch_size=8)
+    if name == "bos_ints_attn_only":
+        return BosIntsModule(d_model=16, d_head=16), BosIntsDataModule(batch_size=8)
+    if name == "bos_ints_mlp":
+        module = BosIntsModule(n_ctx=12, d_vocab=30, d_model=16, d_head=16, attn_only=False, d_mlp=32, normalization_type="LN")
+        return module, BosIntsDataModule(n_ctx=12, d_vocab=30, bos_token=0, batch_size=8)
+    if name == "affine_recurrence":
+        module = AffineRecurrenceModule(n_ctx=13, d_vocab=40, first_target_pos=2, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32)
+        return module, AffineRecurrenceDataModule(batch_size=8)
+    raise ValueError(name)
+
+
+TASKS = ["prev_token_digits", "bos_ints_attn_only", "bos_ints_mlp", "affine_recurrence"]
+
+
+def hooked(**config) -> HookedTransformer:
+    """A small attention-only, no-norm HookedTransformer; keyword arguments override the config."""
+    defaults = dict(n_layers=1, d_model=16, n_heads=1, d_head=16, n_ctx=8, d_vocab=16, attn_only=True, normalization_type=None, act_fn="relu")
+    model = HookedTransformer(HookedTransformerConfig(**{**defaults, **config}, device="cpu"))
+    model.eval()
+    return model

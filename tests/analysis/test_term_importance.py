@@ -1,0 +1,81 @@
+"""Attention-score term importance: the four terms sum to the real scores, and removing one moves the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lit_interp.analysis.losses import task_loss
+from lit_interp.analysis.term_importance import TERMS, attention_score_terms, supports_term_importance, term_importance
+from lit_interp.tasks.bos_ints import BosIntsModule
+
+from .conftest import hooked, tiny_task
+
+
+def with_random_biases(model):
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if ".b_" in name:
+                parameter.normal_()
+    return model
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dict(n_layers=2),
+        dict(n_layers=3, n_heads=2, d_head=8),
+        dict(n_layers=2, n_heads=2, d_head=8, positional_embedding_type="rotary", rotary_dim=8),
+    ],
+)
+def test_terms_sum_to_real_scores(config):
+    model = with_random_biases(hooked(**config))
+    tokens = torch.randint(0, 16, (4, 8))
+    _, cache = model.run_with_cache(tokens)
+    for layer in range(1, model.cfg.n_layers):
+        terms = attention_score_terms(model, cache, layer)
+        assert list(terms) == list(TERMS)
+        causal = torch.ones(8, 8, dtype=torch.bool).tril()
+        torch.testing.assert_close(sum(terms.values())[..., causal], cache["attn_scores", layer][..., causal], rtol=1e-4, atol=1e-4)
+
+
+def test_layer_zero_has_only_the_direct_term():
+    model = with_random_biases(hooked(n_layers=2))
+    _, cache = model.run_with_cache(torch.randint(0, 16, (2, 8)))
+    terms = attention_score_terms(model, cache, 0)
+    assert all((terms[name] == 0).all() for name in ("k_comp", "q_comp", "kq_comp"))
+
+
+def test_mismatched_scores_raise_with_the_error():
+    model = hooked(n_layers=2)
+    _, cache = model.run_with_cache(torch.randint(0, 16, (2, 8)))
+    cache.cache_dict["blocks.1.attn.hook_attn_scores"] = cache["attn_scores", 1] + 0.5
+    with pytest.raises(RuntimeError, match="miss the real scores by up to 0.5"):
+        attention_score_terms(model, cache, 1)
+
+
+def test_removing_every_term_at_once_equals_zero_scores_and_each_term_moves_the_loss():
+    module, data = tiny_task("bos_ints_attn_only")
+    with_random_biases(module.model)
+    batch = data.make_batch(3, 0, 8)
+    _, cache = module.model.run_with_cache(batch)
+    losses, mean_terms = term_importance(module.model, module, batch, cache, layer=1)
+    assert list(losses) == list(TERMS) and all(term.shape == (1, 10, 10) for term in mean_terms.values())
+    assert all((term.triu(1) == 0).all() for term in mean_terms.values())
+    clean = task_loss(module.model, module, batch)
+    assert all(loss != pytest.approx(clean, rel=1e-6) for loss in losses.values())
+    # Removing all four leaves scores of 0: uniform causal attention in layer 1.
+    uniform = (lambda scores, hook: module.model.blocks[1].attn.apply_causal_mask(torch.zeros_like(scores)))
+    terms = attention_score_terms(module.model, cache, 1)
+    remove_all = (lambda scores, hook: module.model.blocks[1].attn.apply_causal_mask(scores - sum(terms.values())))
+    assert task_loss(module.model, module, batch, [("blocks.1.attn.hook_attn_scores", remove_all)]) == pytest.approx(
+        task_loss(module.model, module, batch, [("blocks.1.attn.hook_attn_scores", uniform)]), rel=1e-4
+    )
+
+
+def test_only_attention_only_unnormalised_multilayer_models_qualify():
+    assert supports_term_importance(hooked(n_layers=2))
+    assert not supports_term_importance(hooked(n_layers=1))
+    assert not supports_term_importance(hooked(n_layers=2, normalization_type="LN"))
+    assert not supports_term_importance(hooked(n_layers=2, attn_only=False, d_mlp=32))
+    assert not supports_term_importance(BosIntsModule(d_model=16, d_head=16, attn_only=False, d_mlp=32).model)

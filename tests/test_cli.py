@@ -1,0 +1,157 @@
+"""`python -m lit_interp`: configs, TensorBoard runs, checkpoints, exact resume and user errors."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import CONFIGS, QUIET, TINY, run_lit_interp, tiny_fit
+from lit_interp.cli import run_cli
+
+CONFIG_NAMES = sorted(TINY)
+
+
+def last_checkpoint(version: int = 0) -> dict:
+    return torch.load(Path(f"lightning_logs/version_{version}/checkpoints/last.ckpt"), weights_only=False)
+
+
+@pytest.mark.parametrize("config", CONFIG_NAMES)
+def test_every_config_runs_under_fast_dev_run(config):
+    cli = run_cli(["fit", "--config", str(CONFIGS / f"{config}.yaml"), "--trainer.fast_dev_run=2", *QUIET])
+    assert cli.trainer.global_step == 2
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+
+def test_fit_without_config_is_the_digits_config(capsys):
+    def printed(*args):
+        with pytest.raises(SystemExit):
+            run_lit_interp("fit", *args, "--print_config")
+        return yaml.safe_load(capsys.readouterr().out)
+
+    default, digits = printed(), printed("--config", str(CONFIGS / "prev_token_digits.yaml"))
+    for key in ("model", "data", "trainer", "checkpoint", "seed_everything"):
+        assert default[key] == digits[key], key
+
+
+def test_linked_values_are_set_once_on_the_data():
+    cli = run_cli(["fit", "--config", str(CONFIGS / "bos_ints_mlp.yaml"), *TINY["bos_ints_mlp"], "--data.init_args.n_ctx=7", "--trainer.fast_dev_run=1", *QUIET])
+    assert cli.model.hparams.n_ctx == 7 and cli.model.model.cfg.n_ctx == 7
+    assert cli.model.model.cfg.d_vocab == 300
+    with pytest.raises(SystemExit):
+        run_lit_interp("fit", "--model.init_args.n_ctx=7")
+
+
+def test_fit_writes_a_tensorboard_run_with_checkpoints_and_config():
+    tiny_fit("prev_token_digits", "--trainer.max_steps=8", "--trainer.val_check_interval=4", "--checkpoint.every_n_train_steps=4")
+    run = Path("lightning_logs/version_0")
+    assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.ckpt", "step_0000004.ckpt", "step_0000008.ckpt"}
+    assert last_checkpoint()["global_step"] == 8
+    assert yaml.safe_load((run / "config.yaml").read_text())["trainer"]["precision"] == "32-true"
+
+
+@pytest.mark.parametrize("config", CONFIG_NAMES)
+def test_resume_is_exact(config, tmp_path, monkeypatch):
+    args = ["--trainer.val_check_interval=3", "--checkpoint.every_n_train_steps=3"]
+    (tmp_path / "straight").mkdir()
+    (tmp_path / "resumed").mkdir()
+    monkeypatch.chdir(tmp_path / "straight")
+    tiny_fit(config, "--trainer.max_steps=12", *args)
+    straight = last_checkpoint()
+    monkeypatch.chdir(tmp_path / "resumed")
+    tiny_fit(config, "--trainer.max_steps=6", *args)
+    tiny_fit(config, "--trainer.max_steps=12", "--ckpt_path", "last", *args)
+    resumed = last_checkpoint()
+    assert not Path("lightning_logs/version_1").exists(), "resume must continue in the same version directory"
+    assert resumed["global_step"] == straight["global_step"] == 12
+    for name, tensor in straight["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+    assert resumed["lr_schedulers"] == straight["lr_schedulers"]
+
+
+def test_resume_from_an_explicit_file_and_validate_it():
+    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=4", "--trainer.val_check_interval=4", "--checkpoint.every_n_train_steps=2")
+    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=6", "--ckpt_path", "lightning_logs/version_0/checkpoints/step_0000002.ckpt")
+    assert last_checkpoint()["global_step"] == 6
+    cli = run_cli(["validate", "--config", str(CONFIGS / "bos_ints_attn_only.yaml"), *TINY["bos_ints_attn_only"],
+                   "--ckpt_path", "lightning_logs/version_0/checkpoints/last.ckpt", *QUIET])
+    assert 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+BAD_ARGS = [
+    (["--config", "{digits}", "--model.init_args.foo=1"], "foo"),
+    (["--model", "lit_interp.tasks.nope.Nope"], "nope"),
+    (["--config", "{digits}", "--data.init_args.batch_size=0"], "batch_size=0"),
+    (["--config", "{digits}", "--data.init_args.n_ctx=1"], "n_ctx=1"),
+    (["--config", "{bos}", "--data.init_args.bos_token=101"], "bos_token=101"),
+    (["--config", "{digits}", "--model.init_args.lr=0"], "lr=0"),
+    (["--config", "{recurrence}", "--data.init_args.order=7"], "order=7"),
+    (["--config", "broken.yaml"], "broken.yaml is not valid YAML"),
+    (["--config", "{digits}", "--ckpt_path", "missing.ckpt"], "missing.ckpt"),
+    (["--config", "{digits}", "--ckpt_path", "truncated.ckpt"], "truncated.ckpt"),
+    (["--config", "{digits}", "--ckpt_path", "lightning_logs/version_1/checkpoints/last.ckpt"], "BosIntsModule"),
+    (["--config", "{bos}", "--ckpt_path", "lightning_logs/version_1/checkpoints/last.ckpt"], "shape"),
+]
+
+
+@pytest.mark.parametrize("args, needle", BAD_ARGS)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, needle, capsys, tmp_path):
+    tiny_fit("prev_token_digits", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2")
+    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2", "--model.init_args.d_head=8")
+    Path("broken.yaml").write_text("model: [\n  oops")
+    Path("truncated.ckpt").write_bytes(Path("lightning_logs/version_0/checkpoints/last.ckpt").read_bytes()[:2000])
+    before = fingerprint(tmp_path)
+    capsys.readouterr()
+    names = {"digits": "prev_token_digits", "bos": "bos_ints_attn_only", "recurrence": "affine_recurrence"}
+    args = [a.format(**{k: str(CONFIGS / f"{v}.yaml") for k, v in names.items()}) for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        run_lit_interp("fit", *args)
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and error[0].startswith("lit_interp: error:") and needle in error[0], error
+    assert fingerprint(tmp_path) == before, "a failed command must write nothing"
+
+
+def test_resume_last_with_nothing_to_resume_says_so(capsys):
+    with pytest.raises(SystemExit):
+        run_lit_interp("fit", "--ckpt_path", "last")
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not Path("lightning_logs").exists()
+
+
+def test_malicious_checkpoint_is_refused_without_running_it(capsys, tmp_path):
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    torch.save({"state_dict": {}, "payload": Payload()}, "evil.ckpt")
+    with pytest.raises(SystemExit):
+        run_lit_interp("validate", "--ckpt_path", "evil.ckpt")
+    assert "refused" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+def test_top_level_help_is_fast_and_imports_no_torch():
+    code = "import sys; from lit_interp.cli import main; main(['--help']); assert 'torch' not in sys.modules"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "fit" in result.stdout and "validate" in result.stdout
+
+
+def test_module_entry_point_reports_errors_with_exit_code_2():
+    result = subprocess.run([sys.executable, "-m", "lit_interp", "fit", "--data.init_args.batch_size=-3"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == "lit_interp: error: batch_size=-3 must be positive; set data.batch_size >= 1"

@@ -1,0 +1,82 @@
+"""Slow: each config, as shipped (analysis callbacks on), trains to its seed's figure, and the
+last analysis snapshot rediscovers what the seed notebook found by hand; DDP on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import CONFIGS, QUIET
+from lit_interp.cli import run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def train(config: str | None) -> tuple[dict[str, float], dict]:
+    """Fit a config as shipped; its final metrics and its last analysis snapshot."""
+    args = ["--config", str(CONFIGS / f"{config}.yaml")] if config else []
+    cli = run_cli(["fit", *args, *QUIET])
+    snapshots = sorted(Path(cli.trainer.log_dir, "analysis").glob("step_*.json"))
+    assert snapshots, "the config's analysis callbacks wrote no snapshot"
+    last = json.loads(snapshots[-1].read_text())
+    assert last["step"] == cli.trainer.global_step, "the last snapshot is of the final weights"
+    metrics = {name: float(value) for name, value in cli.trainer.callback_metrics.items()}
+    return metrics | {"W_pos_abs_sum": float(cli.model.model.W_pos.abs().sum())}, last
+
+
+def test_seed_000_digits_previous_token_head_with_position_free_queries():
+    metrics, snapshot = train(None)  # the default config
+    assert metrics["val/acc"] >= 0.999
+    head = snapshot["heads"]["L0H0"]
+    assert head["prev_token_score"] >= 0.9, "the head attends to the previous digit"
+    assert head["rotary_q_similarity"] >= 0.9, "pre-rotary q is nearly the same at every position"
+
+
+def test_seed_001_bos_ints_attn_only_layer_1_copies_the_previous_token():
+    metrics, snapshot = train("bos_ints_attn_only")
+    assert metrics["val/acc"] >= 0.989
+    assert metrics["W_pos_abs_sum"] == 0, "positional embeddings stay zero"
+    later = snapshot["heads"]["L1H0"]
+    assert later["prev_token_score"] >= 0.5, "layer 1's head attends to the previous token"
+    assert later["ov_copying_score"] >= 0.95, "and its OV circuit copies what it attends to"
+    adversarial = snapshot["adversarial"]
+    assert adversarial["no_bos_loss"] >= 20 * adversarial["clean_loss"], "position comes from BOS"
+    assert adversarial["repeated_tokens_loss"] >= 5 * adversarial["clean_loss"], "repeated tokens confuse the counting"
+
+
+def test_seed_004_bos_ints_mlp_needs_its_embedding():
+    metrics, snapshot = train("bos_ints_mlp")
+    assert metrics["val/loss"] <= 0.005
+    assert metrics["W_pos_abs_sum"] == 0, "positional embeddings stay zero"
+    sweep = {name: hook["mean_ablation_loss"] for name, hook in snapshot["hooks"].items()}
+    assert len(sweep) >= 20, "the sweep covers every hook"
+    assert sweep["hook_embed"] >= 1.0 and sweep["hook_embed"] >= 100 * snapshot["loss"], "mean-ablating the embedding destroys it"
+    ranked = sorted(sweep, key=sweep.get, reverse=True)
+    assert "hook_embed" in ranked[:5], ranked[:5]
+    assert sweep[ranked[-1]] <= 2 * snapshot["loss"], "some hooks barely matter: the sweep ranks them"
+
+
+def test_seed_002_affine_recurrence_layer_0_has_previous_vector_heads():
+    metrics, snapshot = train("affine_recurrence")
+    assert metrics["val/loss"] <= 1e-3
+    assert metrics["val/r2"] >= 0.95
+    layer_0 = {label: head["prev_token_score"] for label, head in snapshot["heads"].items() if label.startswith("L0")}
+    assert max(layer_0.values()) >= 0.5, layer_0
+
+
+def test_ddp_on_two_cpu_processes_then_resume_on_one():
+    common = [sys.executable, "-m", "lit_interp", "fit", "--config", str(CONFIGS / "prev_token_digits.yaml"), "--trainer.callbacks=[]",
+              "--model.init_args.d_model=16", "--trainer.accelerator=cpu", "--checkpoint.every_n_train_steps=3", *QUIET]
+    result = subprocess.run([*common, "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.max_steps=6"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = torch.load("lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 6
+    result = subprocess.run([*common, "--trainer.devices=1", "--trainer.max_steps=9", "--ckpt_path", "last"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert torch.load("lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)["global_step"] == 9
+    assert not Path("lightning_logs/version_1").exists()
