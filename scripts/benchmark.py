@@ -4,10 +4,13 @@ Every measurement runs in a fresh subprocess (so time to first step and peak mem
 process figures); the two variants alternate, repeat, and the table shows medians and the ratio
 lit_interp / plain loop. `--ttq` times `python -m lit_interp fit` from the shell until each
 config reaches its seed's figure (Lightning's EarlyStopping with a stopping threshold).
+`--callback-share` runs each config as shipped, to its full length, and reports the share of
+the fit's wall time spent inside the analysis callbacks' snapshots.
 
     python scripts/benchmark.py --quick                       # CPU table, a few minutes
     python scripts/benchmark.py --device cuda --compile       # fp32, bf16-mixed, + torch.compile
     python scripts/benchmark.py --ttq                         # time to quality, whole process
+    python scripts/benchmark.py --callback-share              # analysis cost at default cadence
 """
 
 from __future__ import annotations
@@ -227,11 +230,38 @@ def data_generation_cost(data, device: str, steps_per_s: float, batches: int = 3
     return {"data_ms": seconds * 1000, "data_share": seconds * steps_per_s}
 
 
+def callback_share_worker(args) -> dict:
+    """A full `fit` of the config as shipped; seconds inside AnalysisSnapshots.snapshot over the fit's."""
+    from lit_interp.callbacks import AnalysisSnapshots
+    from lit_interp.cli import run_cli
+
+    snapshot_seconds: list[float] = []
+    original = AnalysisSnapshots.snapshot
+
+    def timed_snapshot(self, trainer, pl_module, final):
+        synchronize(args.device)
+        start = time.perf_counter()
+        original(self, trainer, pl_module, final)
+        synchronize(args.device)
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            snapshot_seconds.append(time.perf_counter() - start)
+
+    AnalysisSnapshots.snapshot = timed_snapshot
+    start = time.perf_counter()
+    cli = run_cli(["fit", "--config", args.config, "--trainer.enable_progress_bar=false", f"--trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
+                   *[f"--{override}" for override in args.set]])
+    fit_s = time.perf_counter() - start
+    written = sorted(Path(cli.trainer.log_dir, "analysis").glob("step_*.json"))
+    return {"fit_s": fit_s, "snapshot_s": sum(snapshot_seconds), "snapshots": len(written), "steps": cli.trainer.global_step,
+            "slowest_snapshot_s": max(snapshot_seconds, default=0.0)}
+
+
 def run_worker(args) -> None:
     import __main__
 
     __main__.StepTimer = make_step_timer()
-    result = lit_worker(args) if args.worker == "lit" else plain_worker(args)
+    workers = {"lit": lit_worker, "plain": plain_worker, "share": callback_share_worker}
+    result = workers[args.worker](args)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -380,10 +410,11 @@ def main() -> None:
     parser.add_argument("--skip-callbacks", action="store_true", help="leave out the run with the config's analysis callbacks")
     parser.add_argument("--ttq", action="store_true", help="time to quality (whole process) instead of the steps/s table")
     parser.add_argument("--ttq-repeats", type=int, default=1)
+    parser.add_argument("--callback-share", action="store_true", help="share of a full default-length fit spent in analysis snapshots")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for both trainers, e.g. data.init_args.batch_size=1024 (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the raw results here")
-    parser.add_argument("--worker", choices=["lit", "plain"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=["lit", "plain", "share"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--precision", help=argparse.SUPPRESS)
     parser.add_argument("--with-callbacks", action="store_true", help=argparse.SUPPRESS)
@@ -403,6 +434,13 @@ def main() -> None:
                 result = time_to_quality(config, args)
                 comparison = "≥" if result["reached"] and QUALITY[config][1] == "max" else "≤" if result["reached"] else "NOT reached:"
                 print(f"| {config} | {result['metric']} {comparison} {result['threshold']} | {result['wall_s']:.1f} | {result['step']} | {result['value']:.5g} | {load_average()} |", flush=True)
+        return
+    if args.callback_share:
+        print("| config | steps | fit s | snapshots | in snapshots s (slowest) | share of fit | load |\n|---|---:|---:|---:|---:|---:|---|")
+        for config in args.configs:
+            result = launch("share", config, args, None, False)
+            print(f"| {config} | {result['steps']} | {result['fit_s']:.1f} | {result['snapshots']} | {result['snapshot_s']:.2f} "
+                  f"({result['slowest_snapshot_s']:.2f}) | {result['snapshot_s'] / result['fit_s']:.1%} | {load_average()} |", flush=True)
         return
     help_times = help_wall_times()
     print(f"`python -m lit_interp --help`: median {statistics.median(help_times):.2f} s of {len(help_times)}")
