@@ -1,15 +1,17 @@
-"""AnalysisSnapshots: run the analysis at checkpoint steps, write JSON + safetensors, log to TensorBoard."""
+"""AnalysisSnapshots: run the analysis at checkpoint steps, write JSON + safetensors, log to TensorBoard.
+ThrottledProgressBar: Lightning's progress bar, redrawn a few times a second instead of every step."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from lit_interp.errors import require
@@ -127,3 +129,27 @@ class AnalysisSnapshots(Callback):
                 log_scalars(logger.experiment, summary, step)
                 if self.log_images and self.is_kth(trainer, self.images_every_n_snapshots, final):
                     log_images(logger.experiment, tensors, step)
+
+
+class ThrottledProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar, redrawn at most every `min_interval_s` seconds and at the end.
+
+    Lightning's bar redraws on every step (`refresh_rate=1`), about 1 ms each: 5-8% of a
+    20-60 ms CPU step of these models (docs/benchmarks.md). The CLI uses this one unless
+    the config brings its own progress bar or turns it off.
+    """
+
+    def __init__(self, min_interval_s: float = 0.25, leave: bool = False):
+        super().__init__(refresh_rate=1, leave=leave)
+        require(min_interval_s >= 0, f"min_interval_s={min_interval_s} must be >= 0")
+        self.min_interval_s = min_interval_s
+        self._last_draw = float("-inf")
+
+    def _should_update(self, current: int, total: int) -> bool:
+        if not super()._should_update(current, total):
+            return False
+        now = time.monotonic()
+        if current == total or now - self._last_draw >= self.min_interval_s:
+            self._last_draw = now
+            return True
+        return False

@@ -36,9 +36,11 @@ examples:
 def build_cli_class():
     """Define the LightningCLI subclass; kept in a function so `--help` never imports torch."""
     import torch
+    from lightning.pytorch.callbacks import ProgressBar
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 
     from lit_interp import checkpoints
+    from lit_interp.callbacks import ThrottledProgressBar
     from lit_interp.tasks.base import SyntheticDataModule, TaskModule
 
     class SaveAndLogConfig(SaveConfigCallback):
@@ -110,6 +112,13 @@ def build_cli_class():
                 # The embedding's backward accumulates in thread order on CPU; deterministic
                 # kernels cost ~no speed here and make runs and resumes bit-identical.
                 trainer.deterministic = True
+
+        def instantiate_trainer(self, **kwargs):
+            trainer = {**self.config_init[self.subcommand].trainer, **kwargs}
+            callbacks = list(trainer.get("callbacks") or [])
+            if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+                kwargs["callbacks"] = [*callbacks, ThrottledProgressBar()]  # Lightning's redraws every step
+            return super().instantiate_trainer(**kwargs)
 
         def _check_checkpoint_shapes(self) -> None:
             checkpoint = getattr(self, "_checkpoint", None)

@@ -9,22 +9,18 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
 from safetensors.torch import load_file
 
 import lit_interp.analysis.snapshot as snapshot_module
 import lit_interp.callbacks as callbacks_module
-from lit_interp.callbacks import AnalysisSnapshots
+from conftest import CONFIGS, TINY
+from lit_interp.callbacks import AnalysisSnapshots, ThrottledProgressBar
 from lit_interp.checkpoints import StepCheckpoint
-from lit_interp.cli import main
+from lit_interp.cli import main, run_cli
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
-TINY = {  # per-config overrides that make a fit take a second or two
-    "affine_recurrence": ["--model.init_args.d_model=16", "--model.init_args.d_head=4", "--model.init_args.n_heads=2", "--model.init_args.d_mlp=16"],
-    "bos_ints_attn_only": ["--model.init_args.d_model=16", "--model.init_args.d_head=16"],
-    "bos_ints_mlp": ["--model.init_args.d_model=16", "--model.init_args.d_head=16", "--model.init_args.d_mlp=16", "--data.init_args.n_ctx=12"],
-    "prev_token_digits": ["--model.init_args.d_model=16"],
-}
+CONFIG_FILES = sorted(CONFIGS.glob("*.yaml"))
 
 
 def fit(tmp_path: Path, max_steps: int, callbacks: list, ckpt_path: str | None = None, every: int = 5) -> tuple[pl.Trainer, BosIntsModule]:
@@ -115,7 +111,7 @@ def test_sweep_and_images_every_k_snapshots_and_at_the_end(tmp_path, counted_ana
     assert swept == [4, 7] and image_steps == [4, 7]  # every 2nd snapshot, and the last one is always complete
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+@pytest.mark.parametrize("config", CONFIG_FILES, ids=[c.stem for c in CONFIG_FILES])
 def test_every_config_writes_snapshots(config, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     main(["fit", "--config", str(config), "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=1", "--trainer.enable_progress_bar=false",
@@ -124,3 +120,17 @@ def test_every_config_writes_snapshots(config, tmp_path, monkeypatch):
     assert sorted(p.name for p in analysis.glob("*.json")) == ["step_0000001.json", "step_0000002.json"]
     summary = json.loads((analysis / "step_0000002.json").read_text())
     assert summary["step"] == 2 and math.isfinite(summary["loss"]) and summary["heads"]
+
+
+def test_progress_bar_redraws_at_most_every_interval_and_at_the_end():
+    bar = ThrottledProgressBar(min_interval_s=3600)
+    assert [bar._should_update(n, 100) for n in (1, 2, 3, 99, 100)] == [True, False, False, False, True]
+    assert all(ThrottledProgressBar(min_interval_s=0)._should_update(n, 100) for n in (1, 2, 3))
+
+
+def test_cli_uses_the_throttled_bar_unless_the_bar_is_off_or_given():
+    base = ["fit", "--trainer.fast_dev_run=1", "--trainer.callbacks=[]", *TINY["prev_token_digits"]]
+    assert type(run_cli(base).trainer.progress_bar_callback) is ThrottledProgressBar
+    assert run_cli([*base, "--trainer.enable_progress_bar=false"]).trainer.progress_bar_callback is None
+    given = run_cli([*base, "--trainer.callbacks+=lightning.pytorch.callbacks.TQDMProgressBar"]).trainer.progress_bar_callback
+    assert type(given) is TQDMProgressBar
