@@ -179,8 +179,7 @@ def plain_worker(args) -> dict:
     model = task.model.to(args.device)
     hparams, trainer_config = task.hparams, config.get("trainer", {})
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hparams.lr, betas=tuple(hparams.betas), weight_decay=hparams.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(
-        step, hparams.warmup_steps, hparams.get("decay_steps", 0), hparams.get("min_lr_ratio", 0.0)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, hparams.warmup_steps, hparams.decay_steps, hparams.min_lr_ratio))
     clip = trainer_config.get("gradient_clip_val")
     log_every = trainer_config.get("log_every_n_steps", 25)
     generator = torch.Generator(device=args.device).manual_seed(data.seed)

@@ -202,19 +202,12 @@ class TaskModule(pl.LightningModule):
         self.shared_step(batch, "test")
 
     def configure_optimizers(self):
-        trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(
-            trainable, lr=self.hparams.lr, betas=tuple(self.hparams.betas), weight_decay=self.hparams.weight_decay
-        )
         hparams = self.hparams
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=hparams.lr, betas=tuple(hparams.betas), weight_decay=hparams.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            functools.partial(
-                lr_multiplier,
-                warmup_steps=hparams.warmup_steps,
-                decay_steps=hparams.get("decay_steps", 0),
-                min_lr_ratio=hparams.get("min_lr_ratio", 0.0),
-            ),
+            functools.partial(lr_multiplier, warmup_steps=hparams.warmup_steps, decay_steps=hparams.decay_steps, min_lr_ratio=hparams.min_lr_ratio),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
