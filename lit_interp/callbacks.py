@@ -134,7 +134,7 @@ class AnalysisSnapshots(Callback):
 class ThrottledProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar, redrawn at most every `min_interval_s` seconds and at the end.
 
-    Lightning's bar redraws on every step (`refresh_rate=1`), about 1 ms each: 5-8% of a
+    Lightning's bar redraws on every step (`refresh_rate=1`), about 1 ms each: 5-10% of a
     20-60 ms CPU step of these models (docs/benchmarks.md). The CLI uses this one unless
     the config brings its own progress bar or turns it off.
     """
