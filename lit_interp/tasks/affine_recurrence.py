@@ -113,8 +113,10 @@ class AffineRecurrenceModule(TaskModule):
         decay_steps: int = 0,
         min_lr_ratio: float = 0.0,
     ):
-        super().__init__(n_ctx, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-            decay_steps=decay_steps, min_lr_ratio=min_lr_ratio)
+        super().__init__(
+            n_ctx,
+            lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio,
+        )
         require(0 <= first_target_pos < n_ctx, f"first_target_pos={first_target_pos} must lie in [0, n_ctx={n_ctx})")
         self.save_hyperparameters()
         self.model = build_hooked_transformer(

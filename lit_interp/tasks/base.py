@@ -144,8 +144,8 @@ class TaskModule(pl.LightningModule):
         weight_decay: float,
         betas: tuple[float, float],
         warmup_steps: int,
-        decay_steps: int = 0,
-        min_lr_ratio: float = 0.0,
+        decay_steps: int,
+        min_lr_ratio: float,
     ):
         super().__init__()
         require(n_ctx >= 2, f"n_ctx={n_ctx} leaves nothing to predict; set a context length >= 2")

@@ -64,8 +64,10 @@ class BosIntsModule(PreviousTokenModule):
         decay_steps: int = 0,
         min_lr_ratio: float = 0.0,
     ):
-        super().__init__(n_ctx, d_vocab, first_target_pos, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-            decay_steps=decay_steps, min_lr_ratio=min_lr_ratio)
+        super().__init__(
+            n_ctx, d_vocab, first_target_pos,
+            lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio,
+        )
         require(attn_only or (d_mlp or 0) > 0, f"d_mlp={d_mlp} but attn_only=False needs MLPs; set model.d_mlp, e.g. 4 * d_model")
         self.save_hyperparameters()
         self.model = build_hooked_transformer(

@@ -45,8 +45,10 @@ class PrevTokenDigitsModule(PreviousTokenModule):
         decay_steps: int = 0,
         min_lr_ratio: float = 0.0,
     ):
-        super().__init__(n_ctx, d_vocab, first_target_pos, lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
-            decay_steps=decay_steps, min_lr_ratio=min_lr_ratio)
+        super().__init__(
+            n_ctx, d_vocab, first_target_pos,
+            lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio,
+        )
         self.save_hyperparameters()
         self.model = build_hooked_transformer(
             n_layers=1,
