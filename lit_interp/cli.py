@@ -21,6 +21,7 @@ subcommands:
   validate   evaluate a checkpoint on the task's fixed validation set
   test       evaluate a checkpoint on the task's fixed test set
   analyze    report on a checkpoint (attention, head scores, ablations, circuits) or on a run's snapshots
+  sweep      many fits as one Optuna study: seeds (--seeds 0-7) or a search (--space FILE); resumable
 
 examples:
   python -m lit_interp fit
@@ -232,6 +233,10 @@ def main(args: list[str] | None = None) -> None:
         from lit_interp.analyze import main as analyze
 
         return analyze(argv[1:])
+    if argv[0] == "sweep":
+        from lit_interp.sweep import main as sweep
+
+        return sweep(argv[1:])
     if argv[0] not in ("fit", "validate", "test"):
         print(f"lit_interp: error: unknown subcommand {argv[0]!r}; choose fit, validate, test or analyze", file=sys.stderr)
         sys.exit(2)
