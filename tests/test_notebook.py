@@ -1,0 +1,165 @@
+"""`from lit_interp import load`: the README's notebook example, runs and checkpoints of every task, plain models."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_fit
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from lit_interp import load
+from lit_interp.analysis.ablation import head_ablation_losses
+from lit_interp.analysis.circuits import full_ov_circuits
+from lit_interp.analysis.patterns import bos_scores, mean_attention_patterns, previous_token_scores
+from lit_interp.checkpoints import load_checkpoint
+from lit_interp.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = ["--trainer.num_sanity_val_steps=0", "--data.init_args.val_batch_size=8"]
+
+
+def notebook_example() -> str:
+    """The first ```python block under the README's "## Notebook API" heading, else docs/notebook_example.py."""
+    section = re.search(r"^## Notebook API\n(.*?)(?=^## |\Z)", (ROOT / "README.md").read_text(), re.M | re.S)
+    block = re.search(r"^```python\n(.*?)^```", section.group(1), re.M | re.S) if section else None
+    return block.group(1) if block else (ROOT / "docs/notebook_example.py").read_text()
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory) -> Path:
+    """A tiny digits run: checkpoints and analysis snapshots at steps 2 and 4 in lightning_logs/version_0."""
+    root = tmp_path_factory.mktemp("notebook")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        tiny_fit("prev_token_digits", "--trainer.max_steps=4", "--checkpoint.every_n_train_steps=2", *FAST)
+    finally:
+        os.chdir(cwd)
+    return root
+
+
+def test_notebook_example_runs_as_written(run_root, monkeypatch):
+    monkeypatch.chdir(run_root)
+    namespace: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        exec(compile(notebook_example(), "notebook_example", "exec"), namespace)
+    run, scores = namespace["run"], namespace["scores"]
+    assert "L0H0" in printed.getvalue()
+    assert run.step == 4 and run.checkpoint_path.name == "last.ckpt" and not run.model.training
+    # One row per (step, head), every score of the snapshot files a column, with their values.
+    assert [snapshot["step"] for snapshot in run.snapshots] == [2, 4]
+    assert list(scores["step"]) == [2, 4] and list(scores["label"]) == ["L0H0", "L0H0"]
+    for row, snapshot in zip(scores.to_dict("records"), run.snapshots):
+        assert row == {"step": snapshot["step"], "layer": 0, "head": 0, "label": "L0H0", **snapshot["heads"]["L0H0"]}
+    # The example's probe batch is the one the step-4 snapshot analysed: the same score, recomputed here.
+    recomputed = previous_token_scores(namespace["patterns"])[0, 0].item()
+    assert recomputed == pytest.approx(run.snapshots[-1]["heads"]["L0H0"]["prev_token_score"], rel=1e-5)
+    summary, tensors = run.analyze(sweep_hooks=False)
+    assert summary["step"] == 4 and summary["loss"] == pytest.approx(run.snapshots[-1]["loss"], rel=1e-5)
+    assert tensors["attention_patterns"].shape == (1, 1, 10, 10)
+
+
+def test_load_a_checkpoint_file_or_a_run_without_last(run_root):
+    checkpoints = run_root / "lightning_logs/version_0/checkpoints"
+    run = load(checkpoints / "step_0000002.ckpt")
+    assert run.step == 2 and run.run_dir == checkpoints.parent and len(run.snapshots) == 2
+    weights = load_checkpoint(checkpoints / "step_0000002.ckpt")["state_dict"]
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in run.module.state_dict().items())
+    assert torch.equal(run.probe_batch(size=8, index=3), run.probe_batch(size=8, index=3))
+    assert not torch.equal(run.probe_batch(size=8, index=3), run.probe_batch(size=8, index=4))
+    (checkpoints / "last.ckpt").rename(checkpoints / "last.moved")
+    try:
+        assert load(checkpoints.parent).checkpoint_path.name == "step_0000004.ckpt"
+    finally:
+        (checkpoints / "last.moved").rename(checkpoints / "last.ckpt")
+
+
+@pytest.mark.parametrize(
+    "config, module_class",
+    [
+        ("prev_token_digits", "PrevTokenDigitsModule"),
+        ("bos_ints_attn_only", "BosIntsModule"),
+        ("bos_ints_mlp", "BosIntsModule"),
+        ("affine_recurrence", "AffineRecurrenceModule"),
+    ],
+)
+def test_load_a_checkpoint_of_each_config(config, module_class):
+    tiny_fit(config, "--trainer.max_steps=1", "--checkpoint.every_n_train_steps=1", "--trainer.callbacks=[]", *FAST)
+    path = Path("lightning_logs/version_0/checkpoints/last.ckpt")
+    run = load(path)
+    assert type(run.module).__name__ == module_class and run.snapshots == [] and run.head_scores().empty
+    weights = load_checkpoint(path)["state_dict"]
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in run.module.state_dict().items())
+    batch = run.probe_batch(size=4)
+    assert run.module.model_input(batch).shape[:2] == (4, run.model.cfg.n_ctx)
+    assert torch.isfinite(run.module.loss(run.model(run.module.model_input(batch)), batch))
+
+
+def test_load_refuses_with_one_line(tmp_path):
+    (tmp_path / "lightning_logs/version_3/checkpoints").mkdir(parents=True)
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    cases = {
+        tmp_path / "missing": "does not exist",
+        tmp_path / "lightning_logs": "pass one of its runs, e.g. ",
+        tmp_path / "lightning_logs/version_3": "has no checkpoints",
+        tmp_path / "notes.ckpt": f"checkpoint {tmp_path / 'notes.ckpt'} ",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)) as error:
+            load(path)
+        assert "\n" not in str(error.value)
+
+
+class PreviousTokenTask:
+    """The least a task needs for the ablation functions: inputs, targets and a loss."""
+
+    class hparams:
+        first_target_pos = 1
+
+    def model_input(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+    def targets(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, :-1]
+
+    def loss(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits[:, 1:].flatten(0, 1), self.targets(tokens).flatten())
+
+
+def test_analysis_functions_work_on_a_plain_hooked_transformer():
+    n_ctx = 8
+    shape = {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_head": 8, "d_vocab": 12}
+    model = HookedTransformer(HookedTransformerConfig(n_ctx=n_ctx, attn_only=True, **shape))
+    with torch.no_grad():
+        for block in model.blocks:
+            block.attn.W_Q.zero_()  # every query 0: each head attends uniformly to the keys it may see
+        model.blocks[0].attn.W_O[1].zero_()  # L0H1 writes nothing
+    shift = torch.diag(torch.ones(n_ctx - 1), -1)
+    shift[0, 0] = 1.0
+
+    def previous_token_head(pattern, hook):
+        pattern[:, 0] = shift  # L1H0 attends exactly to the previous token
+        return pattern
+
+    tokens = torch.randint(0, 12, (16, n_ctx))
+    with model.hooks(fwd_hooks=[("blocks.1.attn.hook_pattern", previous_token_head)]):
+        _, cache = model.run_with_cache(tokens)
+    patterns = mean_attention_patterns(cache, model.cfg.n_layers)
+    uniform = sum(1 / (query + 1) for query in range(1, n_ctx)) / (n_ctx - 1)  # weight on any one visible key
+    expected = torch.tensor([[uniform, uniform], [1.0, uniform]])
+    torch.testing.assert_close(previous_token_scores(patterns), expected)
+    torch.testing.assert_close(bos_scores(patterns), torch.tensor([[uniform, uniform], [1 / (n_ctx - 1), uniform]]))
+    by_hand = model.W_E @ model.blocks[1].attn.W_V[0] @ model.blocks[1].attn.W_O[0] @ model.W_U
+    torch.testing.assert_close(full_ov_circuits(model)[1, 0], by_hand)
+    task = PreviousTokenTask()
+    clean = task.loss(model(tokens), tokens).item()
+    for mode in ("zero", "mean"):
+        losses = head_ablation_losses(model, task, tokens, mode)
+        assert losses.shape == (2, 2) and losses[0, 1].item() == pytest.approx(clean, rel=1e-6)
+        assert losses[0, 0].item() != pytest.approx(clean, rel=1e-3)
