@@ -6,7 +6,8 @@ import torch
 from jaxtyping import Int
 from transformer_lens import HookedTransformer
 
-from lit_interp.analysis.losses import Task, task_loss
+from lit_interp.analysis.losses import Task
+from lit_interp.analysis.patterns import Patterns, mean_attention_patterns
 
 Tokens = Int[torch.Tensor, "batch pos"]
 
@@ -29,12 +30,27 @@ def replace_bos(tokens: Tokens) -> Tokens:
     return replaced
 
 
+def adversarial_inputs(tokens: Tokens, has_bos: bool) -> dict[str, Tokens]:
+    """The clean tokens, repeated adjacent tokens and (BOS tasks) the tokens without BOS, by name."""
+    inputs = {"clean": tokens, "repeated_tokens": repeated_adjacent_tokens(tokens, has_bos)}
+    return inputs | ({"no_bos": replace_bos(tokens)} if has_bos else {})
+
+
+def adversarial_analysis(
+    model: HookedTransformer, task: Task, tokens: Tokens, has_bos: bool
+) -> tuple[dict[str, float], dict[str, Patterns]]:
+    """The task's loss `<name>_loss` on each adversarial input, and the mean attention patterns on the others."""
+    losses, patterns = {}, {}
+    for name, inputs in adversarial_inputs(tokens, has_bos).items():
+        output, cache = model.run_with_cache(
+            task.model_input(inputs), names_filter=lambda hook: hook.endswith("hook_pattern")
+        )
+        losses[f"{name}_loss"] = task.loss(output, inputs).item()
+        if name != "clean":
+            patterns[name] = mean_attention_patterns(cache, model.cfg.n_layers)
+    return losses, patterns
+
+
 def adversarial_losses(model: HookedTransformer, task: Task, tokens: Tokens, has_bos: bool) -> dict[str, float]:
     """The task's loss on the clean tokens, on repeated adjacent tokens, and (BOS tasks) without BOS."""
-    losses = {
-        "clean_loss": task_loss(model, task, tokens),
-        "repeated_tokens_loss": task_loss(model, task, repeated_adjacent_tokens(tokens, has_bos)),
-    }
-    if has_bos:
-        losses["no_bos_loss"] = task_loss(model, task, replace_bos(tokens))
-    return losses
+    return adversarial_analysis(model, task, tokens, has_bos)[0]

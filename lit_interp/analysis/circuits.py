@@ -1,13 +1,19 @@
-"""Weight-based circuits: full OV circuit and copying score, eigenvalue and composition scores, direct attribution."""
+"""Weight-based circuits of a processed model: OV/QK circuits; copying, eigen, singular-value, composition scores.
+
+Every function here reads weights only; pass it `processed_copy(model)` so LayerNorm scales sit in
+the weights, as every circuit reading assumes.
+"""
 
 from __future__ import annotations
 
-import einops
 import torch
-from jaxtyping import Float, Int
-from transformer_lens import ActivationCache, FactoredMatrix, HookedTransformer
+from jaxtyping import Float
+from transformer_lens import FactoredMatrix, HookedTransformer
+
+from lit_interp.analysis.weights import eigenvalues, finite_matrices, singular_values
 
 HeadScores = Float[torch.Tensor, "layer head"]
+COMPOSITION_MODES = ("q", "k", "v")
 
 
 def full_ov_circuits(model: HookedTransformer) -> Float[torch.Tensor, "layer head d_vocab d_vocab_out"]:
@@ -16,87 +22,72 @@ def full_ov_circuits(model: HookedTransformer) -> Float[torch.Tensor, "layer hea
 
 
 def ov_copying_scores(full_ov: Float[torch.Tensor, "layer head d_vocab d_vocab_out"]) -> HeadScores:
-    """Fraction of source tokens whose top logit in the full OV circuit is the token itself."""
+    """Fraction of source tokens whose top logit in the full OV circuit is the token itself (NaN if not finite)."""
     sources = torch.arange(full_ov.shape[-2], device=full_ov.device)
-    return (full_ov.argmax(-1) == sources).float().mean(-1)
+    scores = (full_ov.argmax(-1) == sources).float().mean(-1)
+    return torch.where(finite_matrices(full_ov), scores, torch.nan)
 
 
 def eigenvalue_scores(circuit: FactoredMatrix) -> HeadScores:
     """Σλ / Σ|λ| of each head's OV or QK matrix (seed 002): +1 copies / attends to itself, -1 the opposite."""
-    # BA [d_head d_head] has AB's eigenvalues bar zeros; it is tiny, so on CPU (CUDA's eig syncs and is slow here).
-    eigenvalues = torch.linalg.eigvals(circuit.BA.float().cpu())
-    return (eigenvalues.sum(-1) / eigenvalues.abs().sum(-1)).real
+    values = eigenvalues(circuit)
+    return (values.sum(-1) / values.abs().sum(-1)).real
 
 
-def _squared_norm(left_gram: torch.Tensor, right_gram: torch.Tensor) -> torch.Tensor:
-    """|A B|_F² = Σ (AᵀA) ⊙ (B Bᵀ), for a product known through its Gram matrices."""
-    return (left_gram * right_gram).sum((-2, -1)).clamp(min=0)
+def effective_rank(
+    singular: Float[torch.Tensor, "*heads d_head"], energy: float = 0.95
+) -> Float[torch.Tensor, "*heads"]:
+    """The fewest singular values whose squares hold `energy` of the total (0 for a zero matrix, NaN if not finite)."""
+    squared = singular.pow(2)
+    total = squared.sum(-1, keepdim=True)
+    reached = squared.cumsum(-1) >= energy * total * (1 - 1e-6)  # rounding must not lose the last value
+    rank = (~reached).sum(-1).float() + 1
+    rank = torch.where(total[..., 0] > 0, rank, 0.0)
+    return torch.where(torch.isfinite(total[..., 0]), rank, torch.nan)
+
+
+def head_singular_values(model: HookedTransformer) -> dict[str, Float[torch.Tensor, "layer head d_head"]]:
+    """Singular values of each head's OV and QK matrix (seed 002), descending."""
+    return {"ov": singular_values(model.OV), "qk": singular_values(model.QK)}
 
 
 def composition_scores(model: HookedTransformer) -> dict[str, Float[torch.Tensor, "writer reader"]]:
-    """Q-, K- and V-composition scores |W_OV^writer W^reader| / (|W_OV^writer| |W^reader|) (seed 002).
+    """Q-, K- and V-composition scores (`model.all_composition_scores`) as [head head] in `all_head_labels()` order.
 
-    Rows (writers) and columns (readers) are heads in `model.all_head_labels()` order; entries whose
-    reading head is not in a later layer than the writing head are 0, as in TransformerLens.
-    Norms go through d_head x d_head Gram matrices, never forming a d_model x d_model product.
+    Entries whose reading head is not in a later layer than the writing head are 0; all later-layer
+    entries are NaN when any OV or QK matrix is not finite (its SVD would raise).
     """
-    writer_V, writer_O = model.OV.A.flatten(0, 1), model.OV.B.flatten(0, 1)  # [head d_model d_head], [head d_head d_model]
-    writer_gram = writer_V.mT @ writer_V
-    writer_norm = _squared_norm(writer_gram, writer_O @ writer_O.mT).sqrt()
-    layer = torch.arange(model.cfg.n_layers, device=writer_V.device).repeat_interleave(model.cfg.n_heads)
-    later = layer[:, None] < layer[None, :]
-    readers = {"q": model.QK, "k": model.QK.T, "v": model.OV}
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    finite = bool(finite_matrices(model.OV.BA).all() and finite_matrices(model.QK.BA).all())
     scores = {}
-    for mode, reader in readers.items():
-        reader_A, reader_B = reader.A.flatten(0, 1), reader.B.flatten(0, 1)
-        reader_gram = reader_B @ reader_B.mT
-        reader_norm = _squared_norm(reader_A.mT @ reader_A, reader_gram).sqrt()
-        # W_OV^w R^r = V_w (O_w A_r) B_r, so its squared norm needs only the d_head x d_head middle O_w A_r.
-        middle = einops.einsum(writer_O, reader_A, "w h d, r d k -> w r h k")
-        product_norm = _squared_norm(writer_gram[:, None], middle @ reader_gram[None] @ middle.mT).sqrt()
-        score = product_norm / (writer_norm[:, None] * reader_norm[None, :])
-        scores[mode] = torch.where(later, score, torch.zeros_like(score))
+    for mode in COMPOSITION_MODES:
+        if finite:
+            scores[mode] = model.all_composition_scores(mode.upper()).reshape(n_heads, n_heads)
+        else:
+            layer = torch.arange(model.cfg.n_layers).repeat_interleave(model.cfg.n_heads)
+            scores[mode] = torch.where(layer[:, None] < layer[None, :], torch.nan, 0.0)
     return scores
 
 
-def _through_final_norm(model: HookedTransformer, cache: ActivationCache, residual: torch.Tensor, first_pos: int) -> torch.Tensor:
-    """Apply ln_final's linear part to a residual component [batch pos head d_model], using the cached scale."""
-    norm = model.cfg.normalization_type
-    if norm is None:
-        return residual
-    if norm.startswith("LN"):
-        residual = residual - residual.mean(-1, keepdim=True)
-    residual = residual / cache["ln_final.hook_scale"][:, first_pos:, None]
-    if norm in ("LN", "RMS"):
-        residual = residual * model.ln_final.w
-    return residual
+def full_qk_circuits(model: HookedTransformer) -> Float[torch.Tensor, "layer head d_vocab d_vocab"]:
+    """W_E W_QK W_Eᵀ per head (seed 001): entry (q, k) is the score query input q gives key input k, direct path."""
+    return (model.W_E @ model.W_Q) @ (model.W_K.mT @ model.W_E.T)
 
 
-def _correct_direction(model: HookedTransformer, targets: torch.Tensor) -> Float[torch.Tensor, "batch pos d_model"]:
-    """The residual direction that raises the correct output: correct minus mean logit, or the target vector."""
-    if targets.is_floating_point():
-        return einops.einsum(model.W_U, targets, "d_model d_vocab, batch pos d_vocab -> batch pos d_model")
-    W_U = model.W_U - model.W_U.mean(-1, keepdim=True)
-    return einops.rearrange(W_U[:, targets], "d_model batch pos -> batch pos d_model")
+def has_positional_embeddings(model: HookedTransformer) -> bool:
+    """Learned positions in the residual stream: standard embeddings that are not all zero (seeds 001/004 zero them)."""
+    return model.cfg.positional_embedding_type == "standard" and bool(model.W_pos.abs().max() > 0)
 
 
-def direct_attribution(
-    model: HookedTransformer,
-    cache: ActivationCache,
-    targets: Int[torch.Tensor, "batch pos"] | Float[torch.Tensor, "batch pos d_vocab"],
-    first_target_pos: int,
-) -> Float[torch.Tensor, "layer head target_pos"]:
-    """Each head's direct effect on the correct output at positions first_target_pos.., averaged over the batch.
+def positional_qk_circuits(model: HookedTransformer) -> Float[torch.Tensor, "layer head pos pos"]:
+    """W_pos W_QK W_posᵀ per head: the score query position gives key position, positions alone."""
+    return (model.W_pos @ model.W_Q) @ (model.W_K.mT @ model.W_pos.T)
 
-    Token tasks: the head's output through the final norm's cached scale onto the correct logit
-    minus the mean logit (seed 003). Vector tasks: onto W_U times the target vector (seed 002).
+
+def kq_composition_circuits(model: HookedTransformer) -> Float[torch.Tensor, "writer reader d_vocab d_vocab"]:
+    """W_E W_OV⁰ W_QK¹ (W_E W_OV⁰)ᵀ for each layer-0 writer and layer-1 reader head (seed 001).
+
+    Entry (q, k): the layer-1 score when the writer attended to input q at the query and to input k at the key.
     """
-    direction = _correct_direction(model, targets)
-    attributions = []
-    for layer in range(model.cfg.n_layers):
-        z = cache["z", layer][:, first_target_pos:]
-        head_out = einops.einsum(z, model.W_O[layer], "batch pos head d_head, head d_head d_model -> batch pos head d_model")
-        head_out = _through_final_norm(model, cache, head_out, first_target_pos)
-        attribution = einops.einsum(head_out, direction, "batch pos head d_model, batch pos d_model -> head pos")
-        attributions.append(attribution / z.shape[0])
-    return torch.stack(attributions)
+    moved = model.W_E @ model.OV[0].AB  # [writer d_vocab d_model]
+    return (moved[:, None] @ model.QK[1].AB[None]) @ moved[:, None].mT

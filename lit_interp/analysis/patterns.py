@@ -43,21 +43,45 @@ def repeated_sequence(inputs: torch.Tensor, prefix_len: int, n_ctx: int) -> tupl
     return torch.cat([inputs[:, :prefix_len], segment, segment], dim=1), half_len
 
 
+def unique_in_segment(segment: torch.Tensor) -> torch.Tensor:
+    """[batch pos] True where an input occurs only once in its sequence (token ids, or vectors compared whole)."""
+    same = segment[:, :, None] == segment[:, None, :]
+    same = same.all(-1) if segment.ndim == 3 else same
+    return same.sum(-1) == 1
+
+
 def repeated_sequence_scores(
     model: HookedTransformer, inputs: torch.Tensor, prefix_len: int
 ) -> tuple[HeadScores, HeadScores, Patterns] | None:
     """Duplicate-token and induction scores on `[prefix, r, r]`, and the mean patterns they come from.
 
     From each position of the second copy, the duplicate score is the attention to the same
-    token's first occurrence; the induction score, to the token just after that occurrence.
-    None when the context cannot hold two copies of at least two tokens.
+    token's first occurrence; the induction score, to the token just after that occurrence. Queries
+    whose token occurs more than once in r by chance are left out: there the head cannot tell which
+    occurrence to attend to. None when the context cannot hold two copies of at least two tokens.
     """
     repeated, half_len = repeated_sequence(inputs, prefix_len, model.cfg.n_ctx)
     if half_len < 2:
         return None
     _, cache = model.run_with_cache(repeated, names_filter=lambda name: name.endswith("hook_pattern"))
-    patterns = mean_attention_patterns(cache, model.cfg.n_layers)
-    second_copy = prefix_len + half_len
-    duplicate = _mean_diagonal(patterns, offset=half_len, first_query=second_copy)
-    induction = _mean_diagonal(patterns, offset=half_len - 1, first_query=second_copy)
-    return duplicate, induction, patterns
+    patterns = torch.stack(
+        [cache["pattern", layer] for layer in range(model.cfg.n_layers)], dim=1
+    )  # batch layer head q k
+    offsets = torch.arange(half_len, device=patterns.device)
+    queries, first_occurrence = prefix_len + half_len + offsets, prefix_len + offsets
+    counted = unique_in_segment(inputs[:, prefix_len : prefix_len + half_len]).float()[:, None, None]  # batch 1 1 i
+    n_counted = counted.sum().clamp(min=1)
+    duplicate = (patterns[..., queries, first_occurrence] * counted).sum((0, -1)) / n_counted
+    induction = (patterns[..., queries, first_occurrence + 1] * counted).sum((0, -1)) / n_counted
+    return duplicate, induction, patterns.mean(0)
+
+
+def attention_entropy(pattern: Float[torch.Tensor, "*batch head query_pos key_pos"]) -> Float[torch.Tensor, " head"]:
+    """Mean entropy (nats) of each head's attention distribution over keys, averaged over queries and batch."""
+    entropy = -torch.special.xlogy(pattern, pattern).sum(-1).mean(-1)  # [*batch head]; 0 log 0 = 0 for masked keys
+    return entropy.reshape(-1, entropy.shape[-1]).mean(0)
+
+
+def mean_attention_scores(cache: ActivationCache, n_layers: int) -> Patterns:
+    """Every head's pre-softmax attention scores averaged over the batch, 0 above the diagonal (masked keys)."""
+    return torch.stack([cache["attn_scores", layer].mean(0).tril() for layer in range(n_layers)])

@@ -29,7 +29,13 @@ def rotary_similarities(cache: ActivationCache, n_layers: int) -> dict[str, Simi
     A 1-layer previous-token head learns a pre-rotary q that is nearly the same at every position
     (all ~1), so the rotation alone carries position; q against k shows the learned QK offset.
     """
-    pairs = {"q": ("q", "q"), "rot_q": ("rot_q", "rot_q"), "k": ("k", "k"), "rot_k": ("rot_k", "rot_k"), "q_vs_k": ("q", "k")}
+    pairs = {
+        "q": ("q", "q"),
+        "rot_q": ("rot_q", "rot_q"),
+        "k": ("k", "k"),
+        "rot_k": ("rot_k", "rot_k"),
+        "q_vs_k": ("q", "k"),
+    }
     return {
         name: torch.stack([_cosine_similarity(cache[a, layer], cache[b, layer]) for layer in range(n_layers)])
         for name, (a, b) in pairs.items()

@@ -1,4 +1,4 @@
-"""Analysis test fixtures: seeded single-threaded torch, tiny task modules per config, and hand-built HookedTransformers."""
+"""Analysis test fixtures: seeded single-threaded torch, tiny task modules per config, hand-built HookedTransformers."""
 
 from __future__ import annotations
 
@@ -28,10 +28,14 @@ def tiny_task(name: str):
     if name == "bos_ints_attn_only":
         return BosIntsModule(d_model=16, d_head=16), BosIntsDataModule(batch_size=8)
     if name == "bos_ints_mlp":
-        module = BosIntsModule(n_ctx=12, d_vocab=30, d_model=16, d_head=16, attn_only=False, d_mlp=32, normalization_type="LN")
+        module = BosIntsModule(
+            n_ctx=12, d_vocab=30, d_model=16, d_head=16, attn_only=False, d_mlp=32, normalization_type="LN"
+        )
         return module, BosIntsDataModule(n_ctx=12, d_vocab=30, bos_token=0, batch_size=8)
     if name == "affine_recurrence":
-        module = AffineRecurrenceModule(n_ctx=13, d_vocab=40, first_target_pos=2, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32)
+        module = AffineRecurrenceModule(
+            n_ctx=13, d_vocab=40, first_target_pos=2, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32
+        )
         return module, AffineRecurrenceDataModule(batch_size=8)
     raise ValueError(name)
 
@@ -41,7 +45,17 @@ TASKS = ["prev_token_digits", "bos_ints_attn_only", "bos_ints_mlp", "affine_recu
 
 def hooked(**config) -> HookedTransformer:
     """A small attention-only, no-norm HookedTransformer; keyword arguments override the config."""
-    defaults = dict(n_layers=1, d_model=16, n_heads=1, d_head=16, n_ctx=8, d_vocab=16, attn_only=True, normalization_type=None, act_fn="relu")
+    defaults = dict(
+        n_layers=1,
+        d_model=16,
+        n_heads=1,
+        d_head=16,
+        n_ctx=8,
+        d_vocab=16,
+        attn_only=True,
+        normalization_type=None,
+        act_fn="relu",
+    )
     model = HookedTransformer(HookedTransformerConfig(**{**defaults, **config}, device="cpu"))
     model.eval()
     return model

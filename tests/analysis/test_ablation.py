@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses, sweep_hook_names
 from lit_interp.analysis import losses as losses_module
+from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses, sweep_hook_names
 from lit_interp.analysis.losses import edited_losses, first_layer_reached, task_loss
 
 from .conftest import tiny_task
@@ -31,7 +31,10 @@ def test_mean_ablation_on_one_sequence_changes_nothing():
     batch = data.make_batch(3, 0, 1)  # the batch mean of one sequence is that sequence
     clean = task_loss(module.model, module, batch)
     torch.testing.assert_close(head_ablation_losses(module.model, module, batch, "mean"), torch.full((2, 1), clean))
-    assert all(loss == pytest.approx(clean, rel=1e-5) for loss in hook_mean_ablation_losses(module.model, module, batch).values())
+    assert all(
+        loss == pytest.approx(clean, rel=1e-5)
+        for loss in hook_mean_ablation_losses(module.model, module, batch).values()
+    )
 
 
 def test_mean_ablation_differs_from_zero_ablation():
@@ -57,7 +60,9 @@ def test_mean_ablating_the_embedding_changes_the_loss():
     assert losses["hook_embed"] != pytest.approx(clean, rel=1e-3)
     # Replacing the logits by their batch mean is the uniform-over-batch prediction: computable by hand.
     logits = module.model(batch)
-    assert losses["unembed.hook_out"] == pytest.approx(module.loss(logits.mean(0, keepdim=True).expand_as(logits), batch).item(), rel=1e-5)
+    assert losses["unembed.hook_out"] == pytest.approx(
+        module.loss(logits.mean(0, keepdim=True).expand_as(logits), batch).item(), rel=1e-5
+    )
 
 
 @pytest.mark.parametrize("task", ["bos_ints_mlp", "affine_recurrence"])
@@ -67,9 +72,13 @@ def test_resuming_from_the_clean_cache_gives_the_same_losses(task):
     _, cache = module.model.run_with_cache(module.model_input(batch))
     for mode in ("zero", "mean"):
         torch.testing.assert_close(
-            head_ablation_losses(module.model, module, batch, mode, cache), head_ablation_losses(module.model, module, batch, mode)
+            head_ablation_losses(module.model, module, batch, mode, cache),
+            head_ablation_losses(module.model, module, batch, mode),
         )
-    resumed, full = hook_mean_ablation_losses(module.model, module, batch, cache), hook_mean_ablation_losses(module.model, module, batch)
+    resumed, full = (
+        hook_mean_ablation_losses(module.model, module, batch, cache),
+        hook_mean_ablation_losses(module.model, module, batch),
+    )
     assert list(resumed) == list(full)
     assert all(resumed[name] == pytest.approx(full[name], rel=1e-5, abs=1e-6) for name in full)
 
@@ -85,8 +94,14 @@ def test_each_hook_resumes_at_the_block_it_fires_in():
 def test_stacked_edits_each_see_only_their_own_clean_copy(monkeypatch):
     module, data = tiny_task("bos_ints_mlp")
     batch = data.make_batch(3, 0, 4)
-    edits = [("hook_embed", lambda x: x * 0), ("blocks.0.hook_mlp_out", lambda x: x.mean(0, keepdim=True).expand_as(x)), ("hook_embed", lambda x: x * 2)]
-    one_by_one = [task_loss(module.model, module, batch, [(name, lambda x, hook, edit=edit: edit(x))]) for name, edit in edits]
+    edits = [
+        ("hook_embed", lambda x: x * 0),
+        ("blocks.0.hook_mlp_out", lambda x: x.mean(0, keepdim=True).expand_as(x)),
+        ("hook_embed", lambda x: x * 2),
+    ]
+    one_by_one = [
+        task_loss(module.model, module, batch, [(name, lambda x, hook, edit=edit: edit(x))]) for name, edit in edits
+    ]
     monkeypatch.setattr(losses_module, "TOKENS_PER_PASS", {"cpu": 2**16})  # all copies in one pass, as on a GPU
     assert edited_losses(module.model, module, batch, edits) == pytest.approx(one_by_one, rel=1e-5)
     monkeypatch.setattr(losses_module, "TOKENS_PER_PASS", {"cpu": 2 * batch.numel()})  # two copies per pass

@@ -29,4 +29,7 @@ def test_adversarial_losses_report_no_bos_only_for_bos_tasks():
     assert set(losses) == {"clean_loss", "repeated_tokens_loss", "no_bos_loss"}
     assert len(set(losses.values())) == 3
     module, data = tiny_task("prev_token_digits")
-    assert set(adversarial_losses(module.model, module, data.make_batch(3, 0, 8), has_bos=False)) == {"clean_loss", "repeated_tokens_loss"}
+    assert set(adversarial_losses(module.model, module, data.make_batch(3, 0, 8), has_bos=False)) == {
+        "clean_loss",
+        "repeated_tokens_loss",
+    }

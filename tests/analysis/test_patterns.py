@@ -6,18 +6,20 @@ import pytest
 import torch
 
 from lit_interp.analysis.patterns import (
+    attention_entropy,
     bos_scores,
     mean_attention_patterns,
     previous_token_scores,
     repeated_sequence,
     repeated_sequence_scores,
+    unique_in_segment,
 )
 
 from .conftest import hooked
 
 
 def positional_head(offset: int):
-    """1 head attending from each position q to q - offset (uniformly while q < offset): one-hot positions, no tokens."""
+    """1 head attending from each position q to q - offset (uniformly while q < offset): one-hot positions only."""
     model = hooked()
     with torch.no_grad():
         for parameter in model.parameters():
@@ -51,7 +53,9 @@ def test_previous_token_head_scores_one():
     patterns = patterns_of(positional_head(offset=1), tokens)
     assert patterns.shape == (1, 1, 8, 8)
     assert previous_token_scores(patterns).item() == pytest.approx(1.0, abs=1e-4)
-    assert bos_scores(patterns).item() == pytest.approx(1 / 7, abs=1e-4)  # only position 1's previous token is position 0
+    assert bos_scores(patterns).item() == pytest.approx(
+        1 / 7, abs=1e-4
+    )  # only position 1's previous token is position 0
 
 
 def test_head_attending_to_itself_scores_zero_previous_token():
@@ -70,7 +74,9 @@ def test_repeated_sequence_keeps_prefix_and_fits_context():
 
 def test_induction_head_scores_one_and_duplicate_zero():
     inputs = torch.arange(8).repeat(3, 1)
-    duplicate, induction, patterns = repeated_sequence_scores(positional_head(offset=3), inputs, prefix_len=0)  # half_len 4
+    duplicate, induction, patterns = repeated_sequence_scores(
+        positional_head(offset=3), inputs, prefix_len=0
+    )  # half_len 4
     assert patterns.shape == (1, 1, 8, 8)
     assert induction.item() == pytest.approx(1.0, abs=1e-4)
     assert duplicate.item() == pytest.approx(0.0, abs=1e-4)
@@ -86,3 +92,17 @@ def test_token_matching_head_splits_between_first_copy_and_itself():
 def test_no_repeated_scores_when_context_too_short():
     model = hooked(n_ctx=4)
     assert repeated_sequence_scores(model, torch.zeros(2, 4, dtype=torch.long), prefix_len=1) is None
+
+
+def test_chance_repeats_are_left_out_of_duplicate_scores():
+    # Token 3 occurs twice in the repeated segment: a token-matching head splits its attention there.
+    inputs = torch.tensor([[1, 3, 3, 4, 9, 9, 9, 9]])
+    assert unique_in_segment(inputs[:, :4]).tolist() == [[True, False, False, True]]
+    duplicate, _, _ = repeated_sequence_scores(token_matching_head(), inputs, prefix_len=0)
+    assert duplicate.item() == pytest.approx(0.5, abs=1e-4)  # as with distinct tokens; 1/3 would enter with the repeats
+
+
+def test_attention_entropy_of_uniform_and_one_hot_attention():
+    uniform = torch.ones(8, 8).tril() / torch.arange(1, 9)[:, None]
+    entropy = attention_entropy(torch.stack([uniform, torch.eye(8)])[None])  # batch head q k
+    torch.testing.assert_close(entropy, torch.tensor([torch.log(torch.arange(1.0, 9)).mean().item(), 0.0]))

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,21 +16,75 @@ from lit_interp.analysis import run_analysis
 from .conftest import TASKS, tiny_task
 
 COMMON_HEAD_KEYS = {
-    "prev_token_score", "duplicate_score", "induction_score", "zero_ablation_loss", "mean_ablation_loss",
-    "ov_eigen_score", "qk_eigen_score", "direct_attribution",
+    "prev_token_score",
+    "attention_entropy",
+    "duplicate_score",
+    "induction_score",
+    "zero_ablation_loss",
+    "mean_ablation_loss",
+    "ov_eigen_score",
+    "qk_eigen_score",
+    "ov_effective_rank",
+    "qk_effective_rank",
+    "direct_attribution",
 }
+EXPENSIVE_HEAD_KEYS = {"patching_score", "backup_attribution_change"}
 # What each config's architecture and task make applicable, beyond the keys every snapshot has.
 EXPECTED = {
-    "prev_token_digits": dict(metric="acc", heads={"ov_copying_score", "rotary_q_similarity"}, sections={"adversarial"},
-                              adversarial={"clean_loss", "repeated_tokens_loss"}, tensors={"rotary_similarity.q.L0H0", "rotary_similarity.q_vs_k.L0H0"}),
-    "bos_ints_attn_only": dict(metric="acc", heads={"ov_copying_score", "bos_score"}, sections={"adversarial", "composition", "term_importance"},
-                               adversarial={"clean_loss", "repeated_tokens_loss", "no_bos_loss"}, tensors={"attn_score_terms.kq_comp.L1H0"}),
-    "bos_ints_mlp": dict(metric="acc", heads={"ov_copying_score", "bos_score"}, sections={"adversarial", "composition"},
-                         adversarial={"clean_loss", "repeated_tokens_loss", "no_bos_loss"}, tensors=set()),
-    "affine_recurrence": dict(metric="r2", heads=set(), sections={"composition"}, tensors=set()),
+    "prev_token_digits": dict(
+        metric="acc",
+        heads={"ov_copying_score", "rotary_q_similarity"},
+        sections={"adversarial"},
+        layers={"logit_lens_acc"},
+        adversarial={"clean_loss", "repeated_tokens_loss"},
+        tensors={"rotary_similarity.q.L0H0", "rotary_similarity.q_vs_k.L0H0", "example_inputs"},
+    ),
+    "bos_ints_attn_only": dict(
+        metric="acc",
+        heads={"ov_copying_score", "bos_score"},
+        sections={"adversarial", "composition", "term_importance"},
+        layers={"logit_lens_acc"},
+        adversarial={"clean_loss", "repeated_tokens_loss", "no_bos_loss"},
+        tensors={
+            "attn_score_terms.kq_comp.L1H0",
+            "kq_composition_circuit_from_L0H0.L1H0",
+            "example_inputs",
+            "adversarial_attention_patterns_no_bos",
+        },
+    ),
+    "bos_ints_mlp": dict(
+        metric="acc",
+        heads={"ov_copying_score", "bos_score"},
+        sections={"adversarial", "composition"},
+        layers={"logit_lens_acc", "mlp_direct_attribution", "dead_neuron_fraction"},
+        adversarial={"clean_loss", "repeated_tokens_loss", "no_bos_loss"},
+        tensors={"neuron_firing_frequency", "example_inputs"},
+    ),
+    "affine_recurrence": dict(
+        metric="r2",
+        heads=set(),
+        sections={"composition", "recurrence"},
+        layers={"mlp_direct_attribution", "dead_neuron_fraction"},
+        expensive_layers={"probe_c_r2", "probe_d_r2"},
+        tensors={"neuron_firing_frequency", "positional_qk_circuit.L1H1"},
+    ),
 }
-ALWAYS_TENSORS = {"attention_patterns", "repeated_sequence_patterns", "head_zero_ablation_loss", "head_mean_ablation_loss",
-                  "direct_attribution_by_position", "ov_circuit.L0H0"}
+ALWAYS_TENSORS = {
+    "attention_patterns",
+    "attention_scores",
+    "example_attention_patterns",
+    "repeated_sequence_patterns",
+    "head_zero_ablation_loss",
+    "head_mean_ablation_loss",
+    "direct_attribution_by_position",
+    "component_direct_attribution",
+    "ov_circuit.L0H0",
+    "qk_circuit.L0H0",
+    "ov_singular_values",
+    "qk_singular_values",
+}
+EXPENSIVE_TENSORS = {"resid_pre_patching", "head_patching", "backup_attribution_change"}
+COMMON_LAYER_KEYS = {"attn_direct_attribution", "logit_lens_loss"}
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -35,12 +92,22 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
     module, data = tiny_task(task)
     summary, tensors = run_analysis(module, data, step=7, probe_batch_size=8)
     expected = EXPECTED[task]
-    assert set(summary) == {"step", "task", "loss", "metrics", "heads", "hooks"} | expected["sections"]
+    common = {"step", "task", "loss", "metrics", "heads", "hooks", "layers", "direct_attribution", "patching", "backup"}
+    assert set(summary) == common | expected["sections"]
     assert summary["step"] == 7 and summary["task"] == type(module).__name__
     assert set(summary["metrics"]) == {expected["metric"]}
     labels = module.model.all_head_labels()
     assert list(summary["heads"]) == labels
-    assert all(set(scores) == COMMON_HEAD_KEYS | expected["heads"] for scores in summary["heads"].values())
+    assert all(
+        set(scores) == COMMON_HEAD_KEYS | EXPENSIVE_HEAD_KEYS | expected["heads"]
+        for scores in summary["heads"].values()
+    )
+    n_layers = module.model.cfg.n_layers
+    layer_keys = COMMON_LAYER_KEYS | expected["layers"] | expected.get("expensive_layers", set())
+    assert list(summary["layers"]) == [
+        str(layer) for layer in range(n_layers + 1)
+    ]  # n_layers: the final residual stream
+    assert all(set(summary["layers"][str(layer)]) == layer_keys for layer in range(n_layers))
     assert all(set(entry) == {"mean_ablation_loss"} for entry in summary["hooks"].values())
     if "adversarial" in expected["sections"]:
         assert set(summary["adversarial"]) == expected["adversarial"]
@@ -50,8 +117,67 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
         assert all(len(summary["composition"][mode]) == len(labels) for mode in "qkv")
     if "term_importance" in expected["sections"]:
         assert set(summary["term_importance"]) == {"layer", "direct", "k_comp", "q_comp", "kq_comp"}
-    assert ALWAYS_TENSORS | expected["tensors"] <= set(tensors)
-    json.dumps(summary, allow_nan=False)
+    assert summary["layers"][str(n_layers)]["logit_lens_loss"] == pytest.approx(summary["loss"], rel=1e-5)
+    assert ALWAYS_TENSORS | EXPENSIVE_TENSORS | expected["tensors"] <= set(tensors)
+    json.dumps(summary, allow_nan=True)
+
+
+@pytest.mark.parametrize("task", ["bos_ints_attn_only", "affine_recurrence"])
+def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
+    module, data = tiny_task(task)
+    full, full_tensors = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False)
+    cheap, cheap_tensors = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False, expensive=False)
+    assert set(full) - set(cheap) == {"patching", "backup"}
+    assert set(full_tensors) - set(cheap_tensors) == EXPENSIVE_TENSORS
+    for label, scores in cheap["heads"].items():
+        assert {
+            name: value for name, value in full["heads"][label].items() if name not in EXPENSIVE_HEAD_KEYS
+        } == scores
+    expensive_layers = EXPECTED[task].get("expensive_layers", set())
+    for layer, values in cheap["layers"].items():
+        assert {name: value for name, value in full["layers"][layer].items() if name not in expensive_layers} == values
+
+
+def test_example_tensors_hold_the_first_probe_sequences_and_their_own_patterns():
+    module, data = tiny_task("bos_ints_attn_only")
+    _, tensors = run_analysis(module, data, step=0, probe_batch_size=12, sweep_hooks=False, expensive=False)
+    batch = data.make_batch(3, 0, 12)
+    assert torch.equal(tensors["example_inputs"], batch[:8].float())
+    _, cache = module.model.run_with_cache(batch[:8])
+    torch.testing.assert_close(tensors["example_attention_patterns"][:, 1], cache["pattern", 1])
+    assert tensors["example_attention_patterns"].shape == (8, 2, 1, 10, 10)
+
+
+NAN_SCRIPT = """
+import math, sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, sys.argv[1])
+from analysis.conftest import TASKS, tiny_task
+from lit_interp.analysis import run_analysis
+from lit_interp.analysis.circuits import composition_scores, eigenvalue_scores, head_singular_values
+for task in TASKS:
+    module, data = tiny_task(task)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.fill_(float("nan"))
+    assert torch.isnan(eigenvalue_scores(module.model.OV)).all()
+    assert torch.isnan(head_singular_values(module.model)["qk"]).all()
+    summary, _ = run_analysis(module, data, step=1, probe_batch_size=8)
+    for key in ("ov_eigen_score", "qk_eigen_score", "ov_effective_rank", "direct_attribution", "zero_ablation_loss"):
+        assert math.isnan(summary["heads"]["L0H0"][key]), (task, key)
+    if "composition" in summary:
+        assert math.isnan(summary["composition"]["q"][0][-1])
+print("ok")
+"""
+
+
+def test_a_nan_model_gets_nan_scores_without_crashing(tmp_path):
+    # A subprocess: before the finiteness guards, eigvals on a NaN matrix killed the interpreter (SIGSEGV).
+    script = tmp_path / "nan_model.py"
+    script.write_text(NAN_SCRIPT)
+    tests_dir = str(Path(__file__).parents[1])
+    result = subprocess.run([sys.executable, str(script), tests_dir], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-2000:]
 
 
 @pytest.mark.parametrize("task", ["prev_token_digits", "bos_ints_attn_only", "affine_recurrence"])
@@ -92,7 +218,9 @@ def test_analysis_leaves_weights_modes_grads_and_global_rng_untouched(task):
     module.model.blocks[0].eval()  # a mixed state must come back as it was, not as all-train
     module.model(module.model_input(data.make_batch(0, 0, 2))).float().sum().backward()
     weights = {name: tensor.clone() for name, tensor in module.state_dict().items()}
-    grads = {name: parameter.grad.clone() for name, parameter in module.named_parameters() if parameter.grad is not None}
+    grads = {
+        name: parameter.grad.clone() for name, parameter in module.named_parameters() if parameter.grad is not None
+    }
     modes = {name: submodule.training for name, submodule in module.named_modules()}
     rng = torch.get_rng_state()
 
@@ -101,7 +229,9 @@ def test_analysis_leaves_weights_modes_grads_and_global_rng_untouched(task):
     assert torch.equal(torch.get_rng_state(), rng)
     assert {name: submodule.training for name, submodule in module.named_modules()} == modes
     assert all(torch.equal(tensor, weights[name]) for name, tensor in module.state_dict().items())
-    assert all(torch.equal(parameter.grad, grads[name]) for name, parameter in module.named_parameters() if name in grads)
+    assert all(
+        torch.equal(parameter.grad, grads[name]) for name, parameter in module.named_parameters() if name in grads
+    )
     assert torch.is_grad_enabled()
     assert all(not hook_point.fwd_hooks for hook_point in module.model.hook_dict.values())
 
@@ -112,7 +242,12 @@ def test_bf16_weights_are_analysed_in_fp32_without_being_cast():
     module.to(torch.bfloat16)
     weights = {name: tensor.clone() for name, tensor in module.state_dict().items()}
     summary, tensors = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False)
-    assert all(torch.equal(tensor, weights[name]) and tensor.dtype == weights[name].dtype for name, tensor in module.state_dict().items())
+    assert all(
+        torch.equal(tensor, weights[name]) and tensor.dtype == weights[name].dtype
+        for name, tensor in module.state_dict().items()
+    )
     assert module.model.W_E.dtype == torch.bfloat16
     assert all(tensor.dtype == torch.float32 for tensor in tensors.values())
-    assert summary["loss"] == pytest.approx(reference["loss"], rel=0.05)  # only the bf16 rounding of the weights differs
+    assert summary["loss"] == pytest.approx(
+        reference["loss"], rel=0.05
+    )  # only the bf16 rounding of the weights differs

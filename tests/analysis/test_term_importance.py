@@ -36,7 +36,9 @@ def test_terms_sum_to_real_scores(config):
         terms = attention_score_terms(model, cache, layer)
         assert list(terms) == list(TERMS)
         causal = torch.ones(8, 8, dtype=torch.bool).tril()
-        torch.testing.assert_close(sum(terms.values())[..., causal], cache["attn_scores", layer][..., causal], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            sum(terms.values())[..., causal], cache["attn_scores", layer][..., causal], rtol=1e-4, atol=1e-4
+        )
 
 
 def test_layer_zero_has_only_the_direct_term():
@@ -65,9 +67,14 @@ def test_removing_every_term_at_once_equals_zero_scores_and_each_term_moves_the_
     clean = task_loss(module.model, module, batch)
     assert all(loss != pytest.approx(clean, rel=1e-6) for loss in losses.values())
     # Removing all four leaves scores of 0: uniform causal attention in layer 1.
-    uniform = (lambda scores, hook: module.model.blocks[1].attn.apply_causal_mask(torch.zeros_like(scores)))
     terms = attention_score_terms(module.model, cache, 1)
-    remove_all = (lambda scores, hook: module.model.blocks[1].attn.apply_causal_mask(scores - sum(terms.values())))
+
+    def uniform(scores, hook):
+        return module.model.blocks[1].attn.apply_causal_mask(torch.zeros_like(scores))
+
+    def remove_all(scores, hook):
+        return module.model.blocks[1].attn.apply_causal_mask(scores - sum(terms.values()))
+
     assert task_loss(module.model, module, batch, [("blocks.1.attn.hook_attn_scores", remove_all)]) == pytest.approx(
         task_loss(module.model, module, batch, [("blocks.1.attn.hook_attn_scores", uniform)]), rel=1e-4
     )
@@ -79,3 +86,48 @@ def test_only_attention_only_unnormalised_multilayer_models_qualify():
     assert not supports_term_importance(hooked(n_layers=2, normalization_type="LN"))
     assert not supports_term_importance(hooked(n_layers=2, attn_only=False, d_mlp=32))
     assert not supports_term_importance(BosIntsModule(d_model=16, d_head=16, attn_only=False, d_mlp=32).model)
+
+
+def query_composition_only_model():
+    """2 layers, 1 head each: embeddings in dims 0-7, layer 0 writes dims 8-15; layer 1's query reads only
+    dims 8-15 and its key only dims 0-7, so of its four score terms only q_comp is non-zero."""
+    model = hooked(n_layers=2)
+    with torch.no_grad():
+        model.embed.W_E[:] = torch.randn(16, 16) * torch.cat([torch.ones(8), torch.zeros(8)])
+        model.pos_embed.W_pos.zero_()
+        low, high = (
+            torch.diag(torch.cat([torch.ones(8), torch.zeros(8)])),
+            torch.diag(torch.cat([torch.zeros(8), torch.ones(8)])),
+        )
+        layer0, layer1 = model.blocks[0].attn, model.blocks[1].attn
+        layer0.W_V[0] = torch.eye(16)
+        layer0.W_O[0] = torch.eye(16).roll(8, dims=1)  # dims 0-7 of the value land in dims 8-15
+        layer1.W_Q[0] = 3 * high @ torch.randn(16, 16)
+        layer1.W_K[0] = 3 * low @ torch.randn(16, 16)
+    return model
+
+
+def test_term_importance_names_the_only_non_zero_term():
+    model = query_composition_only_model()
+    tokens = torch.randint(0, 16, (8, 8))
+    _, cache = model.run_with_cache(tokens)
+    terms = attention_score_terms(model, cache, 1)
+    assert {name for name, term in terms.items() if term.abs().max() > 1e-4} == {"q_comp"}
+
+    class PreviousToken:
+        hparams = type("hparams", (), {"first_target_pos": 1})
+
+        def model_input(self, tokens):
+            return tokens
+
+        def targets(self, tokens):
+            return tokens[:, :-1]
+
+        def loss(self, logits, tokens):
+            return torch.nn.functional.cross_entropy(logits[:, 1:].flatten(0, 1), tokens[:, :-1].flatten())
+
+    task = PreviousToken()
+    losses, _ = term_importance(model, task, tokens, cache, layer=1)
+    clean = task_loss(model, task, tokens)
+    moved = {name for name, loss in losses.items() if abs(loss - clean) > 1e-5}
+    assert moved == {"q_comp"}

@@ -1,0 +1,119 @@
+"""Direct attribution of heads, MLPs and embeddings to the correct output, the logit lens, and backup heads (seed 003).
+
+These read the real forward pass (a cache of the model as trained); the unembedding they project
+onto is the processed copy's, `processed_copy(model).W_U`, which carries ln_final's scale.
+"""
+
+from __future__ import annotations
+
+import einops
+import torch
+from jaxtyping import Float, Int
+from transformer_lens import ActivationCache, HookedTransformer
+
+from lit_interp.analysis.losses import Task
+
+Targets = Int[torch.Tensor, "batch pos"] | Float[torch.Tensor, "batch pos d_vocab"]
+
+
+def correct_direction(
+    W_U: Float[torch.Tensor, "d_model d_vocab"], targets: Targets
+) -> Float[torch.Tensor, "batch pos d_model"]:
+    """The residual direction raising the correct output: correct minus mean logit, or W_U times the target vector."""
+    if targets.is_floating_point():
+        return einops.einsum(W_U, targets, "d_model d_vocab, batch pos d_vocab -> batch pos d_model")
+    centred = W_U - W_U.mean(-1, keepdim=True)
+    return einops.rearrange(centred[:, targets], "d_model batch pos -> batch pos d_model")
+
+
+def project(
+    stack: Float[torch.Tensor, "component batch pos d_model"], direction: torch.Tensor
+) -> Float[torch.Tensor, "component pos"]:
+    """Each component's batch-mean projection onto the correct direction."""
+    return (
+        einops.einsum(stack, direction, "component batch pos d_model, batch pos d_model -> component pos")
+        / stack.shape[1]
+    )
+
+
+def direct_attribution(
+    cache: ActivationCache, W_U: Float[torch.Tensor, "d_model d_vocab"], targets: Targets, first_target_pos: int
+) -> Float[torch.Tensor, "layer head target_pos"]:
+    """Each head's direct effect on the correct output at positions first_target_pos.., averaged over the batch.
+
+    Each head's output (without b_O) through ln_final's cached scale (`cache.stack_head_results(apply_ln=True)`),
+    onto the correct minus the mean logit (tokens, seed 003) or onto W_U times the target vector (seed 002).
+    `W_U` must carry ln_final's weight: pass `processed_copy(model).W_U`.
+    """
+    cfg = cache.model.cfg
+    stack = cache.stack_head_results(layer=-1, pos_slice=slice(first_target_pos, None), apply_ln=True)
+    attribution = project(stack, correct_direction(W_U, targets))
+    return attribution.reshape(cfg.n_layers, cfg.n_heads, -1)
+
+
+def component_direct_attribution(
+    cache: ActivationCache, W_U: Float[torch.Tensor, "d_model d_vocab"], targets: Targets, first_target_pos: int
+) -> tuple[Float[torch.Tensor, "component target_pos"], list[str]]:
+    """Direct effect of every component on the correct output at positions first_target_pos.. (batch mean), and labels.
+
+    Components: embed, pos_embed (where the cache has it), each MLP `mlp{l}`, each head `L{l}H{h}`
+    (in `direct_attribution`'s order), and `attn_bias` (every b_O). They sum to the correct-minus-mean
+    logit (tokens) or to the output's projection on the target vector, less the unembedding bias
+    (ln_final's bias folded in). `W_U` must carry ln_final's weight: pass `processed_copy(model).W_U`.
+    """
+    cfg = cache.model.cfg
+    positions = slice(first_target_pos, None)
+    embeds_and_mlps, labels = cache.decompose_resid(mode="mlp", pos_slice=positions, return_labels=True)
+    heads, head_labels = cache.stack_head_results(layer=-1, pos_slice=positions, return_labels=True)
+    biases = sum(cache.model.blocks[layer].attn.b_O for layer in range(cfg.n_layers))
+    bias = torch.broadcast_to(biases, embeds_and_mlps.shape[1:])[None]
+    stack = cache.apply_ln_to_stack(torch.cat([embeds_and_mlps, heads, bias]), pos_slice=positions)
+    labels = [f"mlp{label.split('_')[0]}" if label.endswith("_mlp_out") else label for label in labels]
+    return project(stack, correct_direction(W_U, targets)), labels + head_labels + ["attn_bias"]
+
+
+def logit_lens(
+    model: HookedTransformer, task: Task, batch: torch.Tensor, cache: ActivationCache
+) -> dict[str, list[float]]:
+    """The task's loss (and accuracy, for tokens) reading the output from the residual stream entering each block.
+
+    Entry l reads `resid_pre` of block l through ln_final (its own statistics) and the unembedding;
+    the last entry reads the final residual stream, which is the model's own output.
+    """
+    first = task.hparams.first_target_pos
+    targets = task.targets(batch)
+    result: dict[str, list[float]] = {"loss": []} | ({} if targets.is_floating_point() else {"acc": []})
+    for residual in cache.accumulated_resid(layer=None, incl_mid=False):
+        normalised = residual if model.cfg.normalization_type is None else model.ln_final(residual)
+        output = model.unembed(normalised)
+        result["loss"].append(task.loss(output, batch).item())
+        if "acc" in result:
+            result["acc"].append((output[:, first:].argmax(-1) == targets).float().mean().item())
+    return result
+
+
+def backup_heads(
+    model: HookedTransformer,
+    task: Task,
+    batch: torch.Tensor,
+    W_U: torch.Tensor,
+    clean: Float[torch.Tensor, "layer head"],
+) -> tuple[tuple[int, int], Float[torch.Tensor, "layer head"], float]:
+    """Zero the head with the largest direct attribution `clean` and recompute every head's attribution (seed 003).
+
+    `clean` is `direct_attribution(...).mean(-1)` on the clean run. Returns the ablated (layer, head),
+    each head's change in direct attribution (ablated run minus clean run, each through its own
+    ln_final scale), and the task's loss in the ablated run. A head whose attribution rises when
+    another is removed is a backup head.
+    """
+    layer, head = divmod(int(clean.flatten().nan_to_num(float("-inf")).argmax()), model.cfg.n_heads)
+
+    def ablate(z: torch.Tensor, hook) -> torch.Tensor:
+        z = z.clone()
+        z[:, :, head] = 0.0
+        return z
+
+    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)]):
+        output, ablated_cache = model.run_with_cache(task.model_input(batch))
+    ablated = direct_attribution(ablated_cache, W_U, task.targets(batch), task.hparams.first_target_pos).mean(-1)
+    return (layer, head), ablated - clean, task.loss(output, batch).item()

@@ -1,0 +1,267 @@
+"""The analyses lit_interp runs at every snapshot, each a registry record around the plain functions it calls."""
+
+from __future__ import annotations
+
+import torch
+
+from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses
+from lit_interp.analysis.adversarial import adversarial_analysis
+from lit_interp.analysis.attribution import backup_heads, component_direct_attribution, logit_lens
+from lit_interp.analysis.circuits import (
+    composition_scores,
+    effective_rank,
+    eigenvalue_scores,
+    full_ov_circuits,
+    full_qk_circuits,
+    has_positional_embeddings,
+    head_singular_values,
+    kq_composition_circuits,
+    ov_copying_scores,
+    positional_qk_circuits,
+)
+from lit_interp.analysis.neurons import dead_neuron_fraction, neuron_firing_frequency
+from lit_interp.analysis.patching import activation_patching
+from lit_interp.analysis.patterns import (
+    attention_entropy,
+    bos_scores,
+    mean_attention_patterns,
+    mean_attention_scores,
+    previous_token_scores,
+    repeated_sequence_scores,
+)
+from lit_interp.analysis.recurrence import (
+    coefficient_bin_edges,
+    loss_by_coefficient_size,
+    parameter_probes,
+    recurrence_parameters,
+)
+from lit_interp.analysis.registry import (
+    Analysis,
+    AnalysisContext,
+    Summary,
+    Tensors,
+    head_fragment,
+    layer_fragment,
+    per_head,
+)
+from lit_interp.analysis.rotary import is_rotary, mean_off_diagonal, rotary_similarities
+from lit_interp.analysis.term_importance import supports_term_importance, term_importance
+
+N_EXAMPLES = 8  # probe sequences whose own attention patterns a report shows
+
+
+def attention(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    model, cache = context.model, context.cache
+    patterns = mean_attention_patterns(cache, model.cfg.n_layers)
+    every_pattern = torch.stack(
+        [cache["pattern", layer] for layer in range(model.cfg.n_layers)], dim=1
+    )  # batch layer head q k
+    entropy = torch.stack([attention_entropy(cache["pattern", layer]) for layer in range(model.cfg.n_layers)])
+    scores = {"prev_token_score": previous_token_scores(patterns), "attention_entropy": entropy}
+    if context.has_bos:
+        scores["bos_score"] = bos_scores(patterns)
+    tensors = {
+        "attention_patterns": patterns,
+        "attention_scores": mean_attention_scores(cache, model.cfg.n_layers),
+        "example_attention_patterns": every_pattern[:N_EXAMPLES],
+    }
+    if context.token_task:
+        tensors["example_inputs"] = context.batch[:N_EXAMPLES].float()
+    return head_fragment(scores), tensors
+
+
+def repeated_sequence(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    result = repeated_sequence_scores(
+        context.model, context.task.model_input(context.batch), prefix_len=int(context.has_bos)
+    )
+    if result is None:
+        return {}, {}
+    duplicate, induction, patterns = result
+    return head_fragment({"duplicate_score": duplicate, "induction_score": induction}), {
+        "repeated_sequence_patterns": patterns
+    }
+
+
+def head_ablation(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    losses = {
+        mode: head_ablation_losses(context.model, context.task, context.batch, mode, context.cache)
+        for mode in ("zero", "mean")
+    }
+    summary = head_fragment({f"{mode}_ablation_loss": loss for mode, loss in losses.items()})
+    return summary, {f"head_{mode}_ablation_loss": loss for mode, loss in losses.items()}
+
+
+def hook_sweep(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    losses = hook_mean_ablation_losses(context.model, context.task, context.batch, context.cache)
+    return {"hooks": {name: {"mean_ablation_loss": loss} for name, loss in losses.items()}}, {}
+
+
+def ov_circuits(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    full_ov = full_ov_circuits(context.processed)
+    summary = head_fragment({"ov_copying_score": ov_copying_scores(full_ov)}) if context.token_task else {}
+    return summary, per_head("ov_circuit", full_ov)
+
+
+def eigenvalues_and_singular_values(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    model = context.processed
+    singular = head_singular_values(model)
+    scores = {"ov_eigen_score": eigenvalue_scores(model.OV), "qk_eigen_score": eigenvalue_scores(model.QK)}
+    scores |= {f"{name}_effective_rank": effective_rank(values) for name, values in singular.items()}
+    return head_fragment(scores), {f"{name}_singular_values": values for name, values in singular.items()}
+
+
+def composition(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    scores = composition_scores(context.processed)
+    return {
+        "composition": {mode: values.tolist() for mode, values in scores.items()}
+        | {"labels": context.model.all_head_labels()}
+    }, {}
+
+
+def qk_circuits(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    tensors = per_head("qk_circuit", full_qk_circuits(context.processed))
+    if has_positional_embeddings(context.processed):
+        tensors |= per_head("positional_qk_circuit", positional_qk_circuits(context.processed))
+    return {}, tensors
+
+
+def kq_composition(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    circuits = kq_composition_circuits(context.processed)
+    return {}, {
+        f"kq_composition_circuit_from_L0H{writer}.L1H{reader}": circuits[writer, reader]
+        for writer in range(circuits.shape[0])
+        for reader in range(circuits.shape[1])
+    }
+
+
+def _attribution(context: AnalysisContext) -> tuple[torch.Tensor, list[str]]:
+    """Every component's direct attribution by position, computed once per snapshot (the cache keeps head results)."""
+    if "direct_attribution" not in context.memo:
+        context.memo["direct_attribution"] = component_direct_attribution(
+            context.cache, context.processed.W_U, context.targets, context.first_target_pos
+        )
+    return context.memo["direct_attribution"]
+
+
+def _head_attribution(context: AnalysisContext) -> torch.Tensor:
+    by_position, labels = _attribution(context)
+    cfg = context.model.cfg
+    return by_position[labels.index("L0H0") :][: cfg.n_layers * cfg.n_heads].reshape(cfg.n_layers, cfg.n_heads, -1)
+
+
+def attribution(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    by_position, labels = _attribution(context)
+    by_label = dict(zip(labels, by_position.mean(-1).tolist()))
+    cfg = context.model.cfg
+    heads = _head_attribution(context)
+    per_layer = {"attn_direct_attribution": heads.mean(-1).sum(-1)}
+    if not cfg.attn_only:
+        per_layer["mlp_direct_attribution"] = torch.tensor([by_label[f"mlp{layer}"] for layer in range(cfg.n_layers)])
+    summary = head_fragment({"direct_attribution": heads.mean(-1)}) | layer_fragment(per_layer)
+    summary["direct_attribution"] = {
+        label: by_label[label] for label in ("embed", "pos_embed", "attn_bias") if label in by_label
+    }
+    return summary, {"direct_attribution_by_position": heads, "component_direct_attribution": by_position.mean(-1)}
+
+
+def lens(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    result = logit_lens(context.model, context.task, context.batch, context.cache)
+    return layer_fragment({f"logit_lens_{name}": values for name, values in result.items()}), {}
+
+
+def rotary(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    similarities = rotary_similarities(context.cache, context.model.cfg.n_layers)
+    tensors: Tensors = {}
+    for name, similarity in similarities.items():
+        tensors |= per_head(f"rotary_similarity.{name}", similarity)
+    return head_fragment({"rotary_q_similarity": mean_off_diagonal(similarities["q"])}), tensors
+
+
+def adversarial(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    losses, patterns = adversarial_analysis(context.model, context.task, context.batch, context.has_bos)
+    return {"adversarial": losses}, {
+        f"adversarial_attention_patterns_{name}": pattern for name, pattern in patterns.items()
+    }
+
+
+def terms(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    layer = context.model.cfg.n_layers - 1  # the last layer reads the most composition
+    losses, mean_terms = term_importance(context.model, context.task, context.batch, context.cache, layer)
+    tensors = {
+        f"attn_score_terms.{name}.L{layer}H{head}": term[head]
+        for name, term in mean_terms.items()
+        for head in range(len(term))
+    }
+    return {"term_importance": {"layer": layer, **losses}}, tensors
+
+
+def neurons(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    frequency = neuron_firing_frequency(context.cache, context.model.cfg.n_layers)
+    return layer_fragment({"dead_neuron_fraction": dead_neuron_fraction(frequency)}), {
+        "neuron_firing_frequency": frequency
+    }
+
+
+def patching(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    losses, tensors = activation_patching(context.model, context.task, context.batch, context.cache, context.bos_token)
+    return {"patching": losses} | head_fragment({"patching_score": tensors["head_patching"]}), tensors
+
+
+def backup(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    clean = _head_attribution(context).mean(-1)
+    (layer, head), change, loss = backup_heads(context.model, context.task, context.batch, context.processed.W_U, clean)
+    summary = {"backup": {"ablated_layer": layer, "ablated_head": head, "ablated_loss": loss}}
+    return summary | head_fragment({"backup_attribution_change": change}), {"backup_attribution_change": change}
+
+
+def _coefficients(context: AnalysisContext) -> tuple[torch.Tensor, torch.Tensor]:
+    return recurrence_parameters(context.batch, context.datamodule.order)
+
+
+def recurrence_loss(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    coefficients, _ = _coefficients(context)
+    edges = coefficient_bin_edges(context.datamodule.coefficient_bounds)
+    losses = loss_by_coefficient_size(context.output, context.targets, context.first_target_pos, coefficients, edges)
+    return {"recurrence": {"order": context.datamodule.order, **losses}}, {}
+
+
+def probes(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    coefficients, constant = _coefficients(context)
+    r2 = parameter_probes(context.cache, coefficients, constant)
+    return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}), {}
+
+
+def _is_recurrence(context: AnalysisContext) -> bool:
+    return not context.token_task and all(hasattr(context.datamodule, name) for name in ("order", "coefficient_bounds"))
+
+
+def _patchable(context: AnalysisContext) -> bool:
+    """The answer's source (position -2 of the batch) must be an ordinary input, not BOS."""
+    return context.batch.shape[1] >= 2 + int(context.has_bos)
+
+
+BUILTIN_ANALYSES = [
+    Analysis("attention", attention),
+    Analysis("repeated_sequence", repeated_sequence),
+    Analysis("head_ablation", head_ablation),
+    Analysis("ov_circuits", ov_circuits),
+    Analysis("eigenvalues_and_singular_values", eigenvalues_and_singular_values),
+    Analysis("direct_attribution", attribution),
+    Analysis("logit_lens", lens),
+    Analysis("qk_circuits", qk_circuits),
+    Analysis("rotary", rotary, applies=lambda context: is_rotary(context.model)),
+    Analysis("composition", composition, applies=lambda context: context.model.cfg.n_layers >= 2),
+    Analysis(
+        "kq_composition",
+        kq_composition,
+        applies=lambda context: context.model.cfg.attn_only and context.model.cfg.n_layers >= 2,
+    ),
+    Analysis("adversarial", adversarial, applies=lambda context: context.token_task),
+    Analysis("term_importance", terms, applies=lambda context: supports_term_importance(context.model)),
+    Analysis("neurons", neurons, applies=lambda context: not context.model.cfg.attn_only),
+    Analysis("recurrence_loss", recurrence_loss, applies=_is_recurrence),
+    Analysis("hook_sweep", hook_sweep, applies=lambda context: context.sweep_hooks),
+    Analysis("patching", patching, applies=_patchable, expensive=True),
+    Analysis("backup_heads", backup, expensive=True),
+    Analysis("parameter_probes", probes, applies=_is_recurrence, expensive=True),
+]

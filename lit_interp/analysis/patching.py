@@ -1,0 +1,113 @@
+"""Activation patching (seed 003): clean activations patched into a corrupted run, scored 1 = clean, 0 = corrupted."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from transformer_lens import ActivationCache, HookedTransformer, utils
+from transformer_lens.patching import layer_head_vector_patch_setter, layer_pos_patch_setter
+
+from lit_interp.analysis.losses import Task, is_token_task
+
+Metric = Callable[[torch.Tensor], float]
+
+
+def corrupt_previous(batch: torch.Tensor, bos_token: int | None, d_vocab: int) -> torch.Tensor:
+    """The batch with the input the last position's answer comes from replaced (each task's clean/corrupted pair).
+
+    Token tasks predict the previous token: the token before the last position becomes the next
+    ordinary id. The recurrence predicts the vector after the last input from it: the last input
+    vector becomes the next sequence's. Either way the last position's answer changes, nothing else does.
+    """
+    corrupted = batch.clone()
+    if is_token_task(batch):
+        replaced = (batch[:, -2] + 1) % d_vocab
+        if bos_token is not None:
+            replaced = torch.where(replaced == bos_token, (replaced + 1) % d_vocab, replaced)
+        corrupted[:, -2] = replaced
+    else:
+        last_input = batch.shape[1] - 2  # the model reads every vector but the final one
+        corrupted[:, last_input] = batch.roll(1, dims=0)[:, last_input]
+    return corrupted
+
+
+def last_position_loss(task: Task, clean_batch: torch.Tensor) -> Metric:
+    """The loss at the last position against the clean answer: cross-entropy for tokens, MSE for vectors."""
+    target = task.targets(clean_batch)[:, -1]
+
+    def metric(output: torch.Tensor) -> float:
+        last = output[:, -1].float()
+        return (F.mse_loss(last, target) if target.is_floating_point() else F.cross_entropy(last, target)).item()
+
+    return metric
+
+
+def _normalise(loss: torch.Tensor, clean: float, corrupted: float) -> torch.Tensor:
+    return (corrupted - loss) / (corrupted - clean)
+
+
+def patch_residual(
+    model: HookedTransformer,
+    metric: Metric,
+    clean_cache: ActivationCache,
+    corrupted_cache: ActivationCache,
+    clean: float,
+    corrupted: float,
+) -> Float[torch.Tensor, "layer pos"]:
+    """Normalised metric with the clean `resid_pre` of block l at one position patched into the corrupted run."""
+    n_layers, n_pos = model.cfg.n_layers, clean_cache["resid_pre", 0].shape[1]
+    losses = torch.zeros(n_layers, n_pos)
+    for layer in range(n_layers):
+        name = utils.get_act_name("resid_pre", layer)
+        for pos in range(n_pos):
+            patched = layer_pos_patch_setter(corrupted_cache[name].clone(), (layer, pos), clean_cache[name])
+            losses[layer, pos] = metric(model(patched, start_at_layer=layer))
+    return _normalise(losses, clean, corrupted)
+
+
+def patch_heads(
+    model: HookedTransformer,
+    metric: Metric,
+    clean_cache: ActivationCache,
+    corrupted_cache: ActivationCache,
+    clean: float,
+    corrupted: float,
+) -> Float[torch.Tensor, "layer head"]:
+    """Normalised metric with one head's clean output (`hook_z`, every position) patched into the corrupted run."""
+    losses = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        name = utils.get_act_name("z", layer)
+        for head in range(model.cfg.n_heads):
+
+            def patch(z: torch.Tensor, hook, head: int = head) -> torch.Tensor:
+                return layer_head_vector_patch_setter(z.clone(), (layer, head), clean_cache[name])
+
+            residual = corrupted_cache["resid_pre", layer]
+            losses[layer, head] = metric(
+                model.run_with_hooks(residual, start_at_layer=layer, fwd_hooks=[(name, patch)])
+            )
+    return _normalise(losses, clean, corrupted)
+
+
+def activation_patching(
+    model: HookedTransformer, task: Task, batch: torch.Tensor, clean_cache: ActivationCache, bos_token: int | None
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """Patch the residual stream per block x position and each head's output into the corrupted run.
+
+    Our own loop over TransformerLens's patch setters rather than `generic_activation_patch`: that one
+    takes the position count from the input's last dimension (the vector size for vector inputs),
+    reruns the whole model for each patch and draws a progress bar inside training; this one starts
+    each patched run at the patched block, from the corrupted run's cache.
+    """
+    metric = last_position_loss(task, batch)
+    corrupted_batch = corrupt_previous(batch, bos_token, model.cfg.d_vocab)
+    corrupted_output, corrupted_cache = model.run_with_cache(task.model_input(corrupted_batch))
+    clean, corrupted = metric(model(clean_cache["resid_pre", 0], start_at_layer=0)), metric(corrupted_output)
+    tensors = {
+        "resid_pre_patching": patch_residual(model, metric, clean_cache, corrupted_cache, clean, corrupted),
+        "head_patching": patch_heads(model, metric, clean_cache, corrupted_cache, clean, corrupted),
+    }
+    return {"clean_last_position_loss": clean, "corrupted_last_position_loss": corrupted}, tensors
