@@ -108,8 +108,9 @@ def output_dir(out: Path | None, default: Path, overwrite: bool) -> Path:
 def analyze_checkpoint(args: argparse.Namespace) -> Path:
     from safetensors.torch import save_file
 
-    from lit_interp import checkpoints, report
+    from lit_interp import checkpoints
     from lit_interp.analysis.snapshot import run_analysis
+    from lit_interp.report import checkpoint_report
 
     if args.probe_batch_size < 1:
         raise ConfigError(f"--probe_batch_size={args.probe_batch_size} must be >= 1")
@@ -121,27 +122,12 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     step = int(checkpoint.get("global_step", 0))
     summary, tensors = run_analysis(module, datamodule, step, args.probe_batch_size, args.probe_index, sweep_hooks=not args.no_sweep_hooks)
     summary["checkpoint"] = str(path)
-    page = report.checkpoint_report(summary, tensors, f"lit_interp analysis of {path.name}")
+    page = checkpoint_report(summary, tensors, f"lit_interp analysis of {path.name}")
     out.mkdir(parents=True, exist_ok=True)  # everything is computed before anything is written
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     save_file(tensors, str(out / "tensors.safetensors"))
     (out / "report.html").write_text(page)
     return out
-
-
-def read_snapshots(run: Path) -> list[dict[str, Any]]:
-    if not run.is_dir():
-        raise ConfigError(f"--run {run} is not a directory; pass a run directory such as lightning_logs/version_0")
-    files = sorted((run / "analysis").glob("step_*.json"))
-    if not files:
-        raise ConfigError(f"--run {run} has no snapshots ({run}/analysis/step_*.json); train with the AnalysisSnapshots callback (every configs/*.yaml has it), or analyse a checkpoint with --ckpt_path")
-    summaries = []
-    for file in files:
-        try:
-            summaries.append(json.loads(file.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ConfigError(f"snapshot {file} is not valid JSON (interrupted write?); delete it and rerun analyze") from None
-    return sorted(summaries, key=lambda summary: summary["step"])
 
 
 def nan_to_null(value: Any) -> Any:
@@ -154,12 +140,12 @@ def nan_to_null(value: Any) -> Any:
 
 
 def analyze_run(args: argparse.Namespace) -> Path:
-    from lit_interp import report
+    from lit_interp.report import read_snapshots, run_report, trajectories
 
-    summaries = read_snapshots(args.run)
+    snapshots = read_snapshots(args.run)
     out = output_dir(args.out, args.run / "analysis_report", args.overwrite)
-    page = report.trajectory_report(summaries, f"lit_interp trajectory of {args.run}")
-    data = report.trajectories(summaries)
+    page = run_report(args.run, snapshots, f"lit_interp run report of {args.run}")
+    data = trajectories([snapshot.summary for snapshot in snapshots])
     out.mkdir(parents=True, exist_ok=True)
     (out / "trajectory.json").write_text(json.dumps(nan_to_null(data)))
     (out / "report.html").write_text(page)

@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from lit_interp import runlogs
 from lit_interp.errors import ConfigError
 
 # A head "has" a score's finding when its score reaches the threshold; the first snapshot where it does
@@ -47,7 +48,7 @@ class Run:
     path: Path
     config: dict[str, Any]
     final: dict[str, float]
-    series: dict[str, list[tuple[int, float]]]
+    series: dict[str, tuple[list[int], list[float]]]  # tag -> (steps, values), from lit_interp.runlogs
     snapshots: list[dict[str, Any]]
     sweep: dict[str, Any] = field(default_factory=dict)  # trial number, state, objective value, error
 
@@ -81,21 +82,6 @@ def find_runs(directories: list[Path]) -> list[Path]:
             )
         runs += [run for run in found if run not in runs]
     return runs
-
-
-def read_scalars(run: Path) -> dict[str, list[tuple[int, float]]]:
-    """Each scalar tag's (step, value) pairs in step order; where a resumed run logged a step twice, the later write."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0, "images": 1, "tensors": 1, "histograms": 1})
-    accumulator.Reload()
-    series = {}
-    for tag in accumulator.Tags()["scalars"]:
-        by_step = {}
-        for event in sorted(accumulator.Scalars(tag), key=lambda event: event.wall_time):
-            by_step[event.step] = event.value
-        series[tag] = sorted(by_step.items())
-    return series
 
 
 def read_snapshots(run: Path) -> list[dict[str, Any]]:

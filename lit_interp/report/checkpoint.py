@@ -1,0 +1,366 @@
+"""The checkpoint report: one analysis (summary dict + tensors, as `run_analysis` returns them) as one page."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import numpy as np
+import torch
+
+from lit_interp.report import descriptions
+from lit_interp.report.figures import (
+    Axes,
+    Frame,
+    attention_scale,
+    bars,
+    block_labels,
+    cosine_scale,
+    data_scale,
+    heatmap_grid,
+    shrink,
+)
+from lit_interp.report.html import Preformatted, Section, embed, plain, render, table
+
+MAX_SIDE = 256  # larger matrices are shown as block means
+MAX_EXAMPLES = 16
+PER_HEAD = re.compile(r"(?P<group>.+)\.L(?P<layer>\d+)H(?P<head>\d+)")
+SUMMARY_KEYS = {
+    "step",
+    "task",
+    "loss",
+    "metrics",
+    "heads",
+    "hooks",
+    "composition",
+    "adversarial",
+    "term_importance",
+    "checkpoint",
+}
+
+# family of per-head tensors -> (heading, note, column name, row name, value name)
+FAMILIES = {
+    "ov_circuit": (
+        "Full OV circuits W_E W_OV W_U",
+        "Row s: what the head adds to the output logits when it attends only to "
+        "input s. A bright diagonal is a copying head.",
+        "output",
+        "source",
+        "logit",
+    ),
+    "rotary_similarity": (
+        "Cosine similarity across positions",
+        "Of the head's queries and keys before (q, k) and after "
+        "(rot_q, rot_k) the rotary embedding, and of q against k.",
+        "pos",
+        "pos",
+        "cosine similarity",
+    ),
+    "attn_score_terms": (
+        "Attention-score terms",
+        "The last layer's mean attention scores split into the term reading "
+        "the embeddings directly and the K-, Q- and K+Q-composition terms.",
+        "key_pos",
+        "query_pos",
+        "score",
+    ),
+}
+PATTERNS = {
+    "attention_patterns": (
+        "Mean attention patterns on the probe batch",
+        "Each head's attention from query_pos (rows) to key_pos "
+        "(columns), averaged over the probe batch; colour fixed to [0, 1].",
+    ),
+    "repeated_sequence_patterns": (
+        "Mean attention patterns on a sequence repeated twice",
+        "The probe batch's first half "
+        "repeated: an induction head attends from the second copy to the token after the first.",
+    ),
+}
+
+
+def checkpoint_report(summary: dict[str, Any], tensors: dict[str, torch.Tensor], title: str) -> str:
+    """The page: head table, ablations, hook sweep, attention (mean, per example), circuits, composition, the rest."""
+    arrays = {name: tensor.detach().float().cpu().numpy() for name, tensor in tensors.items()}
+    labels = list(summary.get("heads", {}))
+    used: set[str] = {"example_inputs"}
+    sections = [
+        head_table(summary),
+        *ablation_sections(summary),
+        *pattern_sections(arrays, labels, used),
+        example_section(arrays, labels, used),
+        *per_head_sections(arrays, used, token_task(summary)),
+        composition_section(summary),
+        *loss_table_sections(summary),
+        *other_summary_sections(summary),
+        *other_tensor_sections(arrays, labels, used),
+        tensor_listing(tensors),
+    ]
+    return render(
+        "report.html.j2", title=title, facts=facts(summary), sections=[s for s in sections if s], step_axis_toggle=False
+    )
+
+
+def facts(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    found = [("task", summary.get("task")), ("step", summary.get("step")), ("probe loss", summary.get("loss"))]
+    found += [(f"probe {name}", value) for name, value in summary.get("metrics", {}).items()]
+    found += [
+        (name, value)
+        for name, value in summary.items()
+        if name not in SUMMARY_KEYS and not isinstance(value, (dict, list))
+    ]
+    return found + ([("checkpoint", summary["checkpoint"])] if "checkpoint" in summary else [])
+
+
+def token_task(summary: dict[str, Any]) -> bool:
+    return "acc" in summary.get("metrics", {})
+
+
+def head_table(summary: dict[str, Any]) -> Section | None:
+    if not summary.get("heads"):
+        return None
+    note = "Every head and every score; click a column to sort, hover over its name for what it measures."
+    return Section("Heads", [table(summary["heads"], "head", descriptions.SCORES)], note)
+
+
+def ablation_sections(summary: dict[str, Any]) -> list[Section]:
+    heads, clean = summary.get("heads", {}), summary.get("loss")
+    figures = []
+    for mode in ("zero", "mean"):
+        losses = {
+            head: scores[f"{mode}_ablation_loss"] for head, scores in heads.items() if f"{mode}_ablation_loss" in scores
+        }
+        if losses:
+            figures.append(embed(bars(losses, f"Probe loss with one head {mode}-ablated", "ablated head", clean)))
+    sections = [Section("Head ablations", figures, descriptions.SCORES["zero_ablation_loss"])] if figures else []
+    if summary.get("hooks"):
+        losses = {hook: scores.get("mean_ablation_loss") for hook, scores in summary["hooks"].items()}
+        figure = bars(losses, "Probe loss with one hook mean-ablated", "hook", clean)
+        sections.append(
+            Section(
+                "Mean-ablation sweep over hooks",
+                [embed(figure)],
+                "Each hook's activation replaced by its batch "
+                "mean, one hook at a time: the hooks the task needs stand out.",
+            )
+        )
+    return sections
+
+
+def head_titles(array: np.ndarray, labels: list[str]) -> list[str]:
+    """`L{layer}H{head}` for a `[layer head ...]` tensor (the summary's labels when they match)."""
+    n_layers, n_heads = array.shape[:2]
+    return (
+        labels
+        if len(labels) == n_layers * n_heads
+        else [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]
+    )
+
+
+def pattern_grid(array: np.ndarray) -> Frame:
+    """A `[layer head query_pos key_pos]` tensor as one frame of per-head matrices."""
+    return Frame("", [matrix for layer in array for matrix in layer])
+
+
+def pattern_sections(arrays: dict[str, np.ndarray], labels: list[str], used: set[str]) -> list[Section]:
+    sections = []
+    for name, (heading, note) in PATTERNS.items():
+        if name in arrays and arrays[name].ndim == 4:
+            used.add(name)
+            figure = heatmap_grid(
+                [pattern_grid(arrays[name])],
+                head_titles(arrays[name], labels),
+                attention_scale(),
+                Axes("key_pos", "query_pos"),
+            )
+            sections.append(Section(heading, [embed(figure)], note))
+    return sections
+
+
+def example_section(arrays: dict[str, np.ndarray], labels: list[str], used: set[str]) -> Section | None:
+    """Attention on single probe sequences, a slider choosing the example; hover shows the tokens."""
+    patterns, inputs = arrays.get("example_attention_patterns"), arrays.get("example_inputs")
+    if patterns is None or patterns.ndim != 5:
+        return None
+    used.add("example_attention_patterns")
+    frames = []
+    for example, pattern in enumerate(patterns[:MAX_EXAMPLES]):
+        matrices = [matrix for layer in pattern for matrix in layer]
+        customdata = None
+        if inputs is not None and inputs.ndim == 2 and inputs.shape[1] == pattern.shape[-1]:
+            tokens = [str(int(token)) for token in inputs[example]]
+            cells = np.array([[[query, key] for key in tokens] for query in tokens], dtype=object)
+            customdata = [cells] * len(matrices)
+        frames.append(Frame(str(example), matrices, customdata))
+    axes = Axes("key_pos", "query_pos", hover_tokens=frames[0].customdata is not None)
+    figure = heatmap_grid(frames, head_titles(patterns[0], labels), attention_scale(), axes, slider_prefix="example")
+    return Section(
+        "Attention on single examples",
+        [embed(figure)],
+        "One probe sequence at a time: move the slider to choose "
+        "the example; hover over a cell for the query and key tokens.",
+    )
+
+
+def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task: bool) -> list[Section]:
+    """Tensors named `<group>.L{l}H{h}` (OV circuits, similarities, score terms, anything new): a grid per group."""
+    groups: dict[str, dict[str, np.ndarray]] = {}
+    for name, array in arrays.items():
+        match = PER_HEAD.fullmatch(name)
+        if match and array.ndim == 2:
+            groups.setdefault(match["group"], {})[f"L{match['layer']}H{match['head']}"] = array
+            used.add(name)
+    sections: dict[str, Section] = {}
+    for group, matrices in groups.items():
+        family = group.split(".")[0]
+        heading, note, x_name, y_name, value_name = FAMILIES.get(
+            family, (family.replace("_", " "), "", "column", "row", "value")
+        )
+        if family == "ov_circuit" and not token_task:
+            x_name, y_name = "output dim", "input dim"
+        shrunk = [shrink(matrix, MAX_SIDE) for matrix in matrices.values()]
+        block = shrunk[0][1]
+        shape = next(iter(matrices.values())).shape
+        axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
+        scale = cosine_scale() if family == "rotary_similarity" else data_scale([m for m, _ in shrunk], value_name)
+        figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], list(matrices), scale, axes)
+        figure.update_layout(title=dict(text=plain(group), x=0.02))
+        block_note = f" Shown as means over {block}x{block} blocks." if block > 1 else ""
+        sections.setdefault(family, Section(heading, [], note + block_note)).items.append(embed(figure))
+    return list(sections.values())
+
+
+def composition_section(summary: dict[str, Any]) -> Section | None:
+    composition = summary.get("composition")
+    if not isinstance(composition, dict) or "labels" not in composition:
+        return None
+    labels = [str(label) for label in composition["labels"]]
+    modes = [mode for mode in ("q", "k", "v") if mode in composition]
+    matrices = [np.array(composition[mode], dtype=np.float32) for mode in modes]
+    figure = heatmap_grid(
+        [Frame("", matrices)],
+        [f"{mode.upper()}-composition" for mode in modes],
+        attention_scale("composition score"),
+        Axes("reading head", "writing head", labels, labels),
+        columns=3,
+    )
+    return Section(
+        "Composition scores",
+        [embed(figure)],
+        "How much each later head (column) reads, through its query, key or "
+        "value, from what an earlier head (row) writes: |W_OV W| / (|W_OV| |W|), in [0, 1].",
+    )
+
+
+def loss_table_sections(summary: dict[str, Any]) -> list[Section]:
+    """Adversarial losses and term importance: bars against the clean loss, and their table."""
+    sections = []
+    if isinstance(summary.get("adversarial"), dict):
+        losses = summary["adversarial"]
+        figure = bars(losses, "Loss on adversarial inputs", "input", losses.get("clean_loss", summary.get("loss")))
+        sections.append(
+            Section("Adversarial inputs", [embed(figure), table({"loss": losses}, "", descriptions.ADVERSARIAL)])
+        )
+    if isinstance(summary.get("term_importance"), dict):
+        terms = {name: value for name, value in summary["term_importance"].items() if name != "layer"}
+        layer = summary["term_importance"].get("layer")
+        figure = bars(
+            terms, f"Loss with one attention-score term of layer {layer} removed", "term removed", summary.get("loss")
+        )
+        sections.append(
+            Section("Attention-score term importance", [embed(figure), table({"loss": terms}, "", descriptions.TERMS)])
+        )
+    return sections
+
+
+def other_summary_sections(summary: dict[str, Any]) -> list[Section]:
+    """Summary sections this report has no dedicated figure for: tables of their numbers, heatmaps of their matrices."""
+    return [
+        generic_section(name, value)
+        for name, value in summary.items()
+        if name not in SUMMARY_KEYS and isinstance(value, (dict, list))
+    ]
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_matrix(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) > 0
+        and all(isinstance(row, list) and row and all(map(is_number, row)) for row in value)
+        and len({len(row) for row in value}) == 1
+    )
+
+
+def generic_section(name: str, value: dict | list) -> Section:
+    heading = name.replace("_", " ").capitalize()
+    if not isinstance(value, dict):
+        value = {"value": value}
+    items: list = []
+    scalars = {key: item for key, item in value.items() if is_number(item) or isinstance(item, str)}
+    if scalars:
+        items.append(table({key: {"value": item} for key, item in scalars.items()}, ""))
+    rows = {
+        key: item
+        for key, item in value.items()
+        if isinstance(item, dict) and item and all(is_number(v) or v is None for v in item.values())
+    }
+    if rows:
+        items.append(table(rows, ""))
+    for key, item in value.items():
+        if is_matrix(item):
+            matrix = np.array(item, dtype=np.float32)
+            figure = heatmap_grid(
+                [Frame("", [shrink(matrix, MAX_SIDE)[0]])],
+                [key],
+                data_scale([matrix], key),
+                Axes("column", "row", square=False),
+            )
+            items.append(embed(figure))
+        elif key not in scalars and key not in rows:
+            items.append(Preformatted(f"{key} (raw)", json.dumps(item, indent=1)[:20000]))
+    return Section(heading, items, f"The summary's '{name}' section.")
+
+
+def other_tensor_sections(arrays: dict[str, np.ndarray], labels: list[str], used: set[str]) -> list[Section]:
+    """Tensors no section above drew: [layer head q k] as per-head grids, [layer head n] and 2-D ones as heatmaps."""
+    items = []
+    for name, array in arrays.items():
+        if name in used or name.startswith("head_") and array.ndim == 2:  # head_*: the head table has them
+            continue
+        if array.ndim == 4:
+            matrices, titles, axes = (
+                [m for layer in array for m in layer],
+                head_titles(array, labels),
+                Axes("key", "query"),
+            )
+        elif array.ndim == 3:
+            matrices, titles = [array.reshape(-1, array.shape[-1])], [name]
+            axes = Axes(
+                name.rsplit("_", 1)[-1] if "_by_" in name else "index",
+                "head",
+                y_labels=head_titles(array, labels),
+                square=False,
+            )
+        elif array.ndim == 2:
+            matrices, titles, axes = [array], [name], Axes("column", "row", square=False)
+        else:
+            continue
+        shrunk = [shrink(matrix, MAX_SIDE)[0] for matrix in matrices]
+        if axes.y_labels is not None and shrunk[0].shape[0] != len(axes.y_labels):
+            axes.y_labels = None
+        figure = heatmap_grid([Frame("", shrunk)], titles, data_scale(shrunk, "value"), axes)
+        figure.update_layout(title=dict(text=plain(name), x=0.02))
+        items.append(embed(figure))
+    return (
+        [Section("Other tensors", items, "Tensors of the analysis without a dedicated section above.")] if items else []
+    )
+
+
+def tensor_listing(tensors: dict[str, torch.Tensor]) -> Section:
+    rows = {name: {"shape": " x ".join(map(str, tensor.shape))} for name, tensor in tensors.items()}
+    return Section("Tensors in tensors.safetensors", [table(rows, "name")])

@@ -1,0 +1,345 @@
+"""Plotly figures of analysis results: heatmap grids with honest colour scales and sliders, bars, lines against step."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import plotly.colors
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from lit_interp.report.html import plain
+
+BLUES = plotly.colors.sequential.Blues
+RED_BLUE = plotly.colors.diverging.RdBu[::-1]  # blue below zero, red above
+PALETTE = plotly.colors.qualitative.Dark24 + plotly.colors.qualitative.Light24  # 48 distinct colours, then dashes
+DASHES = ("solid", "dash", "dot", "dashdot")
+FONT = dict(family="system-ui, sans-serif", size=12)
+CELL_PIXELS = 240  # side of one heatmap in a grid
+Series = tuple[list[int], list[float]]  # (steps, values)
+
+
+@dataclass
+class Scale:
+    """A colour scale with fixed ends, so every frame and every head of a figure reads the same."""
+
+    colours: list[str]
+    low: float
+    high: float
+    value_name: str
+
+
+def attention_scale(value_name: str = "attention") -> Scale:
+    return Scale(BLUES, 0.0, 1.0, value_name)
+
+
+def cosine_scale() -> Scale:
+    return Scale(RED_BLUE, -1.0, 1.0, "cosine similarity")
+
+
+def data_scale(arrays: list[np.ndarray], value_name: str) -> Scale:
+    """Diverging and centred on 0 when any value is negative, else from 0 (never from the minimum) to the maximum."""
+    finite = [a[np.isfinite(a)] for a in arrays]
+    low = min((float(a.min()) for a in finite if a.size), default=0.0)
+    high = max((float(a.max()) for a in finite if a.size), default=1.0)
+    if low < 0:
+        bound = max(-low, high) or 1.0
+        return Scale(RED_BLUE, -bound, bound, value_name)
+    return Scale(BLUES, 0.0, high or 1.0, value_name)
+
+
+@dataclass
+class Axes:
+    """What a heatmap's rows and columns are, for axis titles and hover text."""
+
+    x_name: str
+    y_name: str
+    x_labels: list[str] | None = None
+    y_labels: list[str] | None = None
+    square: bool = True
+    hover_tokens: bool = False  # customdata holds [row token, column token] per cell
+
+
+@dataclass
+class Frame:
+    """The matrices of every subplot at one slider position (one step, or one example)."""
+
+    label: str
+    matrices: list[np.ndarray]
+    customdata: list[np.ndarray] | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def shrink(matrix: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
+    """Block means so that neither side exceeds max_side, and the block size (1 when unchanged)."""
+    block = max(1, math.ceil(max(matrix.shape) / max_side))
+    if block == 1:
+        return matrix, 1
+    rows, columns = (-(-side // block) * block for side in matrix.shape)
+    padded = np.full((rows, columns), np.nan, np.float32)
+    padded[: matrix.shape[0], : matrix.shape[1]] = matrix
+    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as warnings:
+        warnings.filter(RuntimeWarning)
+        means = np.nanmean(padded.reshape(rows // block, block, columns // block, block), axis=(1, 3))
+    return means.astype(np.float32), block
+
+
+def block_labels(length: int, block: int) -> list[str] | None:
+    """'a-b' index ranges of each block, or None for unshrunk axes (plain integer positions)."""
+    if block == 1:
+        return None
+    return [f"{start}-{min(start + block, length) - 1}" for start in range(0, length, block)]
+
+
+def escaped(labels: list[str] | None) -> list[str] | None:
+    return None if labels is None else [plain(label) for label in labels]
+
+
+def hover_template(axes: Axes, title: str, value_name: str) -> str:
+    row, column = f"{plain(axes.y_name)} %{{y}}", f"{plain(axes.x_name)} %{{x}}"
+    if axes.hover_tokens:
+        row, column = f"{row} (token %{{customdata[0]}})", f"{column} (token %{{customdata[1]}})"
+    return f"{row}<br>{column}<br>{plain(value_name)} %{{z:.4g}}<extra>{plain(title)}</extra>"
+
+
+def heatmap_grid(
+    frames: list[Frame], titles: list[str], scale: Scale, axes: Axes, slider_prefix: str = "step", columns: int = 4
+) -> go.Figure:
+    """One heatmap per title (e.g. per head) on one colour scale; with several frames, a slider picks the frame.
+
+    The figure first shows the last frame (the latest step, or the first example when the labels say so).
+    """
+    n = len(titles)
+    columns = min(n, columns)
+    rows = -(-n // columns)
+    figure = make_subplots(
+        rows=rows,
+        cols=columns,
+        subplot_titles=[plain(title) for title in titles],
+        horizontal_spacing=0.35 / columns if columns > 1 else 0.0,
+        vertical_spacing=0.25 / rows if rows > 1 else 0.0,
+    )
+    shown = frames[-1] if slider_prefix == "step" else frames[0]
+    for index, (title, matrix) in enumerate(zip(titles, shown.matrices, strict=True)):
+        trace = go.Heatmap(
+            z=matrix.astype(np.float32),
+            x=escaped(axes.x_labels),
+            y=escaped(axes.y_labels),
+            coloraxis="coloraxis",
+            hovertemplate=hover_template(axes, title, scale.value_name),
+            customdata=shown.customdata[index] if shown.customdata is not None else None,
+        )
+        figure.add_trace(trace, row=index // columns + 1, col=index % columns + 1)
+    figure.update_yaxes(autorange="reversed", constrain="domain")
+    figure.update_xaxes(constrain="domain")
+    for index in range(n):
+        suffix = "" if index == 0 else str(index + 1)
+        if axes.square and axes.x_labels is None and axes.y_labels is None:
+            figure.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
+        if index % columns == 0:
+            figure.layout[f"yaxis{suffix}"].title = plain(axes.y_name)
+        if index >= n - columns:
+            figure.layout[f"xaxis{suffix}"].title = plain(axes.x_name)
+    figure.update_layout(
+        coloraxis=dict(
+            colorscale=scale.colours,
+            cmin=scale.low,
+            cmax=scale.high,
+            colorbar=dict(title=plain(scale.value_name), thickness=12),
+        )
+    )
+    height = rows * CELL_PIXELS + 90
+    if len(frames) > 1:
+        add_slider(figure, frames, slider_prefix, list(range(n)))
+        height += 90
+    return layout(figure, height=height, width=min(columns * (CELL_PIXELS + 60) + 160, 1100))
+
+
+def add_slider(figure: go.Figure, frames: list[Frame], prefix: str, traces: list[int]) -> None:
+    """Plotly frames, one per slider position, each replacing the z (and hover tokens) of `traces`."""
+    figure.frames = [
+        go.Frame(
+            name=frame.label,
+            traces=traces,
+            data=[
+                go.Heatmap(
+                    z=matrix.astype(np.float32),
+                    customdata=frame.customdata[index] if frame.customdata is not None else None,
+                )
+                for index, matrix in enumerate(frame.matrices)
+            ],
+        )
+        for frame in frames
+    ]
+    still = dict(mode="immediate", frame=dict(duration=0, redraw=True), transition=dict(duration=0))
+    steps = [dict(method="animate", label=plain(frame.label), args=[[frame.label], still]) for frame in frames]
+    active = len(frames) - 1 if prefix == "step" else 0
+    figure.update_layout(
+        sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix=f"{prefix} "), pad=dict(t=50), len=0.95)]
+    )
+
+
+def bars(
+    values: dict[str, float | None],
+    title: str,
+    category_name: str,
+    reference: float | None = None,
+    reference_name: str = "clean loss",
+    value_name: str = "loss",
+) -> go.Figure:
+    """Horizontal bars of each value minus `reference` (e.g. loss of each ablated head over the clean loss).
+
+    Differences, not raw losses: ablation losses sit close to the clean loss, and bars from 0 would all look equal.
+    """
+    names = [plain(name) for name in values]
+    raw = [math.nan if value is None else value for value in values.values()]
+    shift = reference if reference is not None and math.isfinite(reference) else 0.0
+    delta = [value - shift for value in raw]
+    axis = f"{value_name} minus {reference_name} ({shift:.4g})" if shift else value_name
+    figure = go.Figure(
+        go.Bar(
+            x=delta,
+            y=names,
+            orientation="h",
+            customdata=raw,
+            marker_color=[PALETTE[1] if d > 0 else PALETTE[0] for d in delta],
+            hovertemplate=f"%{{y}}<br>{plain(value_name)} %{{customdata:.4g}}<br>difference %{{x:+.4g}}<extra></extra>",
+        )
+    )
+    figure.update_yaxes(autorange="reversed", title=plain(category_name), automargin=True)
+    layout(figure, title=title, height=140 + 20 * len(values), width=720)
+    figure.update_xaxes(title=plain(axis), zeroline=True, zerolinecolor="black", showgrid=True, gridcolor="#eee")
+    return figure
+
+
+def colour(index: int) -> dict:
+    """A line style distinct for up to 48 series, then varied by dash."""
+    return dict(color=PALETTE[index % len(PALETTE)], dash=DASHES[index // len(PALETTE) % len(DASHES)])
+
+
+def first_crossing(steps: list[int], values: list[float | None], threshold: float) -> int | None:
+    """The first step at which a series that started below `threshold` reaches it (None and NaN never reach it)."""
+    if not values or values[0] is None or not values[0] < threshold:
+        return None
+    return next((step for step, value in zip(steps, values) if value is not None and value >= threshold), None)
+
+
+def step_lines(
+    series: dict[str, Series],
+    title: str,
+    value_name: str,
+    loss: Series | None = None,
+    threshold: float | None = None,
+    log_y: bool = False,
+) -> go.Figure:
+    """A line per series against step; the probe loss on a right-hand axis; stars where a series reaches `threshold`."""
+    figure = go.Figure()
+    for index, (name, (steps, values)) in enumerate(series.items()):
+        figure.add_trace(
+            go.Scatter(
+                x=np.asarray(steps, np.int64),
+                y=as_floats(values),
+                name=plain(name),
+                mode="lines+markers",
+                line=colour(index),
+                marker_size=4,
+                legendgroup=plain(name),
+                hovertemplate=f"{plain(name)}<br>step %{{x}}<br>{plain(value_name)} %{{y:.4g}}<extra></extra>",
+            )
+        )
+        crossed = first_crossing(steps, values, threshold) if threshold is not None else None
+        if crossed is not None:
+            figure.add_trace(
+                go.Scatter(
+                    x=[crossed],
+                    y=[values[steps.index(crossed)]],
+                    mode="markers",
+                    showlegend=False,
+                    legendgroup=plain(name),
+                    marker=dict(
+                        symbol="star", size=13, color=colour(index)["color"], line=dict(width=1, color="black")
+                    ),
+                    hovertemplate=f"{plain(name)} reaches {threshold:g} at step {crossed}<extra></extra>",
+                )
+            )
+    if threshold is not None:
+        figure.add_hline(
+            y=threshold,
+            line_dash="dot",
+            line_color="grey",
+            annotation_text=f"threshold {threshold:g}",
+            annotation_position="bottom right",
+        )
+    if loss is not None:
+        figure.add_trace(
+            go.Scatter(
+                x=np.asarray(loss[0], np.int64),
+                y=as_floats(loss[1]),
+                name="probe loss (right axis)",
+                yaxis="y2",
+                mode="lines",
+                line=dict(color="grey", dash="dash"),
+                hovertemplate="probe loss %{y:.4g}<br>step %{x}<extra></extra>",
+            )
+        )
+        figure.update_layout(
+            yaxis2=dict(
+                title="probe loss", overlaying="y", side="right", showgrid=False, **value_axis(loss[1], log=True)
+            )
+        )
+    many = len(series) > 8
+    legend = (
+        dict(x=1.1 if loss is not None else 1.02, xanchor="left", y=1)
+        if many
+        else dict(orientation="h", x=0, y=-0.22, yanchor="top")
+    )
+    layout(
+        figure,
+        title=title,
+        height=max(400, min(900, 18 * len(series) + 100)) if many else 400,
+        width=1100 if many else 540,
+    )
+    figure.update_layout(
+        xaxis=dict(title="step", showgrid=True, gridcolor="#eee"),
+        legend=dict(font_size=10, **legend),
+        yaxis=dict(
+            title=plain(value_name),
+            showgrid=True,
+            gridcolor="#eee",
+            **value_axis([value for _, values in series.values() for value in values], log=log_y),
+        ),
+    )
+    return figure
+
+
+def as_floats(values: list[float | None]) -> np.ndarray:
+    """Values as a float32 array (None as NaN, a gap): plotly stores it as compact base64, not as decimal text."""
+    return np.array([math.nan if value is None else value for value in values], np.float32)
+
+
+def value_axis(values: list[float | None], log: bool) -> dict:
+    """A log axis with a tick per decade when asked for and every value is positive, else a linear axis."""
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    if not log or not finite or min(finite) <= 0:
+        return dict(type="linear")
+    decades = math.log10(max(finite)) - math.log10(min(finite))
+    return dict(type="log", exponentformat="power", dtick=1 if decades >= 2 else None)
+
+
+def layout(figure: go.Figure, title: str | None = None, height: int = 400, width: int | None = None) -> go.Figure:
+    """Shared look: no plotly template (keeps every figure's JSON small), white background, light grid."""
+    figure.update_layout(
+        template="none",
+        font=FONT,
+        height=height,
+        width=width,
+        margin=dict(l=60, r=30, t=60 if title else 40, b=50),
+        title=dict(text=plain(title), x=0.02) if title else None,
+        plot_bgcolor="white",
+        paper_bgcolor="white",
+    )
+    figure.update_xaxes(showgrid=False, zeroline=False, automargin=True)
+    figure.update_yaxes(showgrid=False, zeroline=False, automargin=True)
+    return figure

@@ -1,0 +1,352 @@
+"""The run report: a run's snapshots (analysis/step_*.json + .safetensors) and training curves against step."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lit_interp import runlogs
+from lit_interp.errors import ConfigError
+from lit_interp.report import descriptions
+from lit_interp.report.checkpoint import PER_HEAD, head_table
+from lit_interp.report.figures import (
+    Axes,
+    Frame,
+    Scale,
+    attention_scale,
+    block_labels,
+    data_scale,
+    heatmap_grid,
+    shrink,
+    step_lines,
+)
+from lit_interp.report.html import Preformatted, Section, embed, render, table
+
+MAX_SIDE = 128  # circuits larger than this are shown as block means in the slider figures
+MAX_SLIDER_VALUES = 360_000  # shared by the slider figures of a page; beyond it, frames are thinned evenly
+SLIDER_GROUPS = {
+    "ov_circuit": ("Full OV circuits across training", "output", "source", "logit"),
+    "qk_circuit": ("QK circuits across training", "key", "query", "score"),
+}
+NUMBER_SECTIONS = ("metrics", "adversarial", "term_importance")
+
+
+@dataclass
+class Snapshot:
+    path: Path  # the step_*.json file; its tensors are beside it in step_*.safetensors
+    summary: dict[str, Any]
+
+
+def read_snapshots(run: Path) -> list[Snapshot]:
+    """The run's snapshots sorted by step; a file that is not a well-formed snapshot is a ConfigError naming it."""
+    if not run.is_dir():
+        raise ConfigError(f"--run {run} is not a directory; pass a run directory such as lightning_logs/version_0")
+    files = sorted((run / "analysis").glob("step_*.json"))
+    if not files:
+        raise ConfigError(
+            f"--run {run} has no snapshots ({run}/analysis/step_*.json); train with the AnalysisSnapshots callback "
+            "(every configs/*.yaml has it), or analyse a checkpoint with --ckpt_path"
+        )
+    snapshots = []
+    for file in files:
+        try:
+            summary = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+            raise ConfigError(
+                f"snapshot {file} is not valid JSON (interrupted write?); delete it and rerun analyze"
+            ) from None
+        snapshots.append(Snapshot(file, check_snapshot(summary, file)))
+    return sorted(snapshots, key=lambda snapshot: snapshot.summary["step"])
+
+
+def check_snapshot(summary: Any, file: Path) -> dict[str, Any]:
+    """The summary if it follows the snapshot schema (numbers where numbers belong), else a one-line ConfigError."""
+
+    def fail(problem: str) -> ConfigError:
+        return ConfigError(
+            f"snapshot {file} {problem}; it was not written by lit_interp's snapshots: delete it and rerun analyze"
+        )
+
+    if not isinstance(summary, dict):
+        raise fail(f"holds a JSON {type(summary).__name__}, not an object")
+    step = summary.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise fail(f"has step {short(step)}, not a non-negative integer")
+    if not isinstance(summary.get("task"), str):
+        raise fail(f"has task {short(summary.get('task'))}, not a string")
+    if not is_number(summary.get("loss")):
+        raise fail(f"has loss {short(summary.get('loss'))}, not a number")
+    for section in ("heads", "hooks"):
+        rows = summary.get(section, {})
+        if not isinstance(rows, dict) or not all(
+            isinstance(row, dict) and all(map(is_number, row.values())) for row in rows.values()
+        ):
+            raise fail(f"has a '{section}' section that is not a mapping of names to numbers")
+    for section in NUMBER_SECTIONS:
+        if not isinstance(summary.get(section, {}), dict) or not all(map(is_number, summary.get(section, {}).values())):
+            raise fail(f"has a '{section}' section that is not a mapping of names to numbers")
+    return summary
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number, or null (a NaN written as null)."""
+    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def series(summaries: list[dict[str, Any]], get) -> list[float]:
+    """One value per snapshot; NaN where a snapshot lacks it (e.g. no hook sweep at that step)."""
+    values = []
+    for summary in summaries:
+        try:
+            value = get(summary)
+            values.append(math.nan if value is None else float(value))
+        except (KeyError, TypeError):
+            values.append(math.nan)
+    return values
+
+
+def trajectories(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-step series of the loss, metrics, every head score and every hook's mean-ablation loss."""
+    metrics = dict.fromkeys(name for summary in summaries for name in summary.get("metrics", {}))
+    heads = dict.fromkeys(head for summary in summaries for head in summary.get("heads", {}))
+    scores = dict.fromkeys(
+        score for summary in summaries for by_head in summary.get("heads", {}).values() for score in by_head
+    )
+    hooks = dict.fromkeys(hook for summary in summaries for hook in summary.get("hooks", {}))
+    return {
+        "steps": [summary["step"] for summary in summaries],
+        "loss": series(summaries, lambda s: s["loss"]),
+        "metrics": {name: series(summaries, lambda s, name=name: s["metrics"][name]) for name in metrics},
+        "heads": {
+            score: {head: series(summaries, lambda s, h=head, c=score: s["heads"][h][c]) for head in heads}
+            for score in scores
+        },
+        "hooks": {hook: series(summaries, lambda s, h=hook: s["hooks"][h]["mean_ablation_loss"]) for hook in hooks},
+    }
+
+
+def run_report(run: Path, snapshots: list[Snapshot], title: str) -> str:
+    """Formation steps, training curves, scores against step, attention and circuits on a step slider, head table."""
+    summaries = [snapshot.summary for snapshot in snapshots]
+    data = trajectories(summaries)
+    steps = data["steps"]
+    last = summaries[-1]
+    sections = [
+        formation_section(data),
+        training_section(run),
+        *score_sections(data),
+        *slider_sections(snapshots),
+        head_table(last),
+        config_section(run),
+    ]
+    if sections[-2] is not None:
+        sections[-2].heading = f"Heads at the last snapshot (step {last['step']})"
+    facts = [
+        ("task", last["task"]),
+        ("snapshots", len(steps)),
+        ("steps", f"{steps[0]} to {steps[-1]}"),
+        ("run", str(run)),
+    ]
+    return render(
+        "report.html.j2", title=title, facts=facts, sections=[s for s in sections if s], step_axis_toggle=True
+    )
+
+
+def formation_section(data: dict[str, Any]) -> Section | None:
+    """The step at which each head's score first reaches its threshold: when the circuit forms."""
+    from lit_interp.report.figures import first_crossing
+
+    rows: dict[str, dict[str, Any]] = {}
+    for score, threshold in descriptions.THRESHOLDS.items():
+        for head, values in data["heads"].get(score, {}).items():
+            crossed = first_crossing(data["steps"], values, threshold)
+            if crossed is not None:
+                rows.setdefault(head, {})[f"{score} >= {threshold:g}"] = crossed
+    if not rows:
+        return None
+    note = (
+        "First snapshot step at which a head's score reaches the threshold after starting below it "
+        "(stars in the figures below)."
+    )
+    return Section("When the heads formed", [table(rows, "head")], note)
+
+
+def training_section(run: Path) -> Section | None:
+    """The run's logged scalars, one figure per metric name (train/loss with val/loss, val/acc, ...)."""
+    scalars = runlogs.read_scalars(run)
+    groups: dict[str, dict[str, runlogs.Series]] = {}
+    for tag, points in scalars.items():
+        if tag != "epoch" and points[0]:
+            groups.setdefault(tag.rsplit("/", 1)[-1], {})[tag] = points
+    figures = []
+    for name, tags in groups.items():
+        positive = all(value > 0 for _, values in tags.values() for value in values)
+        figure = step_lines(tags, name, name, log_y="loss" in name and positive)
+        figures.append(embed(figure, "step-axis"))
+    return (
+        Section("Training curves", figures, "Scalars the run logged (TensorBoard event files, or metrics.csv).")
+        if figures
+        else None
+    )
+
+
+def score_sections(data: dict[str, Any]) -> list[Section]:
+    steps, loss = data["steps"], (data["steps"], data["loss"])
+    probe = {"probe loss": loss} | {f"probe {name}": (steps, values) for name, values in data["metrics"].items()}
+    figures = [
+        embed(
+            step_lines({"probe loss": loss}, "Probe loss", "loss", log_y=all(v > 0 for v in data["loss"])), "step-axis"
+        )
+    ]
+    figures += [
+        embed(step_lines({name: points}, name.capitalize(), name), "step-axis")
+        for name, points in list(probe.items())[1:]
+    ]
+    sections = [Section("Probe loss and metrics at each snapshot", figures)]
+    score_figures = []
+    for score, by_head in data["heads"].items():
+        figure = step_lines(
+            {head: (steps, values) for head, values in by_head.items()},
+            score,
+            score,
+            loss,
+            descriptions.THRESHOLDS.get(score),
+        )
+        score_figures.append(embed(figure, "step-axis"))
+    if score_figures:
+        note = (
+            "One figure per score, a line per head; the probe loss (dashed, right axis) beside it. "
+            "Hover over a column name of the head table for what a score measures."
+        )
+        sections.append(Section("Head scores and ablation losses against step", score_figures, note))
+    if data["hooks"]:
+        hooks = {hook: (steps, values) for hook, values in data["hooks"].items()}
+        figure = step_lines(hooks, "Probe loss with one hook mean-ablated", "loss", loss)
+        sections.append(Section("Mean-ablation sweep over hooks against step", [embed(figure, "step-axis")]))
+    return sections
+
+
+def thin(count: int, values_per_frame: int, budget: int = MAX_SLIDER_VALUES) -> list[int]:
+    """Indices of at most budget / values_per_frame frames, evenly spread, first and last kept."""
+    keep = max(2, budget // max(values_per_frame, 1))
+    if count <= keep:
+        return list(range(count))
+    return sorted({round(i * (count - 1) / (keep - 1)) for i in range(keep)})
+
+
+def load_tensors(snapshot: Snapshot, wanted) -> dict[str, np.ndarray]:
+    """The tensors of a snapshot whose names pass `wanted`; none when its .safetensors is absent."""
+    from safetensors import safe_open
+
+    path = snapshot.path.with_suffix(".safetensors")
+    if not path.is_file():
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            return {name: file.get_tensor(name).float().numpy() for name in file.keys() if wanted(name)}
+    except Exception:  # safetensors reports a bad header or truncation with several exception types
+        raise ConfigError(
+            f"snapshot tensors {path} are unreadable (truncated or not safetensors); delete them and rerun analyze"
+        ) from None
+
+
+def slider_sections(snapshots: list[Snapshot]) -> list[Section]:
+    """Attention patterns and circuits per head, a slider moving through the snapshot steps (one shared size budget)."""
+
+    def wanted(name: str) -> bool:
+        match = PER_HEAD.fullmatch(name)
+        return name == "attention_patterns" or bool(match and match["group"] in SLIDER_GROUPS)
+
+    loaded = [(snapshot.summary["step"], load_tensors(snapshot, wanted)) for snapshot in snapshots]
+    attention = [
+        (step, tensors["attention_patterns"])
+        for step, tensors in loaded
+        if tensors.get("attention_patterns", np.empty(0)).ndim == 4
+    ]
+    circuits = {group: circuit_frames(loaded, group) for group in SLIDER_GROUPS}
+    circuits = {group: frames for group, frames in circuits.items() if frames}
+    budget = MAX_SLIDER_VALUES // max(1, bool(attention) + len(circuits))
+    sections = []
+    if attention:
+        titles = [
+            f"L{layer}H{head}"
+            for layer in range(attention[-1][1].shape[0])
+            for head in range(attention[-1][1].shape[1])
+        ]
+        frames = [(step, [m for layer in array for m in layer]) for step, array in attention]
+        figure = step_slider(frames, titles, attention_scale(), Axes("key_pos", "query_pos"), budget)
+        sections.append(
+            Section(
+                "Attention patterns across training",
+                [embed(figure)],
+                "Mean attention on the probe batch; move "
+                "the slider to step through the snapshots (colour fixed to [0, 1]).",
+            )
+        )
+    for group, (frames, titles, shape, block) in circuits.items():
+        heading, x_name, y_name, value_name = SLIDER_GROUPS[group]
+        axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
+        figure = step_slider(frames, titles, None, axes, budget, value_name)
+        note = "Colour centred on 0 and fixed across steps." + (
+            f" Shown as means over {block}x{block} blocks." if block > 1 else ""
+        )
+        sections.append(Section(heading, [embed(figure)], note))
+    return sections
+
+
+def circuit_frames(loaded: list[tuple[int, dict[str, np.ndarray]]], group: str):
+    """(step, per-head matrices shrunk to MAX_SIDE) of steps with the last step's heads; titles, shape, block."""
+    frames = [
+        (step, {name: array for name, array in tensors.items() if name.startswith(group + ".") and array.ndim == 2})
+        for step, tensors in loaded
+    ]
+    frames = [(step, matrices) for step, matrices in frames if matrices]
+    if not frames:
+        return None
+    heads = list(frames[-1][1])
+    shape = frames[-1][1][heads[0]].shape
+    block = shrink(frames[-1][1][heads[0]], MAX_SIDE)[1]
+    kept = [
+        (step, [shrink(matrices[head], MAX_SIDE)[0] for head in heads])
+        for step, matrices in frames
+        if list(matrices) == heads
+    ]
+    return kept, [head.rsplit(".", 1)[-1] for head in heads], shape, block
+
+
+def step_slider(
+    frames: list[tuple[int, list[np.ndarray]]],
+    titles: list[str],
+    scale: Scale | None,
+    axes: Axes,
+    budget: int,
+    value_name: str = "value",
+):
+    """A heatmap grid with a slider over steps, frames thinned to `budget` values, one colour scale for every frame."""
+    last = frames[-1][1]
+    keep = thin(len(frames), sum(matrix.size for matrix in last), budget)
+    built = [Frame(str(frames[index][0]), frames[index][1]) for index in keep]
+    built = [frame for frame in built if [m.shape for m in frame.matrices] == [m.shape for m in last]]
+    scale = scale or data_scale([m for frame in built for m in frame.matrices], value_name)
+    return heatmap_grid(built, titles, scale, axes, slider_prefix="step")
+
+
+def config_section(run: Path) -> Section | None:
+    path = run / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(errors="replace")[:50_000]
+    except OSError:
+        return None
+    return Section("Run configuration", [Preformatted(f"{path.name}: the config this run was trained with", text)])

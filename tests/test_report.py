@@ -1,0 +1,241 @@
+"""HTML reports without a browser: every string escaped, offline, plotly.js once, size; TensorBoard images."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import plotly.offline
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from lit_interp import runlogs
+from lit_interp.analysis.snapshot import run_analysis
+from lit_interp.cli import main
+from lit_interp.report import checkpoint_report, read_snapshots, run_report
+from lit_interp.report.figures import first_crossing, shrink
+from lit_interp.report.images import BLUES, colourmap, heatmap_rgb
+from lit_interp.report.run import thin
+from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
+
+XSS = "<script>alert(1)</script>"
+EVIL_HEAD = "<img src=x onerror=alert(2)>"
+
+
+@pytest.fixture(scope="module")
+def analysis() -> tuple[dict, dict[str, torch.Tensor]]:
+    """A real analysis of a tiny untrained 2-layer, 2-head BOS model (every section the analysis writes)."""
+    torch.manual_seed(0)
+    module = BosIntsModule(d_model=16, d_head=8, n_heads=2, d_vocab=21, n_ctx=8)
+    datamodule = BosIntsDataModule(d_vocab=21, n_ctx=8, bos_token=20)
+    return run_analysis(module, datamodule, step=7, probe_batch_size=16)
+
+
+def figure_specs(page: str) -> list[dict]:
+    specs = re.findall(
+        r'<script type="application/json" class="figure-spec" data-target="[^"]+">(.*?)</script>', page, re.S
+    )
+    return [json.loads(spec) for spec in specs]
+
+
+def values(array) -> list:
+    """A plotly array from figure JSON: a plain list, or base64 typed-array data {"dtype", "bdata"}."""
+    if isinstance(array, dict):
+        dtypes = {"f4": np.float32, "f8": np.float64, "i1": np.int8, "i2": np.int16, "i4": np.int32, "u1": np.uint8}
+        return np.frombuffer(base64.b64decode(array["bdata"]), dtypes[array["dtype"]]).tolist()
+    return array
+
+
+def plotly_payloads(page: str) -> list[str]:
+    return re.findall(r'<script type="application/octet-stream" id="plotly-js-gzip-base64">(.*?)</script>', page, re.S)
+
+
+def assert_offline(page: str) -> None:
+    """plotly.js inlined exactly once and equal to the installed one; nothing to fetch from the network."""
+    payloads = plotly_payloads(page)
+    assert len(payloads) == 1
+    assert gzip.decompress(base64.b64decode(payloads[0])).decode() == plotly.offline.get_plotlyjs()
+    assert page.count(payloads[0][:200]) == 1
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "<script src" not in page and "<link" not in page
+
+
+def test_checkpoint_report_is_offline_and_draws_every_analysis(analysis, tmp_path):
+    summary, tensors = analysis
+    page = checkpoint_report(summary, tensors, "checkpoint")
+    assert_offline(page)
+    specs = figure_specs(page)
+    titles = {annotation["text"] for spec in specs for annotation in spec["layout"].get("annotations", [])}
+    assert {"L0H0", "L0H1", "L1H0", "L1H1", "Q-composition"} <= titles
+    sliders = [spec for spec in specs if spec["layout"].get("sliders")]
+    assert len(sliders) == 1 and len(sliders[0]["frames"]) == tensors["example_attention_patterns"].shape[0]
+    first_example = sliders[0]["frames"][0]["data"][0]["customdata"]  # hover shows the example's tokens
+    tokens = [str(int(token)) for token in tensors["example_inputs"][0]]
+    assert first_example[3][1] == [tokens[3], tokens[1]]
+    heading_rows = re.findall(r"<tr><td data-sort=\"(L\dH\d)\">", page)
+    assert heading_rows[:4] == ["L0H0", "L0H1", "L1H0", "L1H1"]
+    for score in summary["heads"]["L0H0"]:
+        assert f">{score}</th>" in page
+    assert 'title="Mean attention from each position to the one just before it' in page
+    assert len(page.encode()) < 3_000_000
+
+
+def test_attention_colour_scale_is_fixed_and_signed_scales_centre_on_zero(analysis):
+    summary, tensors = analysis
+    specs = figure_specs(checkpoint_report(summary, tensors, "checkpoint"))
+    scales = {
+        spec["layout"].get("coloraxis", {}).get("colorbar", {}).get("title", {}).get("text"): spec["layout"].get(
+            "coloraxis"
+        )
+        for spec in specs
+    }
+    assert (scales["attention"]["cmin"], scales["attention"]["cmax"]) == (0, 1)
+    assert scales["logit"]["cmin"] == -scales["logit"]["cmax"] != 0
+    bound = max(abs(float(tensor.min())) for name, tensor in tensors.items() if name.startswith("ov_circuit."))
+    bound = max(bound, max(float(tensor.max()) for name, tensor in tensors.items() if name.startswith("ov_circuit.")))
+    assert scales["logit"]["cmax"] == pytest.approx(bound, rel=1e-5)
+
+
+def test_every_string_from_a_summary_or_tensor_name_is_escaped(analysis):
+    summary, tensors = analysis
+    summary = json.loads(json.dumps(summary))
+    summary["task"] = XSS
+    summary["heads"][EVIL_HEAD] = {"<b onmouseover=alert(3)>score": 0.5}
+    summary["new_section"] = {XSS: 1.0, "rows": {EVIL_HEAD: {"x": 1}}, "matrix": [[1.0, -1.0], [0.0, 2.0]]}
+    tensors = tensors | {"<svg onload=alert(4)>": torch.ones(2, 3)}
+    page = checkpoint_report(summary, tensors, XSS)
+    for attack in (XSS, EVIL_HEAD, "<b onmouseover", "<svg onload"):
+        assert attack not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text
+    # Inside figure JSON, plotly would read HTML tags in text: escaped once more for it.
+    texts = json.dumps(figure_specs(page))
+    assert "&lt;svg onload=alert(4)&gt;" in texts and "<svg" not in texts
+
+
+def write_run(run: Path, summary: dict, tensors: dict[str, torch.Tensor], steps: list[int]) -> None:
+    """A run directory of snapshots (attention drifting to the diagonal step by step) and a metrics.csv."""
+    (run / "analysis").mkdir(parents=True)
+    for index, step in enumerate(steps):
+        weight = index / (len(steps) - 1)
+        patterns = (
+            tensors["attention_patterns"] * (1 - weight) + torch.eye(tensors["attention_patterns"].shape[-1]) * weight
+        )
+        score = {"prev_token_score": 0.1 + 0.8 * weight, "bos_score": 0.3}
+        step_summary = summary | {
+            "step": step,
+            "heads": {head: scores | score for head, scores in summary["heads"].items()},
+        }
+        (run / "analysis" / f"step_{step:07d}.json").write_text(json.dumps(step_summary))
+        save_file(
+            {"attention_patterns": patterns.contiguous()}
+            | {k: v for k, v in tensors.items() if k.startswith("ov_circuit.")},
+            str(run / "analysis" / f"step_{step:07d}.safetensors"),
+        )
+    (run / "metrics.csv").write_text("epoch,step,train/loss,val/loss\n0,9,2.0,\n0,19,1.0,1.5\n0,29,0.5,\n")
+
+
+def test_run_report_slider_formation_and_curves(analysis, tmp_path):
+    summary, tensors = analysis
+    steps = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144]
+    write_run(tmp_path / "run", summary, tensors, steps)
+    snapshots = read_snapshots(tmp_path / "run")
+    page = run_report(tmp_path / "run", snapshots, "run")
+    assert_offline(page)
+    specs = figure_specs(page)
+    attention = next(
+        spec for spec in specs if spec["layout"].get("sliders") and spec["layout"]["coloraxis"]["cmax"] == 1
+    )
+    assert [frame["name"] for frame in attention["frames"]] == [str(step) for step in steps]
+    assert attention["layout"]["sliders"][0]["active"] == len(steps) - 1
+    # prev_token_score 0.1 + 0.8 * index / 10 first reaches 0.5 at index 5: step 13, marked and tabled.
+    assert re.search(r'<td data-sort="L0H0">L0H0</td><td data-sort="13.0">13</td>', page)
+    stars = [trace for spec in specs for trace in spec["data"] if trace.get("marker", {}).get("symbol") == "star"]
+    assert len(stars) == 4 and all(trace["x"] == [13] for trace in stars)
+    curves = next(spec for spec in specs if spec["layout"]["title"]["text"] == "loss")
+    assert {trace["name"]: values(trace["y"]) for trace in curves["data"]} == {
+        "train/loss": [2.0, 1.0, 0.5],
+        "val/loss": [1.5],
+    }
+    assert 'id="log-steps"' in page
+
+
+def test_default_size_budget_with_many_snapshots(analysis, tmp_path):
+    summary, tensors = analysis
+    write_run(tmp_path / "run", summary, tensors, list(range(1, 401)))  # far more snapshots than any config writes
+    page = run_report(tmp_path / "run", read_snapshots(tmp_path / "run"), "run")
+    assert len(page.encode()) < 5_000_000
+
+
+def test_thinning_keeps_first_and_last_and_shrink_takes_block_means():
+    assert thin(5, 10) == [0, 1, 2, 3, 4]
+    kept = thin(1000, 30_000, budget=300_000)
+    assert kept[0] == 0 and kept[-1] == 999 and len(kept) == 10
+    matrix = np.arange(300 * 300, dtype=np.float32).reshape(300, 300)
+    small, block = shrink(matrix, 128)
+    assert block == 3 and small.shape == (100, 100)
+    assert small[0, 0] == pytest.approx(matrix[:3, :3].mean()) and small[-1, -1] == pytest.approx(
+        matrix[-3:, -3:].mean()
+    )
+    assert first_crossing([1, 2, 3], [0.1, 0.6, 0.9], 0.5) == 2 and first_crossing([1, 2], [0.7, 0.9], 0.5) is None
+
+
+def test_heatmap_image_has_ticks_and_a_fixed_colour_bar():
+    uniform = torch.full((10, 10), 0.5)
+    image = heatmap_rgb([uniform, uniform])
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+    middle = colourmap(BLUES, np.array(0.5))
+    assert (image == middle).all(-1).sum() >= 2 * 160 * 160  # 0.5 drawn as the middle of [0, 1], not stretched
+    bar_columns = image[:, -60:]
+    assert (bar_columns == colourmap(BLUES, np.array(1.0))).all(-1).any() and (
+        bar_columns == colourmap(BLUES, np.array(0.0))
+    ).all(-1).any()
+    assert (image[:, :10] == 0).all(-1).any()  # row tick labels drawn in black left of the heatmap
+    signed = heatmap_rgb([torch.tensor([[-2.0, 1.0], [0.0, 2.0]])])
+    assert signed.shape[0] > 160
+
+
+def test_runlogs_read_event_files_and_csv(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(tmp_path))
+    for step, value in [(0, 3.0), (10, 2.0), (20, 1.0)]:
+        writer.add_scalar("train/loss", value, step)
+        writer.add_scalar("analysis/loss", value, step)
+    writer.close()
+    (tmp_path / "metrics.csv").write_text("step,val/acc,train/loss\n5,0.5,9.0\n15,0.75,\n")
+    scalars = runlogs.read_scalars(tmp_path)
+    assert scalars == {"train/loss": ([0, 10, 20], [3.0, 2.0, 1.0]), "val/acc": ([5, 15], [0.5, 0.75])}
+
+
+MALFORMED = {
+    "script step": {"step": XSS, "task": "t", "loss": 1.0},
+    "empty object": {},
+    "boolean step": {"step": True, "task": "t", "loss": 1.0},
+    "list": [1, 2],
+    "loss text": {"step": 1, "task": "t", "loss": "low"},
+    "heads not numbers": {"step": 1, "task": "t", "loss": 1.0, "heads": {"L0H0": {"score": "<b>"}}},
+    "metrics not a mapping": {"step": 1, "task": "t", "loss": 1.0, "metrics": [0.5]},
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_snapshot_is_one_line_naming_the_file(case, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "analysis").mkdir(parents=True)
+    bad = run / "analysis" / "step_0000003.json"
+    bad.write_text(json.dumps(MALFORMED[case]))
+    with pytest.raises(SystemExit) as exit:
+        main(["analyze", "--run", str(run)])
+    err = capsys.readouterr().err
+    assert (
+        exit.value.code == 2
+        and err.startswith("lit_interp: error: snapshot ")
+        and str(bad) in err
+        and err.count("\n") == 1
+    ), err
+    assert "Traceback" not in err and not (run / "analysis_report").exists()
