@@ -570,6 +570,7 @@ class Worker:
 
 def objective_value(objective: str, run: Path) -> tuple[float, str | None]:
     """(value, None), or (nan, why there is none): a scalar's last logged value, or a crossing step (inf if never)."""
+    from lit_interp import runlogs
     from lit_interp.report import runs
 
     match = CROSSING.fullmatch(objective)
@@ -582,10 +583,10 @@ def objective_value(objective: str, run: Path) -> tuple[float, str | None]:
             ), f"run {run} wrote no analysis snapshots; keep the AnalysisSnapshots callback for {objective}"
         step = runs.crossing_step(summaries, head, score, threshold)
         return (float("inf") if step is None else float(step)), None
-    series = runs.read_scalars(run).get(objective)
-    if not series:
+    _, values = runlogs.read_scalars(run, skip_prefixes=()).get(objective, ([], []))
+    if not values:
         return float("nan"), f"run {run} never logged {objective}; pick a logged metric such as val/loss"
-    return series[-1][1], None
+    return values[-1], None
 
 
 def summarise(sweep: Sweep) -> str:

@@ -1,7 +1,8 @@
-"""`python -m lit_interp sweep`: seed sweeps, a failing trial, shared storage for two workers, resume after a kill."""
+"""`sweep`: seed sweeps, two workers on one storage, pruning, a failing trial, resume after a kill; `analyze --runs`."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -9,24 +10,28 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
+import torch
 from conftest import CONFIGS, TINY
 
 from lit_interp.cli import main
-from lit_interp.report.runs import read_scalars
+from lit_interp.runlogs import read_scalars
 from lit_interp.sweep import build_sweep, start
+from lit_interp.sweep_pruning import OptunaPruning
 
 CONFIG = str(CONFIGS / "prev_token_digits.yaml")
 # 4 steps, validation and a checkpoint every 2, small analysis snapshots: a trial is mostly process start-up.
+SNAPSHOTS = {"every_n_train_steps": 2, "probe_batch_size": 8, "sweep_hooks": False, "log_images": False}
 SHORT = [
     *TINY["prev_token_digits"],
     "--trainer.max_steps=4",
     "--trainer.val_check_interval=2",
     "--checkpoint.every_n_train_steps=2",
-    "--trainer.callbacks.init_args.probe_batch_size=8",
-    "--trainer.callbacks.init_args.log_images=false",
+    "--trainer.callbacks="
+    + json.dumps([{"class_path": "lit_interp.callbacks.AnalysisSnapshots", "init_args": SNAPSHOTS}]),
 ]
 
 
@@ -70,7 +75,7 @@ def test_seed_sweep_writes_one_run_per_seed_and_a_complete_study(seed_sweep):
         assert f"seed_everything: {trial.number}\n" in config and f"  seed: {trial.number}\n" in config
         assert (run / "checkpoints" / "step_0000004.ckpt").is_file()
         assert sorted(p.name for p in (run / "analysis").glob("*.json")) == ["step_0000002.json", "step_0000004.json"]
-        assert trial.value == read_scalars(run)["val/loss"][-1][1]  # the objective: the last val/loss logged
+        assert trial.value == read_scalars(run)["val/loss"][1][-1]  # the objective: the last val/loss logged
         assert trial.user_attrs["run_dir"] == f"trial_{trial.number:04d}/lightning_logs/version_0"
     assert found[0].value != found[1].value  # different seeds, different runs
     assert json.loads((directory / "sweep.json").read_text())["seeds"] == [0, 1]
@@ -81,6 +86,66 @@ def test_two_workers_share_the_trials_without_running_one_twice(seed_sweep):
     started = sorted(line.split()[1] for output in outputs for line in output.splitlines() if " started: " in line)
     assert started == ["0", "1"]  # each trial started by exactly one worker, once
     assert all(fits_started(directory / f"trial_{n:04d}") == 1 for n in range(2))
+
+
+def test_runs_report_of_a_sweep_writes_the_page_and_one_csv_row_per_run(seed_sweep, tmp_path):
+    directory, _ = seed_sweep
+    main(["analyze", "--runs", str(directory), "--out", "report", "--threshold", "prev_token_score=0.01"])
+    page = Path("report/report.html").read_text()
+    assert Path("report/report.html").stat().st_size < 10_000_000
+    assert "Findings across runs" in page and "When each circuit forms" in page and "trial_0001/version_0" in page
+    rows = list(csv.DictReader(Path("report/runs.csv").open()))
+    studied = {
+        t.number: t for t in optuna.load_study(study_name="seeds", storage=f"sqlite:///{directory}/optuna.db").trials
+    }
+    assert [row["run"] for row in rows] == ["trial_0000/version_0", "trial_0001/version_0"]
+    for number, row in enumerate(rows):
+        last = json.loads(
+            (directory / f"trial_{number:04d}/lightning_logs/version_0/analysis/step_0000004.json").read_text()
+        )
+        assert (row["trial"], row["state"], row["seed_everything"]) == (str(number), "COMPLETE", str(number))
+        assert float(row["objective"]) == pytest.approx(studied[number].value) == pytest.approx(float(row["val/loss"]))
+        assert float(row["L0H0/prev_token_score"]) == pytest.approx(last["heads"]["L0H0"]["prev_token_score"])
+        first = json.loads(
+            (directory / f"trial_{number:04d}/lightning_logs/version_0/analysis/step_0000002.json").read_text()
+        )
+        assert row["L0H0/prev_token_score/crossed_at"] == (
+            "2" if first["heads"]["L0H0"]["prev_token_score"] >= 0.01 else "4"
+        )
+
+
+def test_runs_report_of_run_directories_needs_out_and_labels_each_run(seed_sweep, capsys):
+    directory, _ = seed_sweep
+    runs = [str(directory / f"trial_{n:04d}/lightning_logs/version_0") for n in range(2)]
+    with pytest.raises(SystemExit):
+        main(["analyze", "--runs", *runs])
+    assert "--runs with several directories needs --out DIR" in capsys.readouterr().err
+    main(["analyze", "--runs", *runs, "--out", "two"])
+    rows = list(csv.DictReader(Path("two/runs.csv").open()))
+    assert [row["run"] for row in rows] == ["trial_0000/version_0", "trial_0001/version_0"]
+    assert [row["data.init_args.seed"] for row in rows] == ["0", "1"] and "trial" not in rows[0]
+
+
+def test_pruning_callback_stops_a_trial_worse_than_the_median(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'prune.db'}"
+    study = optuna.create_study(study_name="prune", storage=storage)
+    for _ in range(5):  # MedianPruner's startup trials, each at val/loss 1.0 at step 10
+        trial = study.ask()
+        trial.report(1.0, 10)
+        study.tell(trial, 1.0)
+    for value, pruned in ((0.5, False), (3.0, True)):
+        number = study.ask().number
+        trainer = SimpleNamespace(
+            sanity_checking=False,
+            is_global_zero=True,
+            global_step=10,
+            should_stop=False,
+            callback_metrics={"val/loss": torch.tensor(value)},
+        )
+        OptunaPruning(storage, "prune", number).on_validation_end(trainer, None)
+        assert trainer.should_stop is pruned
+        assert study.trials[number].intermediate_values == {10: value}
+        assert study.trials[number].user_attrs.get("pruned_at_step") == (10 if pruned else None)
 
 
 @pytest.mark.slow

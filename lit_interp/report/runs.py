@@ -5,14 +5,18 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import plotly.graph_objects as go
 import yaml
 
 from lit_interp import runlogs
 from lit_interp.errors import ConfigError
+from lit_interp.report.figures import layout, step_lines
+from lit_interp.report.html import Figure, Section, embed, plain, render, table
 
 # A head "has" a score's finding when its score reaches the threshold; the first snapshot where it does
 # is its phase change.
@@ -31,6 +35,7 @@ FINDINGS = {
     "ov_copying_score": "a copying OV circuit",
 }
 # Keys that differ between runs without being a parameter of the run.
+CURVES = ("val/loss", "val/acc", "val/r2", "train/loss")
 NOT_PARAMETERS = (
     "trainer.logger",
     "trainer.default_root_dir",
@@ -129,13 +134,12 @@ def varying(configs: list[dict[str, Any]]) -> list[str]:
 
 
 def label(run: Path, directories: list[Path]) -> str:
-    """The run's path below the directory it was found in, without `lightning_logs/`."""
-    for directory in directories:
-        if run == directory:
-            return run.name
-        if directory in run.parents:
-            return str(run.relative_to(directory)).replace("lightning_logs/", "")
-    return str(run)
+    """The run's path below the directories' common parent (below a lone run's parent), without `lightning_logs/`."""
+    resolved = [directory.resolve() for directory in directories]
+    base = Path(os.path.commonpath(resolved))
+    if base == run.resolve():
+        base = base.parent
+    return str(run.resolve().relative_to(base)).replace("lightning_logs/", "")
 
 
 def sweep_trials(directory: Path) -> dict[Path, dict[str, Any]]:
@@ -180,10 +184,8 @@ def collect(directories: list[Path]) -> tuple[list[Run], list[str]]:
     configs = [read_config(path) for path in paths]
     runs = []
     for path, config in zip(paths, configs):
-        series = read_scalars(path)
-        final = {
-            tag: values[-1][1] for tag, values in series.items() if not tag.startswith("analysis/") and tag != "epoch"
-        }
+        series = runlogs.read_scalars(path)
+        final = {tag: values[-1] for tag, (_, values) in series.items() if values and tag != "epoch"}
         runs.append(
             Run(
                 label(path, directories),
@@ -277,3 +279,184 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
             }
             for row in rows
         )
+
+
+def parse_thresholds(items: list[str]) -> dict[str, float]:
+    """The default thresholds, with `SCORE=VALUE` items from --threshold replacing or adding to them."""
+    thresholds = dict(DEFAULT_THRESHOLDS)
+    for item in items:
+        score, _, value = item.partition("=")
+        try:
+            thresholds[score.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--threshold {item!r}: write SCORE=VALUE, e.g. prev_token_score=0.7") from None
+    return thresholds
+
+
+def score_box(runs: list[Run], score: str) -> go.Figure | None:
+    """One box per head of `score` at each run's last snapshot, every run a point (hover: its label)."""
+    figure = go.Figure()
+    heads = list(
+        dict.fromkeys(head for run in runs for head, scores in run.last.get("heads", {}).items() if score in scores)
+    )
+    for head in heads:
+        points = [
+            (run.label, run.last["heads"][head][score])
+            for run in runs
+            if score in run.last.get("heads", {}).get(head, {})
+        ]
+        figure.add_trace(
+            go.Box(
+                y=[value for _, value in points],
+                name=plain(head),
+                boxpoints="all",
+                jitter=0.4,
+                pointpos=0,
+                text=[plain(name) for name, _ in points],
+                hovertemplate="%{text}<br>%{y:.4g}<extra></extra>",
+            )
+        )
+    if not heads:
+        return None
+    layout(figure, title=plain(score), height=340, width=max(320, 120 + 60 * len(heads)))
+    figure.update_layout(showlegend=False)
+    return figure
+
+
+def crossing_strip(runs: list[Run], score: str, threshold: float) -> go.Figure | None:
+    """Each run's phase-change step per head (a point per run); runs that never reach the threshold are counted."""
+    figure = go.Figure()
+    for head in list(dict.fromkeys(key.split("/")[0] for run in runs for key in crossings(run, {score: threshold}))):
+        steps = [
+            (run.label, crossings(run, {score: threshold}).get(f"{head}/{score}")) for run in runs if run.snapshots
+        ]
+        reached = [(name, step) for name, step in steps if step is not None]
+        figure.add_trace(
+            go.Box(
+                y=[step for _, step in reached],
+                name=f"{plain(head)} ({len(reached)}/{len(steps)})",
+                boxpoints="all",
+                jitter=0.4,
+                pointpos=0,
+                text=[plain(name) for name, _ in reached],
+                hovertemplate="%{text}<br>step %{y}<extra></extra>",
+            )
+        )
+    if not figure.data:
+        return None
+    layout(
+        figure,
+        title=f"{plain(score)} ≥ {threshold:g}: first snapshot step",
+        height=340,
+        width=max(320, 140 + 80 * len(figure.data)),
+    )
+    figure.update_layout(showlegend=False, yaxis_title="step")
+    return figure
+
+
+def optuna_section(directories: list[Path]) -> Section | None:
+    """Optuna's own plots of a search (importances need nothing beyond Optuna: its default PED-ANOVA evaluator)."""
+    import optuna
+
+    from lit_interp.sweep import open_storage
+
+    for directory in directories:
+        info_path = directory / "sweep.json"
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        if not info.get("space"):
+            continue
+        study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
+        complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+        if len(complete) < 2:
+            return Section("Search", [], note=f"{len(complete)} complete trial(s): Optuna's plots need at least 2.")
+        items, notes = [], []
+        plots = [
+            ("parameter importances", optuna.visualization.plot_param_importances),
+            ("slice", optuna.visualization.plot_slice),
+            ("parallel coordinates", optuna.visualization.plot_parallel_coordinate),
+        ]
+        for name, plot in plots:
+            try:
+                items.append(embed(plot(study)))
+            except (ValueError, RuntimeError, ZeroDivisionError) as error:
+                notes.append(f"{name}: not drawn ({error})")
+        objective = f"objective {info['objective']} ({info['direction']})"
+        note = f"Study {info['study_name']}, {objective}, {len(complete)} complete trials. " + " ".join(notes)
+        return Section("Search (Optuna)", items, note=note)
+    return None
+
+
+FINDINGS_NOTE = "A head has a finding when its score at the run's last snapshot reaches the threshold (--threshold)."
+FORMS_NOTE = (
+    "The first snapshot step at which each head's score reaches the threshold, one point per run; the count is of "
+    "runs that reached it. A run whose first snapshot is already above the threshold formed it at or before that step."
+)
+RUNS_NOTE = "Parameters: the config values that differ between runs. runs.csv beside this page adds every head score."
+
+
+def last_scores(runs: list[Run]) -> list[str]:
+    """Every numeric head score of the runs' last snapshots, in first-seen order."""
+    heads = [scores for run in runs for scores in run.last.get("heads", {}).values()]
+    return list(dict.fromkeys(name for scores in heads for name, value in scores.items() if isinstance(value, float)))
+
+
+def training_curves(runs: list[Run]) -> list[Figure]:
+    curves = {tag: {run.label: run.series[tag] for run in runs if tag in run.series} for tag in CURVES}
+    return [
+        embed(step_lines(lines, tag, tag, log_y=tag.endswith("loss")), "step-axis")
+        for tag, lines in curves.items()
+        if lines
+    ]
+
+
+def sections(
+    runs: list[Run], parameters: list[str], thresholds: dict[str, float], directories: list[Path]
+) -> list[Section]:
+    found = {row["finding"]: {"runs": row["runs"], "of": row["of"]} for row in findings(runs, thresholds)}
+    formed = [crossing_strip(runs, score, threshold) for score, threshold in thresholds.items()]
+    boxes = [score_box(runs, score) for score in last_scores(runs)]
+    rows = {row.pop("run"): row for row in csv_rows(runs, parameters, {})}
+    search = optuna_section(directories)
+    candidates = [
+        Section("Findings across runs", [table(found, "finding")] if found else [], note=FINDINGS_NOTE),
+        Section("When each circuit forms", [embed(figure) for figure in formed if figure], note=FORMS_NOTE),
+        Section("Head scores at the last snapshot", [embed(figure) for figure in boxes if figure]),
+        Section("Training curves", training_curves(runs)),
+        Section("Runs", [table(rows, "run")], note=RUNS_NOTE),
+    ]
+    return ([search] if search else []) + [section for section in candidates if section.items]
+
+
+def runs_report(directories: list[Path], thresholds: dict[str, float]) -> tuple[str, list[dict[str, Any]]]:
+    """(the HTML page, the CSV rows) for every run under the directories."""
+    runs, parameters = collect(directories)
+    facts = [
+        ("runs", len(runs)),
+        ("with snapshots", sum(bool(run.snapshots) for run in runs)),
+        ("parameters", ", ".join(parameters) or "none differ"),
+        ("directories", ", ".join(map(str, directories))),
+    ]
+    title = f"lit_interp: {len(runs)} runs of {', '.join(d.name for d in directories)}"
+    page = render(
+        "report.html.j2",
+        title=title,
+        facts=facts,
+        sections=sections(runs, parameters, thresholds, directories),
+        step_axis_toggle=True,
+    )
+    return page, csv_rows(runs, parameters, thresholds)
+
+
+def analyze_runs(directories: list[Path], out: Path | None, overwrite: bool, threshold_items: list[str]) -> Path:
+    """`analyze --runs`: write OUT/report.html and OUT/runs.csv; OUT defaults to DIR/runs_report/ for one DIR."""
+    from lit_interp.analyze import output_dir
+
+    if out is None and len(directories) > 1:
+        raise ConfigError("--runs with several directories needs --out DIR for the report")
+    thresholds = parse_thresholds(threshold_items)
+    out = output_dir(out, directories[0] / "runs_report", overwrite)
+    page, rows = runs_report(directories, thresholds)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(page)
+    write_csv(rows, out / "runs.csv")
+    return out
