@@ -32,6 +32,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt_path", type=Path, help="a .ckpt written by lit_interp fit")
     source.add_argument("--run", type=Path, help="a run directory, e.g. lightning_logs/version_0")
+    source.add_argument("--runs", type=Path, nargs="+", help="a sweep directory or run directories: cross-run report")
+    parser.add_argument("--threshold", action="append", default=[], help="with --runs: SCORE=VALUE, e.g. prev_token_score=0.7")
     parser.add_argument("--out", type=Path, help="output directory (must be empty or absent unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files")
     parser.add_argument("--probe_batch_size", type=int, default=256, help="sequences in the probe batch (default 256)")
@@ -156,7 +158,12 @@ def main(argv: list[str]) -> None:
     """Entry point from `lit_interp.cli.main`; a user's mistake exits 2 with one line, nothing written."""
     try:
         args = parse_args(argv)
-        out = analyze_checkpoint(args) if args.ckpt_path else analyze_run(args)
+        if args.runs:
+            from lit_interp.report.runs import analyze_runs
+
+            out = analyze_runs(args.runs, args.out, args.overwrite, args.threshold)
+        else:
+            out = analyze_checkpoint(args) if args.ckpt_path else analyze_run(args)
     except ConfigError as error:
         print(f"lit_interp: error: {error}", file=sys.stderr)
         sys.exit(2)
