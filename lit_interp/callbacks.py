@@ -1,142 +1,299 @@
-"""AnalysisSnapshots: run the analysis at checkpoint steps, write JSON + safetensors, log to TensorBoard.
-ThrottledProgressBar: Lightning's progress bar, redrawn a few times a second instead of every step."""
+"""Callbacks: analysis snapshots on a schedule, training-dynamics scalars, and a throttled progress bar."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
+from lit_interp import loggers as logging_utils
 from lit_interp.errors import require
 
-HEAD_SCALARS = ("prev_token_score", "bos_score", "duplicate_score", "induction_score", "zero_ablation_loss", "mean_ablation_loss", "direct_attribution")
+
+def snapshot_path(run_dir: str | Path, step: int, suffix: str) -> Path:
+    return Path(run_dir) / "analysis" / f"step_{step:07d}{suffix}"
 
 
-def snapshot_path(log_dir: str | Path, step: int, suffix: str) -> Path:
-    return Path(log_dir) / "analysis" / f"step_{step:07d}{suffix}"
+def _write_atomically(path: Path, write) -> None:
+    """`write(temporary path)`, fsync, then rename over `path`: a reader never sees a partial file."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(temporary)
+        with open(temporary, "rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
-def write_snapshot(log_dir: str | Path, step: int, summary: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+def write_snapshot(run_dir: str | Path, step: int, summary: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
     """Write step_<step>.safetensors then step_<step>.json, each atomically; the JSON marks the snapshot done."""
     from safetensors.torch import save_file
 
-    json_path = snapshot_path(log_dir, step, ".json")
+    json_path = snapshot_path(run_dir, step, ".json")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    tensor_path = snapshot_path(log_dir, step, ".safetensors")
-    save_file({name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}, f"{tensor_path}.tmp")
-    os.replace(f"{tensor_path}.tmp", tensor_path)
-    json_path.with_suffix(".json.tmp").write_text(json.dumps(summary, indent=1))
-    os.replace(json_path.with_suffix(".json.tmp"), json_path)
+    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}
+    _write_atomically(snapshot_path(run_dir, step, ".safetensors"), lambda path: save_file(tensors, str(path)))
+    text = json.dumps(logging_utils.nan_to_null(summary), indent=1)
+    _write_atomically(json_path, lambda path: path.write_text(text))
     return json_path
 
 
-def log_scalars(experiment, summary: dict[str, Any], step: int) -> None:
-    """TensorBoard scalars `analysis/<score>/<head>`, so one chart per score shows every head."""
-    experiment.add_scalar("analysis/loss", summary["loss"], step)
-    for name, value in summary.get("metrics", {}).items():
-        experiment.add_scalar(f"analysis/metrics/{name}", value, step)
-    for head, scores in summary.get("heads", {}).items():
-        for name in HEAD_SCALARS:
-            if name in scores:
-                experiment.add_scalar(f"analysis/{name}/{head}", scores[name], step)
-    for hook, scores in summary.get("hooks", {}).items():
-        experiment.add_scalar(f"analysis/hook_mean_ablation_loss/{hook}", scores["mean_ablation_loss"], step)
-    for name, value in summary.get("adversarial", {}).items():
-        experiment.add_scalar(f"analysis/adversarial/{name}", value, step)
+def read_snapshot(run_dir: str | Path, step: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors.torch import load_file
+
+    summary = json.loads(snapshot_path(run_dir, step, ".json").read_text())
+    tensor_path = snapshot_path(run_dir, step, ".safetensors")
+    return summary, load_file(str(tensor_path)) if tensor_path.exists() else {}
 
 
-def log_images(experiment, tensors: dict[str, torch.Tensor], step: int) -> None:
-    """Attention patterns (one image per layer, heads left to right) and each head's OV circuit (rows: source token)."""
-    from lit_interp import plots
-
-    for layer, patterns in enumerate(tensors.get("attention_patterns", [])):
-        experiment.add_image(f"analysis/attention_pattern/L{layer}", plots.heatmap_rgb(list(patterns)), step, dataformats="HWC")
-    for name, circuit in tensors.items():
-        if name.startswith("ov_circuit.") and circuit.ndim == 2:
-            experiment.add_image(f"analysis/ov_circuit/{name.split('.', 1)[1]}", plots.heatmap_rgb([circuit]), step, dataformats="HWC")
+def snapshot_steps(max_steps: int, every_n_train_steps: int | None, log_spaced: int) -> list[int]:
+    """The steps a run of `max_steps` snapshots: multiples of the cadence, `log_spaced` steps geometrically
+    spaced from 1 to max_steps (dense early, where circuits form), and max_steps itself."""
+    steps = set(range(every_n_train_steps, max_steps + 1, every_n_train_steps)) if every_n_train_steps else set()
+    if log_spaced:
+        steps |= {round(max_steps ** (i / max(log_spaced - 1, 1))) for i in range(log_spaced)}
+    return sorted(step for step in steps | {max_steps} if step >= 1)
 
 
 class AnalysisSnapshots(Callback):
-    """Runs `run_analysis` on rank 0 where the trainer writes a checkpoint and at the end of training.
+    """Runs `run_analysis` on a schedule of steps and at the end of training; writes and logs the results.
 
-    Snapshots go to `<log_dir>/analysis/step_<global_step:07d>.{json,safetensors}`; a step whose
-    JSON already exists is skipped, so a resumed run neither repeats nor loses a snapshot.
+    Snapshots go to `<run dir>/analysis/step_<global_step:07d>.{json,safetensors}`, their scalars to
+    every logger (`log_metrics`) and their images to each logger that takes images. Every rank
+    analyses the same probe batch in lockstep (no rank waits in a collective for another) and rank 0
+    writes. An analysis failure is written to `analysis/errors.log` and training goes on. A step whose
+    JSON already exists (a resumed run replaying steps) is re-logged from its files, not recomputed.
     """
 
     def __init__(
         self,
         every_n_train_steps: int | None = None,
+        log_spaced: int = 0,
         probe_batch_size: int = 256,
         sweep_hooks: bool = True,
         sweep_every_n_snapshots: int = 1,
+        expensive_every_n_snapshots: int = 1,
         log_images: bool = True,
         images_every_n_snapshots: int = 1,
     ):
         super().__init__()
-        require(every_n_train_steps is None or every_n_train_steps >= 1, f"every_n_train_steps={every_n_train_steps} must be >= 1; or null to follow the checkpoint cadence")
+        require(every_n_train_steps is None or every_n_train_steps >= 0,
+                f"every_n_train_steps={every_n_train_steps} must be >= 0; 0 for no fixed cadence, null to follow the checkpoints")
+        require(log_spaced >= 0, f"log_spaced={log_spaced} must be >= 0; e.g. 20 snapshots geometrically spaced over the run")
         require(probe_batch_size >= 1, f"probe_batch_size={probe_batch_size} must be >= 1")
-        require(sweep_every_n_snapshots >= 1, f"sweep_every_n_snapshots={sweep_every_n_snapshots} must be >= 1; use sweep_hooks: false to never sweep")
-        require(images_every_n_snapshots >= 1, f"images_every_n_snapshots={images_every_n_snapshots} must be >= 1; use log_images: false for no images")
+        for name, value in {"sweep_every_n_snapshots": sweep_every_n_snapshots, "images_every_n_snapshots": images_every_n_snapshots,
+                            "expensive_every_n_snapshots": expensive_every_n_snapshots}.items():
+            require(value >= 1, f"{name}={value} must be >= 1; 1 runs it at every snapshot")
         self.every_n_train_steps = every_n_train_steps
+        self.log_spaced = log_spaced
         self.probe_batch_size = probe_batch_size
         self.sweep_hooks = sweep_hooks
         self.sweep_every_n_snapshots = sweep_every_n_snapshots
+        self.expensive_every_n_snapshots = expensive_every_n_snapshots
         self.log_images = log_images
         self.images_every_n_snapshots = images_every_n_snapshots
+        self.run_dir: Path | None = None  # set in setup (all ranks) or by the CLI
+        self._steps: list[int] = []
+        self._warned = False
 
     def cadence(self, trainer: pl.Trainer) -> int | None:
         """Our own every_n_train_steps, else that of the trainer's step-based ModelCheckpoint."""
         if self.every_n_train_steps is not None:
-            return self.every_n_train_steps
+            return self.every_n_train_steps or None
         steps = [c._every_n_train_steps for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c._every_n_train_steps >= 1]
         return min(steps) if steps else None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self.run_dir is None:
+            self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank is here
+        if trainer.max_steps and trainer.max_steps > 0:
+            self._steps = snapshot_steps(trainer.max_steps, self.cadence(trainer), self.log_spaced)
+
+    def is_scheduled(self, trainer: pl.Trainer, step: int) -> bool:
+        if self._steps:
+            return step in self._steps
+        every = self.cadence(trainer)
+        return bool(every) and step % every == 0
+
+    def ordinal(self, trainer: pl.Trainer, step: int) -> int:
+        """1 for the first scheduled snapshot, 2 for the second, ..."""
+        if self._steps:
+            return sum(1 for scheduled in self._steps if scheduled <= step)
+        return step // (self.cadence(trainer) or step)
+
+    def is_kth(self, trainer: pl.Trainer, k: int, final: bool) -> bool:
+        """Every k-th scheduled snapshot, and always the last one of training (so it is complete)."""
+        return final or self.ordinal(trainer, trainer.global_step) % k == 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A resumed run's logger purged what was logged at and after the checkpoint's step: log it again.
+        step = trainer.global_step
+        if step > 0 and trainer.is_global_zero and snapshot_path(self.run_dir, step, ".json").exists():
+            self._relog(trainer, step, final=False)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # Runs before ModelCheckpoint's hook (Lightning orders checkpoint callbacks last), on the
         # same weights that checkpoint then saves.
-        every = self.cadence(trainer)
-        if every and trainer.global_step % every == 0 and not trainer.fit_loop._should_accumulate():
+        if self.is_scheduled(trainer, trainer.global_step) and not trainer.fit_loop._should_accumulate():
             self.snapshot(trainer, pl_module, final=trainer.global_step == trainer.max_steps)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.snapshot(trainer, pl_module, final=True)
 
-    def is_kth(self, trainer: pl.Trainer, k: int, final: bool) -> bool:
-        """Every k-th periodic snapshot, and always the last one of training (so it is complete)."""
-        return final or (trainer.global_step // (self.cadence(trainer) or trainer.global_step)) % k == 0
-
     def snapshot(self, trainer: pl.Trainer, pl_module: pl.LightningModule, final: bool) -> None:
         step = trainer.global_step
-        if not trainer.is_global_zero or trainer.sanity_checking or trainer.fast_dev_run or step == 0:
+        if trainer.sanity_checking or trainer.fast_dev_run or step == 0 or self.run_dir is None:
             return
-        log_dir = trainer.log_dir or trainer.default_root_dir
-        if snapshot_path(log_dir, step, ".json").exists():
-            return  # written before an interruption, or a periodic snapshot at the final step
-        from lit_interp.analysis.snapshot import run_analysis
+        if snapshot_path(self.run_dir, step, ".json").exists():
+            if trainer.is_global_zero and step not in self._logged:
+                self._relog(trainer, step, final)
+            return
+        from lit_interp.analysis import snapshot as analysis
 
+        expensive = self.is_kth(trainer, self.expensive_every_n_snapshots, final)
         sweep = self.sweep_hooks and self.is_kth(trainer, self.sweep_every_n_snapshots, final)
-        summary, tensors = run_analysis(pl_module, trainer.datamodule, step, probe_batch_size=self.probe_batch_size, probe_index=0, sweep_hooks=sweep)
-        write_snapshot(log_dir, step, summary, tensors)
-        for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                log_scalars(logger.experiment, summary, step)
-                if self.log_images and self.is_kth(trainer, self.images_every_n_snapshots, final):
-                    log_images(logger.experiment, tensors, step)
+        try:
+            summary, tensors = analysis.run_analysis(pl_module, trainer.datamodule, step, probe_batch_size=self.probe_batch_size,
+                                                     probe_index=0, sweep_hooks=sweep, expensive=expensive)
+            if trainer.is_global_zero:
+                write_snapshot(self.run_dir, step, summary, tensors)
+                self._log(trainer, summary, tensors, step, final)
+        except Exception as error:  # analysis must never stop training
+            self._record_error(trainer, step, error)
+
+    @property
+    def _logged(self) -> set[int]:
+        return self.__dict__.setdefault("_logged_steps", set())
+
+    def _relog(self, trainer: pl.Trainer, step: int, final: bool) -> None:
+        try:
+            summary, tensors = read_snapshot(self.run_dir, step)
+            self._log(trainer, summary, tensors, step, final)
+        except Exception as error:
+            self._record_error(trainer, step, error)
+
+    def _log(self, trainer: pl.Trainer, summary: dict, tensors: dict[str, torch.Tensor], step: int, final: bool) -> None:
+        self._logged.add(step)
+        images = self.log_images and self.is_kth(trainer, self.images_every_n_snapshots, final)
+        logging_utils.log_analysis(trainer.loggers, summary, tensors if images else {}, step)
+
+    def _record_error(self, trainer: pl.Trainer, step: int, error: Exception) -> None:
+        if not trainer.is_global_zero:
+            return
+        log = Path(self.run_dir) / "analysis" / "errors.log"
+        try:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a") as file:
+                file.write(f"step {step}: {type(error).__name__}: {error}\n{traceback.format_exc()}\n")
+        except OSError:
+            pass
+        if not self._warned:
+            self._warned = True
+            rank_zero_warn(f"analysis failed at step {step} ({type(error).__name__}: {error}); training goes on, details in {log}")
+
+
+def _parameter_group(name: str) -> str:
+    """`model.blocks.1.attn.W_Q` -> `blocks.1`; `model.embed.W_E` -> `embed`."""
+    parts = name.removeprefix("model.").split(".")
+    return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+
+
+class TrainingDynamics(Callback):
+    """Gradient norm, parameter norm and distance from initialisation per layer, and attention entropy
+    per head, logged every `trainer.log_every_n_steps` steps as `dynamics/...` scalars.
+
+    The entropy comes from the training forward pass itself (a hook on `hook_pattern` at logging
+    steps only), so it costs no extra forward pass; norms are read once per logging step.
+    """
+
+    def __init__(self, log_every_n_steps: int | None = None):
+        super().__init__()
+        require(log_every_n_steps is None or log_every_n_steps >= 1, f"log_every_n_steps={log_every_n_steps} must be >= 1 or null")
+        self.log_every_n_steps = log_every_n_steps
+        self.initial: dict[str, torch.Tensor] = {}
+        self._metrics: dict[str, float] = {}
+        self._handles: list = []
+
+    def _every(self, trainer: pl.Trainer) -> int:
+        return self.log_every_n_steps or trainer.log_every_n_steps or 50
+
+    def _due(self, trainer: pl.Trainer) -> bool:
+        return trainer.global_step % self._every(trainer) == 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.initial:  # a resumed run brings its initial weights from the checkpoint
+            self.initial = {name: p.detach().to("cpu", copy=True) for name, p in pl_module.named_parameters() if p.requires_grad}
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if not self._due(trainer) or not hasattr(pl_module, "model"):
+            return
+        self._metrics = {}
+        for layer, block in enumerate(pl_module.model.blocks):
+            self._handles.append(block.attn.hook_pattern.register_forward_hook(self._entropy_hook(layer)))
+
+    def _entropy_hook(self, layer: int):
+        def hook(module, inputs, pattern: torch.Tensor) -> None:
+            with torch.no_grad():
+                from lit_interp.analysis.patterns import attention_entropy
+
+                for head, value in enumerate(attention_entropy(pattern.detach().float()).tolist()):
+                    self._metrics[f"dynamics/attention_entropy/L{layer}H{head}"] = value
+
+        return hook
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if not self._due(trainer):
+            return
+        squares: dict[str, torch.Tensor] = {}
+        for name, parameter in pl_module.named_parameters():
+            if parameter.grad is not None:
+                group = _parameter_group(name)
+                squares[group] = squares.get(group, 0) + parameter.grad.detach().float().pow(2).sum()
+        self._metrics |= {f"dynamics/grad_norm/{group}": float(total.sqrt()) for group, total in squares.items()}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self._metrics:
+            return
+        norms: dict[str, torch.Tensor] = {}
+        distances: dict[str, torch.Tensor] = {}
+        for name, parameter in pl_module.named_parameters():
+            if name in self.initial:
+                group = _parameter_group(name)
+                weights = parameter.detach().float()
+                norms[group] = norms.get(group, 0) + weights.pow(2).sum()
+                distances[group] = distances.get(group, 0) + (weights - self.initial[name].to(weights.device)).pow(2).sum()
+        metrics = self._metrics | {f"dynamics/param_norm/{g}": float(v.sqrt()) for g, v in norms.items()}
+        metrics |= {f"dynamics/distance_from_init/{g}": float(v.sqrt()) for g, v in distances.items()}
+        self._metrics = {}
+        if trainer.is_global_zero:
+            # The step of Lightning's own train/loss for this batch (global_step before it was taken).
+            logging_utils.log_scalars(trainer.loggers, metrics, trainer.global_step - 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initial": self.initial}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initial = dict(state_dict.get("initial", {}))
 
 
 class ThrottledProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar, redrawn at most every `min_interval_s` seconds and at the end.
 
-    Lightning's bar redraws on every step (`refresh_rate=1`), about 1 ms each: 5-10% of a
-    20-60 ms CPU step of these models (docs/benchmarks.md). The CLI uses this one unless
-    the config brings its own progress bar or turns it off.
+    Lightning's bar redraws on every step (`refresh_rate=1`), a noticeable share of a CPU step of these
+    models (docs/benchmarks.md). The CLI uses this one unless the config brings its own progress bar
+    or turns it off. It shows the training loss (`train/loss`) beside the validation metrics.
     """
 
     def __init__(self, min_interval_s: float = 0.25, leave: bool = False):

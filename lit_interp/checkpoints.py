@@ -2,22 +2,51 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import re
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_interp.errors import ConfigError
 
 
 class StepCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint that also saves when training stops between two periodic saves.
+    """ModelCheckpoint that also saves when training stops between two periodic saves, after the
+    validation of its step, and (last.ckpt only) when the run is interrupted by Ctrl-C or SIGTERM.
 
-    With `every_n_train_steps`, Lightning saves nothing at `max_steps` unless it is a multiple;
-    the final weights (and the resume position) would be lost.
+    With `every_n_train_steps`, Lightning saves nothing at `max_steps` unless it is a multiple; the
+    final weights (and the resume position) would be lost. A periodic save at a step that also
+    validates waits for the validation, so a run resumed from it neither repeats nor loses that
+    validation point.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._after_validation = False
+
+    def _validates_now(self, trainer, batch_idx: int) -> bool:
+        interval = trainer.val_check_batch
+        return bool(trainer.enable_validation and isinstance(interval, int) and interval > 0 and (batch_idx + 1) % interval == 0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self._every_n_train_steps
+        if every >= 1 and trainer.global_step % every == 0 and self._validates_now(trainer, batch_idx):
+            self._after_validation = not self._should_skip_saving_checkpoint(trainer)
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._after_validation and not trainer.sanity_checking:
+            self._after_validation = False
+            candidates = self._monitor_candidates(trainer)
+            self._save_topk_checkpoint(trainer, candidates)
+            self._save_last_checkpoint(trainer, candidates)
+            return
+        super().on_validation_end(trainer, pl_module)
 
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.fast_dev_run or self._should_skip_saving_checkpoint(trainer):
@@ -25,6 +54,50 @@ class StepCheckpoint(ModelCheckpoint):
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        # Lightning raises SIGTERMException between two steps, so the state is whole; any other
+        # exception may come mid-step (or from diverged weights) and is not saved.
+        if isinstance(exception, SIGTERMException) and not trainer.fast_dev_run and not trainer.sanity_checking:
+            if self._last_global_step_saved != trainer.global_step:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes a checkpoint to a temporary file beside its final name, fsyncs it and renames it over the
+    final name: atomic on every local filesystem. On a failed write (a full disk) the partial file is
+    removed, the previous checkpoint under that name stays whole, and the error is one line."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(temporary, "wb") as file:
+                torch.save(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        except OSError as error:
+            raise CheckpointWriteError(
+                f"could not write checkpoint {path}: {error.strerror or error}; free space in {path.parent} "
+                "(the previous checkpoints are intact) and resume with --ckpt_path last"
+            ) from None
+        finally:
+            temporary.unlink(missing_ok=True)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)
+
+
+class CheckpointWriteError(ConfigError):
+    """A checkpoint could not be written (disk full, permissions); nothing partial is left behind."""
 
 
 def safe_globals() -> list:
@@ -95,14 +168,52 @@ def version_of(path: Path, root: Path) -> int | None:
     return int(match.group(1)) if match and relative.parts[1] == "checkpoints" else None
 
 
-def find_last_checkpoint(root: Path) -> tuple[Path, int]:
-    """The `last.ckpt` of the highest-numbered run under `root` (e.g. lightning_logs/)."""
-    runs = []
-    for candidate in root.glob("version_*/checkpoints/last.ckpt"):
-        version = version_of(candidate, root)
-        if version is not None:
-            runs.append((version, candidate))
-    if not runs:
-        raise ConfigError(f"--ckpt_path last: nothing to resume, no {root}/version_*/checkpoints/last.ckpt; start a new run without --ckpt_path")
-    version, path = max(runs)
-    return path, version
+# Sizes a checkpoint may declare before anything is built from it.
+SIZE_KEYS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "seq_len", "vector_dim")
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 2**36
+
+
+def declared_parameters(hparams: dict[str, Any]) -> int:
+    """An upper estimate of the parameter count a checkpoint's hyperparameters build."""
+    get = lambda key, default=1: hparams.get(key) if isinstance(hparams.get(key), int) else default  # noqa: E731
+    d_model, d_attn = get("d_model"), get("n_heads") * get("d_head")
+    per_layer = 4 * d_model * d_attn + 2 * d_model * get("d_mlp", 4 * d_model)
+    return get("n_layers") * per_layer + 2 * get("d_vocab") * d_model + get("n_ctx") * d_model
+
+
+def validate_schema(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose lit_interp fields are malformed, or whose declared model is too large to build."""
+    meta = checkpoint.get("lit_interp")
+    if not isinstance(meta, dict) or not isinstance(meta.get("module_class"), str):
+        raise ConfigError(f"checkpoint {path} was not written by lit_interp (no lit_interp.module_class); pass a checkpoint from a lit_interp run")
+    for field in ("hyper_parameters", "datamodule_hyper_parameters", "state_dict"):
+        if field in checkpoint and not isinstance(checkpoint[field], dict):
+            raise ConfigError(f"checkpoint {path} has a malformed {field} ({type(checkpoint[field]).__name__}, not a mapping); pass a checkpoint from a lit_interp run")
+    for field in ("hyper_parameters", "datamodule_hyper_parameters"):
+        for key in SIZE_KEYS:
+            value = checkpoint.get(field, {}).get(key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**24):
+                raise ConfigError(f"checkpoint {path} declares {key}={value!r}, not a size between 0 and {2**24}; pass a checkpoint from a lit_interp run")
+    hparams = {**checkpoint.get("datamodule_hyper_parameters", {}), **checkpoint.get("hyper_parameters", {})}
+    needed = 4 * declared_parameters(hparams)
+    if needed > _memory_bytes() // 2:
+        raise ConfigError(
+            f"checkpoint {path} declares a model of about {needed / 2**30:.3g} GiB, more than half this machine's memory "
+            f"({_memory_bytes() / 2**30:.3g} GiB); analyse it on a larger machine"
+        )
+
+
+def check_same_world_size(checkpoint: dict[str, Any], path: str | Path, world_size: int) -> None:
+    """Refuse to resume on another number of processes: the global batch and each rank's data stream would change."""
+    trained = checkpoint.get("lit_interp", {}).get("world_size", 1)
+    if trained != world_size:
+        raise ConfigError(
+            f"checkpoint {path} was trained on {trained} process(es) and this run has {world_size}: the global batch and the "
+            f"per-rank data streams would change; resume with --trainer.devices={trained} (and the same strategy and num_nodes)"
+        )

@@ -72,6 +72,9 @@ class SyntheticDataModule(pl.LightningDataModule):
         require(batch_size > 0, f"batch_size={batch_size} must be positive; set data.batch_size >= 1")
         require(val_batches > 0, f"val_batches={val_batches} must be positive; set data.val_batches >= 1")
         require(val_batch_size > 0, f"val_batch_size={val_batch_size} must be positive; set data.val_batch_size >= 1")
+        require(seed >= 0, f"seed={seed} must be >= 0; set data.seed to a non-negative integer")
+        for name, value in {"batch_size": batch_size, "val_batch_size": val_batch_size}.items():
+            require(value <= 2**20, f"{name}={value} is more sequences than one step can hold; set data.{name} <= {2**20}")
         self.batch_size = batch_size
         self.seed = seed
         self.val_batches = val_batches
@@ -83,7 +86,11 @@ class SyntheticDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def make_batch(self, stream: int, index: int, batch_size: int, device: torch.device | str = "cpu", rank: int = 0) -> torch.Tensor:
-        return self.generate(batch_generator(self.seed, stream, rank, index, device), batch_size)
+        """Training batches are drawn on the training device; validation, test and probe batches on the CPU
+        and moved, so they are the same numbers on every device (a GPU run's snapshots reproduce on CPU)."""
+        if stream == TRAIN_STREAM:
+            return self.generate(batch_generator(self.seed, stream, rank, index, device), batch_size)
+        return self.generate(batch_generator(self.seed, stream, rank, index, "cpu"), batch_size).to(device)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_StepIndices(self.next_train_index), batch_size=None)
@@ -174,6 +181,10 @@ class TaskModule(pl.LightningModule):
         """The task's loss on a model output: what analysis ablations compare against."""
         raise NotImplementedError
 
+    def analyses(self) -> list["Analysis"]:  # noqa: F821 (lit_interp.analysis.registry imports this module)
+        """This task's own analyses (`lit_interp.analysis.registry.Analysis`), run beside the built-in ones."""
+        return []
+
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(self.model_input(batch))
 
@@ -189,7 +200,7 @@ class TaskModule(pl.LightningModule):
 
     def shared_step(self, batch: torch.Tensor, stage: str) -> torch.Tensor:
         loss = self.loss_and_metrics(self(batch), batch, stage)
-        self.log(f"{stage}/loss", loss, prog_bar=stage != "train", sync_dist=stage != "train")
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage != "train")
         return loss
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
@@ -212,7 +223,13 @@ class TaskModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["lit_interp"] = {"module_class": f"{type(self).__module__}.{type(self).__qualname__}"}
+        trainer = self._trainer
+        checkpoint["lit_interp"] = {
+            "module_class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "world_size": trainer.world_size if trainer is not None else 1,
+            # Each logger's own run, so a resumed run continues it (TensorBoard and CSV by directory).
+            "loggers": {type(logger).__name__: str(logger.version) for logger in (trainer.loggers if trainer else []) if logger.version is not None},
+        }
 
 
 class PreviousTokenModule(TaskModule):
@@ -249,6 +266,12 @@ def build_hooked_transformer(model_class: type[HookedTransformer] = HookedTransf
     for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
         value = config.get(name)
         require(value is None or value >= 1, f"{name}={value} must be >= 1; set model.{name} to a positive size")
+    require(config.get("n_ctx", 1) <= 2**16, f"n_ctx={config.get('n_ctx')} is longer than lit_interp supports; use a context of at most {2**16}")
+    from lit_interp.checkpoints import _memory_bytes, declared_parameters
+
+    needed = 4 * declared_parameters(config)
+    require(needed <= _memory_bytes() // 2, f"the model's sizes ({ {k: config.get(k) for k in ('n_layers', 'd_model', 'n_heads', 'd_head', 'd_mlp', 'd_vocab')} }) "
+            f"need about {needed / 2**30:.3g} GiB, more than half this machine's memory; choose smaller sizes")
     try:
         return model_class(HookedTransformerConfig(device="cpu", **config))
     except (AssertionError, ValueError) as error:

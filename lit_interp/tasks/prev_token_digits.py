@@ -49,6 +49,7 @@ class PrevTokenDigitsModule(PreviousTokenModule):
             n_ctx, d_vocab, first_target_pos,
             lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio,
         )
+        require(d_head % 2 == 0, f"d_head={d_head} must be even: rotary embeddings rotate pairs of dimensions; set model.d_head to e.g. 8")
         self.save_hyperparameters()
         self.model = build_hooked_transformer(
             n_layers=1,

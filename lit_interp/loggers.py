@@ -1,0 +1,105 @@
+"""Analysis results to any Lightning logger: scalars through `log_metrics`, images to those that take images."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from lightning.pytorch.loggers import Logger
+
+
+def nan_to_null(value: Any) -> Any:
+    """NaN and infinities as JSON null, so every file lit_interp writes is strict JSON."""
+    if isinstance(value, dict):
+        return {key: nan_to_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [nan_to_null(item) for item in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def flatten_scalars(summary: dict[str, Any]) -> dict[str, float]:
+    """Every number of a snapshot summary as `analysis/...` scalars, grouped so that one chart shows one
+    score for every head (`analysis/<score>/L0H1`), layer (`analysis/<name>/L1`) or hook."""
+    scalars = {"analysis/loss": summary.get("loss")}
+    scalars |= {f"analysis/metrics/{name}": value for name, value in summary.get("metrics", {}).items()}
+    for head, scores in summary.get("heads", {}).items():
+        scalars |= {f"analysis/{name}/{head}": value for name, value in scores.items()}
+    for layer, values in summary.get("layers", {}).items():
+        scalars |= {f"analysis/{name}/L{layer}": value for name, value in values.items()}
+    for hook, values in summary.get("hooks", {}).items():
+        scalars |= {f"analysis/hook_{name}/{hook}": value for name, value in values.items()}
+    for section, values in summary.items():
+        if section not in ("heads", "layers", "hooks", "metrics") and isinstance(values, dict):
+            scalars |= {f"analysis/{section}/{key}": value for key, value in _numbers(values)}
+    return {key: float(value) for key, value in scalars.items() if _is_number(value)}
+
+
+def _numbers(values: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _numbers(value, f"{prefix}{key}/")
+        elif _is_number(value):
+            yield f"{prefix}{key}", value
+
+
+def log_scalars(loggers: Iterable[Logger], metrics: dict[str, float], step: int) -> None:
+    for logger in loggers:
+        logger.log_metrics(metrics, step)
+
+
+def analysis_images(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Attention patterns (one image per layer, heads left to right) and each head's full OV circuit."""
+    from lit_interp.report.images import heatmap_rgb
+
+    images = {}
+    for layer, patterns in enumerate(tensors.get("attention_patterns", [])):
+        images[f"analysis/attention_pattern/L{layer}"] = heatmap_rgb(list(patterns))
+    for name, circuit in tensors.items():
+        if name.startswith("ov_circuit.") and circuit.ndim == 2:
+            images[f"analysis/ov_circuit/{name.split('.', 1)[1]}"] = heatmap_rgb([circuit])
+    return images
+
+
+def log_images(loggers: Iterable[Logger], images: dict[str, np.ndarray], step: int) -> None:
+    """Each image to every logger that can take one: TensorBoard, Weights & Biases, MLflow."""
+    from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
+
+    for logger in loggers:
+        for tag, image in images.items():
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(tag, image, step, dataformats="HWC")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(key=tag, images=[image], step=step)
+            elif isinstance(logger, MLFlowLogger):
+                logger.experiment.log_image(logger.run_id, image, artifact_file=f"{tag}/step_{step:07d}.png")
+
+
+def custom_scalar_layout(scalars: Iterable[str]) -> dict[str, dict[str, list]]:
+    """TensorBoard's Custom Scalars: one chart per score with a line for every head, layer or hook."""
+    groups = sorted({tag.rsplit("/", 1)[0] for tag in scalars if tag.count("/") >= 2})
+    charts: dict[str, dict[str, list]] = {}
+    for group in groups:
+        section = group.split("/", 1)[0]
+        charts.setdefault(section, {})[group] = ["Multiline", [f"^{re.escape(group)}/"]]
+    return charts
+
+
+def log_analysis(loggers: Iterable[Logger], summary: dict[str, Any], tensors: dict[str, torch.Tensor], step: int) -> None:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    loggers = list(loggers)
+    scalars = flatten_scalars(summary)
+    log_scalars(loggers, scalars, step)
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger) and not getattr(logger, "_lit_interp_layout", False):
+            logger._lit_interp_layout = True  # once per run: the layout is a single event
+            logger.experiment.add_custom_scalars(custom_scalar_layout(scalars))
+    if tensors:
+        log_images(loggers, analysis_images(tensors), step)

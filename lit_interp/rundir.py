@@ -1,0 +1,97 @@
+"""Run directories: a race-free new `version_N`, one writer at a time (a lock naming its owner), the latest run of a task."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from lit_interp.errors import ConfigError
+
+LOCK_FILES = (".lock", ".owner")
+# Set by the launching process for the ranks Lightning starts: they join its run instead of making one.
+RUN_DIR_ENV = "LIT_INTERP_RUN_DIR"
+
+
+def version_number(path: Path) -> int | None:
+    match = re.fullmatch(r"version_(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def create_new_run(root: Path) -> Path:
+    """Make `root/version_N` with N one past the highest existing; `mkdir` is atomic, so two processes
+    starting at once get different versions."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create the run directory under {root}: {error.strerror or error}; pass a writable --trainer.default_root_dir") from None
+    while True:
+        versions = [v for v in (version_number(p) for p in root.glob("version_*")) if v is not None]
+        candidate = root / f"version_{max(versions, default=-1) + 1}"
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue  # another process took it first
+        except OSError as error:
+            raise ConfigError(f"cannot create the run directory {candidate}: {error.strerror or error}; pass a writable --trainer.default_root_dir") from None
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the life of the process that writes into it."""
+
+    def __init__(self, run_dir: Path):
+        from filelock import FileLock
+
+        self.run_dir = run_dir
+        self._lock = FileLock(str(run_dir / ".lock"), timeout=0)
+
+    def acquire(self) -> RunLock:
+        from filelock import Timeout
+
+        try:
+            self._lock.acquire()
+        except Timeout:
+            raise ConfigError(f"run directory {self.run_dir} is in use by {self.owner()}; wait for it to finish, or start a new run without --ckpt_path") from None
+        except OSError as error:
+            raise ConfigError(f"cannot lock the run directory {self.run_dir}: {error.strerror or error}; pass a writable --trainer.default_root_dir") from None
+        (self.run_dir / ".owner").write_text(f"process {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)}\n")
+        return self
+
+    def owner(self) -> str:
+        try:
+            return (self.run_dir / ".owner").read_text().strip()
+        except OSError:
+            return "another process"
+
+    def release(self) -> None:
+        if self._lock.is_locked:
+            (self.run_dir / ".owner").unlink(missing_ok=True)
+            self._lock.release()
+
+
+def remove_if_unused(run_dir: Path) -> None:
+    """Remove a run directory this process created when nothing but its lock files were written."""
+    if run_dir.is_dir() and all(path.name in LOCK_FILES for path in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def find_last_checkpoint(root: Path, module_class: str | None = None) -> tuple[Path, int]:
+    """The `last.ckpt` of the highest-numbered run under `root` whose checkpoint is of `module_class`."""
+    from lit_interp.checkpoints import checkpoint_module_class, load_checkpoint
+
+    runs = sorted(((version_number(p.parents[1]), p) for p in root.glob("version_*/checkpoints/last.ckpt")), reverse=True)
+    runs = [(version, path) for version, path in runs if version is not None]
+    if not runs:
+        raise ConfigError(f"--ckpt_path last: nothing to resume, no {root}/version_*/checkpoints/last.ckpt; start a new run without --ckpt_path")
+    for version, path in runs:
+        try:
+            if module_class is None or checkpoint_module_class(load_checkpoint(path)) == module_class:
+                return path, version
+        except ConfigError:
+            continue  # a truncated or foreign file: look at older runs
+    task = module_class.rsplit(".", 1)[-1]
+    raise ConfigError(f"--ckpt_path last: no run of {task} under {root} (the runs there are of other tasks); start a new run without --ckpt_path")
