@@ -46,6 +46,20 @@ def sweep_command(directory: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "lit_interp", "sweep", directory, "--config", CONFIG, *args]
 
 
+def tensorboard_hparams(run: Path) -> dict[str, float | str]:
+    """The hyperparameters a run shows in TensorBoard's hparams tab."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    accumulator = EventAccumulator(str(run), size_guidance={"tensors": 0}).Reload()
+    raw = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    values = plugin_data_pb2.HParamsPluginData.FromString(raw).session_start_info.hparams
+    return {
+        key: value.number_value if value.HasField("number_value") else value.string_value
+        for key, value in values.items()
+    }
+
+
 def fits_started(trial_directory: Path) -> int:
     """How many times a fit ran in this trial directory: each attempt appends its stderr."""
     return (trial_directory / "stderr.log").read_text().count("`Trainer.fit` stopped")
@@ -77,6 +91,7 @@ def test_seed_sweep_writes_one_run_per_seed_and_a_complete_study(seed_sweep):
         assert sorted(p.name for p in (run / "analysis").glob("*.json")) == ["step_0000002.json", "step_0000004.json"]
         assert trial.value == read_scalars(run)["val/loss"][1][-1]  # the objective: the last val/loss logged
         assert trial.user_attrs["run_dir"] == f"trial_{trial.number:04d}/lightning_logs/version_0"
+        assert tensorboard_hparams(run)["data/seed"] == trial.number  # the swept value in TensorBoard's hparams tab
     assert found[0].value != found[1].value  # different seeds, different runs
     assert json.loads((directory / "sweep.json").read_text())["seeds"] == [0, 1]
 

@@ -42,7 +42,9 @@ NOT_PARAMETERS = (
     "ckpt_path",
     "trainer.callbacks",
     "trainer.enable_progress_bar",
+    "checkpoint.dirpath",
 )
+TABLE_METRICS = ("val/", "train/loss")  # the final metrics the page's table shows; runs.csv has every scalar
 
 
 @dataclass
@@ -185,7 +187,12 @@ def collect(directories: list[Path]) -> tuple[list[Run], list[str]]:
     runs = []
     for path, config in zip(paths, configs):
         series = runlogs.read_scalars(path)
-        final = {tag: values[-1] for tag, (_, values) in series.items() if values and tag != "epoch"}
+        # `final/*` repeats the last values for TensorBoard's hparams tab.
+        final = {
+            tag: values[-1]
+            for tag, (_, values) in series.items()
+            if values and tag != "epoch" and not tag.startswith("final/")
+        }
         runs.append(
             Run(
                 label(path, directories),
@@ -331,6 +338,8 @@ def crossing_strip(runs: list[Run], score: str, threshold: float) -> go.Figure |
             (run.label, crossings(run, {score: threshold}).get(f"{head}/{score}")) for run in runs if run.snapshots
         ]
         reached = [(name, step) for name, step in steps if step is not None]
+        if not reached:
+            continue
         figure.add_trace(
             go.Box(
                 y=[step for _, step in reached],
@@ -346,11 +355,11 @@ def crossing_strip(runs: list[Run], score: str, threshold: float) -> go.Figure |
         return None
     layout(
         figure,
-        title=f"{plain(score)} ≥ {threshold:g}: first snapshot step",
+        title=f"{plain(score)} ≥ {threshold:g}",
         height=340,
-        width=max(320, 140 + 80 * len(figure.data)),
+        width=max(360, 140 + 90 * len(figure.data)),
     )
-    figure.update_layout(showlegend=False, yaxis_title="step")
+    figure.update_layout(showlegend=False, yaxis_title="first snapshot step at or above")
     return figure
 
 
@@ -415,7 +424,10 @@ def sections(
     found = {row["finding"]: {"runs": row["runs"], "of": row["of"]} for row in findings(runs, thresholds)}
     formed = [crossing_strip(runs, score, threshold) for score, threshold in thresholds.items()]
     boxes = [score_box(runs, score) for score in last_scores(runs)]
-    rows = {row.pop("run"): row for row in csv_rows(runs, parameters, {})}
+    rows = {
+        row.pop("run"): {key: value for key, value in row.items() if "/" not in key or key.startswith(TABLE_METRICS)}
+        for row in csv_rows(runs, parameters, {})
+    }
     search = optuna_section(directories)
     candidates = [
         Section("Findings across runs", [table(found, "finding")] if found else [], note=FINDINGS_NOTE),
