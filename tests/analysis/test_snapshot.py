@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lit_interp.analysis import run_analysis
+from lit_interp.analysis.weights import processed_copy
 
 from .conftest import TASKS, tiny_task
 
@@ -154,6 +155,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
 from analysis.conftest import TASKS, tiny_task
 from lit_interp.analysis import run_analysis
+from lit_interp.analysis.weights import processed_copy
 from lit_interp.analysis.circuits import composition_scores, eigenvalue_scores, head_singular_values
 for task in TASKS:
     module, data = tiny_task(task)
@@ -251,3 +253,26 @@ def test_bf16_weights_are_analysed_in_fp32_without_being_cast():
     assert summary["loss"] == pytest.approx(
         reference["loss"], rel=0.05
     )  # only the bf16 rounding of the weights differs
+
+
+@pytest.mark.parametrize("task", ["bos_ints_mlp", "affine_recurrence"])
+def test_summary_attributions_add_up_to_the_output_less_biases(task):
+    module, data = tiny_task(task)
+    with torch.no_grad():  # LayerNorm scales far from 1: an attribution that forgets ln_final.w cannot add up
+        for name, parameter in module.model.named_parameters():
+            if name.endswith(".w"):
+                parameter.copy_(torch.rand_like(parameter) * 3 + 0.2)
+    summary, _ = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False, expensive=False)
+    total = sum(scores["direct_attribution"] for scores in summary["heads"].values())
+    total += sum(values.get("mlp_direct_attribution", 0.0) for values in summary["layers"].values())
+    total += sum(summary["direct_attribution"].values())
+    batch = data.make_batch(3, 0, 8)
+    first, targets = module.hparams.first_target_pos, module.targets(batch)
+    output = module.model(module.model_input(batch))[:, first:]
+    b_U = processed_copy(module.model, center_unembed=task != "affine_recurrence").b_U
+    if task == "affine_recurrence":
+        expected = ((output - b_U) * targets).sum(-1).mean()
+    else:
+        correct = output.gather(-1, targets[..., None])[..., 0]
+        expected = (correct - output.mean(-1) - (b_U[targets] - b_U.mean())).mean()
+    assert total == pytest.approx(expected.item(), rel=1e-4, abs=1e-4)

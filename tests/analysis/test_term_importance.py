@@ -88,46 +88,54 @@ def test_only_attention_only_unnormalised_multilayer_models_qualify():
     assert not supports_term_importance(BosIntsModule(d_model=16, d_head=16, attn_only=False, d_mlp=32).model)
 
 
-def query_composition_only_model():
-    """2 layers, 1 head each: embeddings in dims 0-7, layer 0 writes dims 8-15; layer 1's query reads only
-    dims 8-15 and its key only dims 0-7, so of its four score terms only q_comp is non-zero."""
+def one_term_model(query_reads: str, key_reads: str):
+    """2 layers, 1 head each: embeddings in dims 0-7, layer 0 writes dims 8-15; layer 1's query and key each read
+    only one of the two subspaces ("direct" or "composed"), so one of its four score terms is non-zero."""
     model = hooked(n_layers=2)
+    direct = torch.diag(torch.cat([torch.ones(8), torch.zeros(8)]))
+    subspace = {"direct": direct, "composed": torch.eye(16) - direct}
     with torch.no_grad():
-        model.embed.W_E[:] = torch.randn(16, 16) * torch.cat([torch.ones(8), torch.zeros(8)])
+        model.embed.W_E[:] = torch.randn(16, 16) @ direct
         model.pos_embed.W_pos.zero_()
-        low, high = (
-            torch.diag(torch.cat([torch.ones(8), torch.zeros(8)])),
-            torch.diag(torch.cat([torch.zeros(8), torch.ones(8)])),
-        )
         layer0, layer1 = model.blocks[0].attn, model.blocks[1].attn
         layer0.W_V[0] = torch.eye(16)
         layer0.W_O[0] = torch.eye(16).roll(8, dims=1)  # dims 0-7 of the value land in dims 8-15
-        layer1.W_Q[0] = 3 * high @ torch.randn(16, 16)
-        layer1.W_K[0] = 3 * low @ torch.randn(16, 16)
+        layer1.W_Q[0] = 3 * subspace[query_reads] @ torch.randn(16, 16)
+        layer1.W_K[0] = 3 * subspace[key_reads] @ torch.randn(16, 16)
     return model
 
 
-def test_term_importance_names_the_only_non_zero_term():
-    model = query_composition_only_model()
+class PreviousToken:
+    """The previous-token task on raw tokens, without a Lightning module."""
+
+    hparams = type("hparams", (), {"first_target_pos": 1})
+
+    def model_input(self, tokens):
+        return tokens
+
+    def targets(self, tokens):
+        return tokens[:, :-1]
+
+    def loss(self, logits, tokens):
+        return torch.nn.functional.cross_entropy(logits[:, 1:].flatten(0, 1), tokens[:, :-1].flatten())
+
+
+@pytest.mark.parametrize(
+    "query_reads, key_reads, term",
+    [
+        ("direct", "direct", "direct"),
+        ("direct", "composed", "k_comp"),
+        ("composed", "direct", "q_comp"),
+        ("composed", "composed", "kq_comp"),
+    ],
+)
+def test_term_importance_names_the_only_non_zero_term(query_reads, key_reads, term):
+    model = one_term_model(query_reads, key_reads)
     tokens = torch.randint(0, 16, (8, 8))
     _, cache = model.run_with_cache(tokens)
     terms = attention_score_terms(model, cache, 1)
-    assert {name for name, term in terms.items() if term.abs().max() > 1e-4} == {"q_comp"}
-
-    class PreviousToken:
-        hparams = type("hparams", (), {"first_target_pos": 1})
-
-        def model_input(self, tokens):
-            return tokens
-
-        def targets(self, tokens):
-            return tokens[:, :-1]
-
-        def loss(self, logits, tokens):
-            return torch.nn.functional.cross_entropy(logits[:, 1:].flatten(0, 1), tokens[:, :-1].flatten())
-
+    assert {name for name, values in terms.items() if values.abs().max() > 1e-4} == {term}
     task = PreviousToken()
     losses, _ = term_importance(model, task, tokens, cache, layer=1)
     clean = task_loss(model, task, tokens)
-    moved = {name for name, loss in losses.items() if abs(loss - clean) > 1e-5}
-    assert moved == {"q_comp"}
+    assert {name for name, loss in losses.items() if abs(loss - clean) > 1e-5} == {term}
