@@ -43,7 +43,7 @@ def adversarial_analysis(
     losses, patterns = {}, {}
     for name, inputs in adversarial_inputs(tokens, has_bos).items():
         output, cache = model.run_with_cache(
-            task.model_input(inputs), names_filter=lambda hook: hook.endswith("hook_pattern")
+            task.model_input(inputs), names_filter=lambda hook: hook.endswith(("hook_pattern", "hook_attn_scores"))
         )
         losses[f"{name}_loss"] = task.loss(output, inputs).item()
         if name != "clean":

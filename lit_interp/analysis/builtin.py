@@ -23,6 +23,7 @@ from lit_interp.analysis.neurons import dead_neuron_fraction, neuron_firing_freq
 from lit_interp.analysis.patching import activation_patching
 from lit_interp.analysis.patterns import (
     attention_entropy,
+    attention_pattern,
     bos_scores,
     mean_attention_patterns,
     mean_attention_scores,
@@ -54,9 +55,9 @@ def attention(context: AnalysisContext) -> tuple[Summary, Tensors]:
     model, cache = context.model, context.cache
     patterns = mean_attention_patterns(cache, model.cfg.n_layers)
     every_pattern = torch.stack(
-        [cache["pattern", layer] for layer in range(model.cfg.n_layers)], dim=1
+        [attention_pattern(cache, layer) for layer in range(model.cfg.n_layers)], dim=1
     )  # batch layer head q k
-    entropy = torch.stack([attention_entropy(cache["pattern", layer]) for layer in range(model.cfg.n_layers)])
+    entropy = torch.stack([attention_entropy(attention_pattern(cache, layer)) for layer in range(model.cfg.n_layers)])
     scores = {"prev_token_score": previous_token_scores(patterns), "attention_entropy": entropy}
     if context.has_bos:
         scores["bos_score"] = bos_scores(patterns)

@@ -10,9 +10,24 @@ Patterns = Float[torch.Tensor, "layer head query_pos key_pos"]
 HeadScores = Float[torch.Tensor, "layer head"]
 
 
+def attention_pattern(cache: ActivationCache, layer: int) -> Float[torch.Tensor, "batch head query_pos key_pos"]:
+    """The cached pattern of block `layer`, NaN in rows whose scores are NaN or +inf.
+
+    TransformerLens writes 0 where the softmax gives NaN, which would read as "attends nowhere";
+    a diverged model should show NaN instead. Without cached scores the pattern is returned as is.
+    """
+    pattern = cache["pattern", layer]
+    name = f"blocks.{layer}.attn.hook_attn_scores"
+    if name not in cache.cache_dict:
+        return pattern
+    scores = cache[name]
+    broken = (scores.isnan() | scores.isposinf()).any(-1, keepdim=True)
+    return torch.where(broken, torch.nan, pattern)
+
+
 def mean_attention_patterns(cache: ActivationCache, n_layers: int) -> Patterns:
     """Every head's attention pattern averaged over the batch."""
-    return torch.stack([cache["pattern", layer].mean(0) for layer in range(n_layers)])
+    return torch.stack([attention_pattern(cache, layer).mean(0) for layer in range(n_layers)])
 
 
 def _mean_diagonal(patterns: Patterns, offset: int, first_query: int = 0) -> HeadScores:
@@ -63,9 +78,11 @@ def repeated_sequence_scores(
     repeated, half_len = repeated_sequence(inputs, prefix_len, model.cfg.n_ctx)
     if half_len < 2:
         return None
-    _, cache = model.run_with_cache(repeated, names_filter=lambda name: name.endswith("hook_pattern"))
+    _, cache = model.run_with_cache(
+        repeated, names_filter=lambda name: name.endswith(("hook_pattern", "hook_attn_scores"))
+    )
     patterns = torch.stack(
-        [cache["pattern", layer] for layer in range(model.cfg.n_layers)], dim=1
+        [attention_pattern(cache, layer) for layer in range(model.cfg.n_layers)], dim=1
     )  # batch layer head q k
     offsets = torch.arange(half_len, device=patterns.device)
     queries, first_occurrence = prefix_len + half_len + offsets, prefix_len + offsets

@@ -165,7 +165,9 @@ for task in TASKS:
     assert torch.isnan(eigenvalue_scores(module.model.OV)).all()
     assert torch.isnan(head_singular_values(module.model)["qk"]).all()
     summary, _ = run_analysis(module, data, step=1, probe_batch_size=8)
-    for key in ("ov_eigen_score", "qk_eigen_score", "ov_effective_rank", "direct_attribution", "zero_ablation_loss"):
+    keys = ("ov_eigen_score", "qk_eigen_score", "ov_effective_rank", "direct_attribution", "zero_ablation_loss",
+            "prev_token_score", "attention_entropy", "induction_score")
+    for key in keys:
         assert math.isnan(summary["heads"]["L0H0"][key]), (task, key)
     if "composition" in summary:
         assert math.isnan(summary["composition"]["q"][0][-1])
