@@ -35,7 +35,7 @@ Options of fit (--model.init_args.lr=..., --trainer.max_steps=...) are passed on
 """
 
 # Where the child's runs go: <trial dir>/lightning_logs/version_0; the one place that names the flag.
-RUN_ROOT_FLAG = "--trainer.logger.init_args.save_dir"
+RUN_ROOT_FLAG = "--trainer.default_root_dir"
 FIT_OPTION = re.compile(
     r"--(model|data|trainer|checkpoint|seed_everything|optimizer|lr_scheduler)\b[\w.+]*=.*", re.DOTALL
 )

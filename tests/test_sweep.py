@@ -251,24 +251,22 @@ def test_another_command_on_the_same_study_is_refused(tmp_path, capsys):
 def test_sweep_killed_mid_trial_resumes_from_last_checkpoint(tmp_path):
     long_trial = [
         *TINY["prev_token_digits"],
-        "--trainer.max_steps=150",
+        "--trainer.max_steps=60",
         "--checkpoint.every_n_train_steps=5",
         "--trainer.callbacks=[]",
     ]
     command = sweep_command("seeds", "--seeds", "0-1", *long_trial)
     worker = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    first_checkpoint = Path("seeds/trial_0000/lightning_logs/version_0/checkpoints/step_0000005.ckpt")
-    while not first_checkpoint.exists():
+    checkpoints = Path("seeds/trial_0000/lightning_logs/version_0/checkpoints")
+    first_checkpoint, last = checkpoints / "step_0000005.ckpt", checkpoints / "last.ckpt"
+    while not last.exists():  # written (atomically) after the step's own checkpoint
         assert worker.poll() is None, "the sweep ended before its first checkpoint"
         time.sleep(0.02)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     killed_at = time.time()
     assert [t.state.name for t in trials(Path("seeds"))] == ["RUNNING", "WAITING"]  # seed 1 still queued
-    last = Path("seeds/trial_0000/lightning_logs/version_0/checkpoints/last.ckpt")
-    assert (
-        last.is_file() and not Path("seeds/trial_0000/lightning_logs/version_0/checkpoints/step_0000150.ckpt").exists()
-    )
+    assert first_checkpoint.is_file() and not (checkpoints / "step_0000060.ckpt").exists()
     time.sleep(1.0)
     assert os.path.getmtime(last) < killed_at  # the child fit died with its worker: nothing writes any more
 
@@ -280,7 +278,7 @@ def test_sweep_killed_mid_trial_resumes_from_last_checkpoint(tmp_path):
     run = Path("seeds/trial_0000/lightning_logs")
     assert [p.name for p in run.iterdir()] == ["version_0"]  # continued in its own run directory
     assert os.path.getmtime(first_checkpoint) < killed_at  # not trained again from the start
-    assert (run / "version_0/checkpoints/step_0000150.ckpt").is_file()
+    assert (checkpoints / "step_0000060.ckpt").is_file()
     assert "Restoring states from the checkpoint path at" in Path("seeds/trial_0000/stderr.log").read_text()
     assert fits_started(Path("seeds/trial_0000")) == 1 and fits_started(Path("seeds/trial_0001")) == 1
 
