@@ -36,17 +36,36 @@ def project(
     )
 
 
+def stack_head_results(
+    cache: ActivationCache, first_pos: int = 0
+) -> Float[torch.Tensor, "component batch pos d_model"]:
+    """Each head's output (without b_O) at positions first_pos.., stacked in `all_head_labels()` order.
+
+    What `cache.stack_head_results(pos_slice=slice(first_pos, None))` returns, by one einsum per
+    layer: TransformerLens forms a [batch pos head d_head d_model] product before summing, hundreds of
+    MB and seconds per snapshot at the recurrence config's sizes.
+    """
+    model = cache.model
+    results = [
+        einops.einsum(cache["z", layer][:, first_pos:], model.blocks[layer].attn.W_O, "b p h k, h k d -> h b p d")
+        for layer in range(model.cfg.n_layers)
+    ]
+    return torch.cat(results)
+
+
 def direct_attribution(
     cache: ActivationCache, W_U: Float[torch.Tensor, "d_model d_vocab"], targets: Targets, first_target_pos: int
 ) -> Float[torch.Tensor, "layer head target_pos"]:
     """Each head's direct effect on the correct output at positions first_target_pos.., averaged over the batch.
 
-    Each head's output (without b_O) through ln_final's cached scale (`cache.stack_head_results(apply_ln=True)`),
+    Each head's output (without b_O) through ln_final's cached scale (`cache.apply_ln_to_stack`),
     onto the correct minus the mean logit (tokens, seed 003) or onto W_U times the target vector (seed 002).
     `W_U` must carry ln_final's weight: pass `processed_copy(model).W_U`.
     """
     cfg = cache.model.cfg
-    stack = cache.stack_head_results(layer=-1, pos_slice=slice(first_target_pos, None), apply_ln=True)
+    stack = cache.apply_ln_to_stack(
+        stack_head_results(cache, first_target_pos), pos_slice=slice(first_target_pos, None)
+    )
     attribution = project(stack, correct_direction(W_U, targets))
     return attribution.reshape(cfg.n_layers, cfg.n_heads, -1)
 
@@ -64,7 +83,7 @@ def component_direct_attribution(
     cfg = cache.model.cfg
     positions = slice(first_target_pos, None)
     embeds_and_mlps, labels = cache.decompose_resid(mode="mlp", pos_slice=positions, return_labels=True)
-    heads, head_labels = cache.stack_head_results(layer=-1, pos_slice=positions, return_labels=True)
+    heads, head_labels = stack_head_results(cache, first_target_pos), cache.model.all_head_labels()
     biases = sum(cache.model.blocks[layer].attn.b_O for layer in range(cfg.n_layers))
     bias = torch.broadcast_to(biases, embeds_and_mlps.shape[1:])[None]
     stack = cache.apply_ln_to_stack(torch.cat([embeds_and_mlps, heads, bias]), pos_slice=positions)

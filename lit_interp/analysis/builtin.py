@@ -136,7 +136,7 @@ def kq_composition(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 
 def _attribution(context: AnalysisContext) -> tuple[torch.Tensor, list[str]]:
-    """Every component's direct attribution by position, computed once per snapshot (the cache keeps head results)."""
+    """Every component's direct attribution by position, once per snapshot (attribution and backup share it)."""
     if "direct_attribution" not in context.memo:
         context.memo["direct_attribution"] = component_direct_attribution(
             context.cache, context.processed.W_U, context.targets, context.first_target_pos
@@ -244,7 +244,6 @@ def _patchable(context: AnalysisContext) -> bool:
 BUILTIN_ANALYSES = [
     Analysis("attention", attention),
     Analysis("repeated_sequence", repeated_sequence),
-    Analysis("head_ablation", head_ablation),
     Analysis("ov_circuits", ov_circuits),
     Analysis("eigenvalues_and_singular_values", eigenvalues_and_singular_values),
     Analysis("direct_attribution", attribution),
@@ -262,6 +261,8 @@ BUILTIN_ANALYSES = [
     Analysis("neurons", neurons, applies=lambda context: not context.model.cfg.attn_only),
     Analysis("recurrence_loss", recurrence_loss, applies=_is_recurrence),
     Analysis("hook_sweep", hook_sweep, applies=lambda context: context.sweep_hooks),
+    # One partial forward pass per head and mode: most of a snapshot's cost on the larger configs.
+    Analysis("head_ablation", head_ablation, expensive=True),
     Analysis("patching", patching, applies=_patchable, expensive=True),
     Analysis("backup_heads", backup, expensive=True),
     Analysis("parameter_probes", probes, applies=_is_recurrence, expensive=True),

@@ -57,12 +57,19 @@ def patch_residual(
     clean: float,
     corrupted: float,
 ) -> Float[torch.Tensor, "layer pos"]:
-    """Normalised metric with the clean `resid_pre` of block l at one position patched into the corrupted run."""
+    """Normalised metric with the clean `resid_pre` of block l at one position patched into the corrupted run.
+
+    Where the clean activation equals the corrupted one (every position before the corruption, in a
+    causal model) the patched run is the corrupted run itself, which is computed once.
+    """
     n_layers, n_pos = model.cfg.n_layers, clean_cache["resid_pre", 0].shape[1]
-    losses = torch.zeros(n_layers, n_pos)
+    unpatched = metric(model(corrupted_cache["resid_pre", 0], start_at_layer=0))
+    losses = torch.full((n_layers, n_pos), unpatched)
     for layer in range(n_layers):
         name = utils.get_act_name("resid_pre", layer)
         for pos in range(n_pos):
+            if torch.equal(clean_cache[name][:, pos], corrupted_cache[name][:, pos]):
+                continue
             patched = layer_pos_patch_setter(corrupted_cache[name].clone(), (layer, pos), clean_cache[name])
             losses[layer, pos] = metric(model(patched, start_at_layer=layer))
     return _normalise(losses, clean, corrupted)
@@ -77,10 +84,13 @@ def patch_heads(
     corrupted: float,
 ) -> Float[torch.Tensor, "layer head"]:
     """Normalised metric with one head's clean output (`hook_z`, every position) patched into the corrupted run."""
-    losses = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    unpatched = metric(model(corrupted_cache["resid_pre", 0], start_at_layer=0))
+    losses = torch.full((model.cfg.n_layers, model.cfg.n_heads), unpatched)
     for layer in range(model.cfg.n_layers):
         name = utils.get_act_name("z", layer)
         for head in range(model.cfg.n_heads):
+            if torch.equal(clean_cache[name][:, :, head], corrupted_cache[name][:, :, head]):
+                continue  # the patched run is the corrupted run
 
             def patch(z: torch.Tensor, hook, head: int = head) -> torch.Tensor:
                 return layer_head_vector_patch_setter(z.clone(), (layer, head), clean_cache[name])

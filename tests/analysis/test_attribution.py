@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lit_interp.analysis.attribution import backup_heads, component_direct_attribution, direct_attribution, logit_lens
+from lit_interp.analysis.attribution import (
+    backup_heads,
+    component_direct_attribution,
+    direct_attribution,
+    logit_lens,
+    stack_head_results,
+)
 from lit_interp.analysis.weights import processed_copy
 from lit_interp.tasks.affine_recurrence import AffineRecurrenceModule
 from lit_interp.tasks.bos_ints import BosIntsModule
@@ -116,3 +122,12 @@ def test_backup_heads_in_one_attention_layer_without_norm_change_nothing_else():
     torch.testing.assert_close(change, expected, rtol=1e-4, atol=1e-5)
     assert loss != pytest.approx(module.loss(module.model(tokens), tokens).item(), rel=1e-6)
     assert all(not hook_point.fwd_hooks for hook_point in module.model.hook_dict.values())
+
+
+def test_our_head_stack_equals_transformer_lens():
+    module = token_module()
+    _, cache = module.model.run_with_cache(torch.randint(0, 20, (6, 8)))
+    ours = stack_head_results(cache, first_pos=2)
+    theirs, labels = cache.stack_head_results(layer=-1, pos_slice=slice(2, None), return_labels=True)
+    assert labels == module.model.all_head_labels()
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)

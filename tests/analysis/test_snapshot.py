@@ -21,15 +21,13 @@ COMMON_HEAD_KEYS = {
     "attention_entropy",
     "duplicate_score",
     "induction_score",
-    "zero_ablation_loss",
-    "mean_ablation_loss",
     "ov_eigen_score",
     "qk_eigen_score",
     "ov_effective_rank",
     "qk_effective_rank",
     "direct_attribution",
 }
-EXPENSIVE_HEAD_KEYS = {"patching_score", "backup_attribution_change"}
+EXPENSIVE_HEAD_KEYS = {"patching_score", "backup_attribution_change", "zero_ablation_loss", "mean_ablation_loss"}
 # What each config's architecture and task make applicable, beyond the keys every snapshot has.
 EXPECTED = {
     "prev_token_digits": dict(
@@ -75,8 +73,6 @@ ALWAYS_TENSORS = {
     "attention_scores",
     "example_attention_patterns",
     "repeated_sequence_patterns",
-    "head_zero_ablation_loss",
-    "head_mean_ablation_loss",
     "direct_attribution_by_position",
     "component_direct_attribution",
     "ov_circuit.L0H0",
@@ -84,7 +80,13 @@ ALWAYS_TENSORS = {
     "ov_singular_values",
     "qk_singular_values",
 }
-EXPENSIVE_TENSORS = {"resid_pre_patching", "head_patching", "backup_attribution_change"}
+EXPENSIVE_TENSORS = {
+    "resid_pre_patching",
+    "head_patching",
+    "backup_attribution_change",
+    "head_zero_ablation_loss",
+    "head_mean_ablation_loss",
+}
 COMMON_LAYER_KEYS = {"attn_direct_attribution", "logit_lens_loss"}
 
 
