@@ -41,6 +41,8 @@ FIT_OPTION = re.compile(
 )
 SCALAR_TYPES = (bool, int, float, str, type(None))
 CROSSING = re.compile(r"crossing:(\w+):(L\d+H\d+):([-+0-9.eE]+)")
+REACH = re.compile(r"reach:([\w/.-]+)(>=|<=)([-+0-9.eE]+)")
+NAN, INF = float("nan"), float("inf")
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument(
         "--objective",
         default="val/loss",
-        help="a logged scalar's last value (default val/loss), or crossing:SCORE:HEAD:THRESHOLD",
+        help="a logged scalar's last value (default val/loss); reach:TAG>=VALUE, the first step it gets there; "
+        "or crossing:SCORE:HEAD:THRESHOLD, the first snapshot step a head's score does",
     )
     parser.add_argument(
         "--direction", choices=("minimize", "maximize"), default="minimize", help="of the objective (default minimize)"
@@ -231,6 +234,10 @@ def build_sweep(argv: list[str]) -> Sweep:
         raise ConfigError("--n_trials is for --space; --seeds runs one trial per seed")
     if seeds is not None and any(o.startswith(("--seed_everything", "--data.init_args.seed=")) for o in overrides):
         raise ConfigError("--seeds sets seed_everything and data.init_args.seed; drop those overrides")
+    if args.objective.startswith("reach") and not REACH.fullmatch(args.objective):
+        raise ConfigError(
+            f"--objective {args.objective}: write reach:TAG>=VALUE or reach:TAG<=VALUE, e.g. reach:val/acc>=0.989"
+        )
     if args.objective.startswith("crossing") and not CROSSING.fullmatch(args.objective):
         raise ConfigError(
             f"--objective {args.objective}: write crossing:SCORE:HEAD:THRESHOLD, "
@@ -569,24 +576,28 @@ class Worker:
 
 
 def objective_value(objective: str, run: Path) -> tuple[float, str | None]:
-    """(value, None), or (nan, why there is none): a scalar's last logged value, or a crossing step (inf if never)."""
+    """(value, None), or (nan, why there is none): a scalar's last logged value, the step at which a scalar
+    first reaches a value, or the snapshot step at which a head's score first crosses a threshold (inf: never)."""
     from lit_interp import runlogs
     from lit_interp.report import runs
 
-    match = CROSSING.fullmatch(objective)
-    if match:
+    if match := CROSSING.fullmatch(objective):
         score, head, threshold = match.group(1), match.group(2), float(match.group(3))
         summaries = runs.read_snapshots(run)
         if not summaries:
-            return float(
-                "nan"
-            ), f"run {run} wrote no analysis snapshots; keep the AnalysisSnapshots callback for {objective}"
+            return NAN, f"run {run} wrote no analysis snapshots; keep the AnalysisSnapshots callback for {objective}"
         step = runs.crossing_step(summaries, head, score, threshold)
-        return (float("inf") if step is None else float(step)), None
-    _, values = runlogs.read_scalars(run, skip_prefixes=()).get(objective, ([], []))
+        return (INF if step is None else float(step)), None
+    reach = REACH.fullmatch(objective)
+    tag = reach.group(1) if reach else objective
+    steps, values = runlogs.read_scalars(run, skip_prefixes=()).get(tag, ([], []))
     if not values:
-        return float("nan"), f"run {run} never logged {objective}; pick a logged metric such as val/loss"
-    return values[-1], None
+        return NAN, f"run {run} never logged {tag}; pick a logged metric such as val/loss"
+    if reach is None:
+        return values[-1], None
+    target, above = float(reach.group(3)), reach.group(2) == ">="
+    reached = (step for step, value in zip(steps, values) if (value >= target if above else value <= target))
+    return float(next(reached, INF)), None
 
 
 def summarise(sweep: Sweep) -> str:

@@ -203,6 +203,7 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
         (["--seeds", "0", "--storage", "lr.db"], "--storage lr.db: give an RDB URL"),
         (["--seeds", "0", "--objective", "crossing:prev_token_score"], "write crossing:SCORE:HEAD:THRESHOLD"),
         (["--seeds", "0", "--jobs", "0"], "--jobs=0 must be >= 1"),
+        (["--seeds", "0", "--objective", "reach:val/acc=0.9"], "write reach:TAG>=VALUE or reach:TAG<=VALUE"),
     ],
 )
 def test_bad_command_is_one_line_and_writes_nothing(tmp_path, capsys, argv, message):

@@ -1,7 +1,8 @@
-"""The cross-run report's data: phase-change steps and the findings counted across runs."""
+"""The cross-run report's data (phase-change steps, findings counted across runs) and the crossing objective."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from lit_interp.report.runs import Run, crossing_step, findings, parse_thresholds
@@ -28,3 +29,25 @@ def test_findings_count_the_runs_whose_last_snapshot_reaches_the_threshold():
     assert rows == {("L1H0", "prev_token_score"): (2, 2), ("L0H0", "prev_token_score"): (1, 2)}
     strict = findings(runs, parse_thresholds(["prev_token_score=0.85"]))
     assert strict[0]["finding"] == "L1H0 is a previous-token head (prev_token_score >= 0.85) in 1/2 runs"
+
+
+def test_crossing_objective_is_the_step_a_head_reaches_the_threshold(tmp_path):
+    from lit_interp.sweep import objective_value
+
+    (tmp_path / "analysis").mkdir()
+    for snapshot in (summary(10, L1H0=0.2), summary(20, L1H0=0.95), summary(30, L1H0=0.97)):
+        (tmp_path / "analysis" / f"step_{snapshot['step']:07d}.json").write_text(json.dumps(snapshot))
+    assert objective_value("crossing:prev_token_score:L1H0:0.9", tmp_path) == (20.0, None)
+    assert objective_value("crossing:prev_token_score:L1H0:0.99", tmp_path) == (float("inf"), None)  # never: worst
+    value, problem = objective_value("val/loss", tmp_path)
+    assert value != value and problem == f"run {tmp_path} never logged val/loss; pick a logged metric such as val/loss"
+
+
+def test_reach_objective_is_the_first_step_a_scalar_gets_there(tmp_path):
+    from lit_interp.sweep import objective_value
+
+    (tmp_path / "metrics.csv").write_text("step,val/acc,val/loss\n99,0.5,2.0\n199,0.99,0.1\n299,0.995,0.05\n")
+    assert objective_value("reach:val/acc>=0.99", tmp_path) == (199.0, None)
+    assert objective_value("reach:val/loss<=0.06", tmp_path) == (299.0, None)
+    assert objective_value("reach:val/acc>=0.999", tmp_path) == (float("inf"), None)
+    assert objective_value("val/acc", tmp_path) == (0.995, None)

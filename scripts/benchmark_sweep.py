@@ -1,0 +1,104 @@
+"""Wall time of a seed sweep against the same fits run one after another, and of `--jobs 2`; and a search's result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+def run(command: list[str], cwd: Path) -> float:
+    """Seconds the command took; its output is dropped, a failure stops the benchmark."""
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def sequential_fits(config: str, seeds: list[int], work: Path) -> float:
+    """`fit` once per seed, one after another, each a fresh process: what a sweep replaces."""
+    total = 0.0
+    for seed in seeds:
+        seeded = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--trainer.default_root_dir=fit_{seed}"]
+        total += run([sys.executable, "-m", "lit_interp", "fit", "--config", config, *seeded, *QUIET], work)
+    return total
+
+
+def sweep(config: str, seeds: list[int], jobs: int, work: Path, name: str) -> float:
+    seed_list = ",".join(map(str, seeds))
+    command = [sys.executable, "-m", "lit_interp", "sweep", name, "--config", config, "--seeds", seed_list]
+    return run([*command, "--jobs", str(jobs), *QUIET[1:]], work)
+
+
+def timing(args: argparse.Namespace) -> None:
+    """Each mode `--repeats` times, alternating the modes so a busy machine weighs on each alike."""
+    seeds = list(range(args.seeds))
+    modes = {"sequential fits": lambda w: sequential_fits(args.config, seeds, w),
+             "sweep": lambda w: sweep(args.config, seeds, 1, w, "sweep"),
+             "sweep --jobs 2": lambda w: sweep(args.config, seeds, 2, w, "sweep")}
+    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    for repeat in range(args.repeats):
+        for mode, measure in modes.items():
+            work = Path(tempfile.mkdtemp(prefix="lit_interp_sweep_bench_"))
+            try:
+                times[mode].append(measure(work))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            print(f"repeat {repeat}: {mode}: {times[mode][-1]:.1f} s", flush=True)
+    base = min(times["sequential fits"])
+    print(f"\n{len(seeds)} seeds of {args.config}, best of {args.repeats}:")
+    print("| mode | wall time | / sequential fits |\n|---|---:|---:|")
+    for mode, values in times.items():
+        print(f"| {mode} | {min(values):.1f} s | {min(values) / base:.3f} |")
+
+
+def search(args: argparse.Namespace) -> None:
+    """A TPE search over lr and d_model; for the best trials, the first validation step reaching the target accuracy."""
+    from lit_interp import runlogs
+
+    work = Path(args.out or tempfile.mkdtemp(prefix="lit_interp_search_"))
+    work.mkdir(parents=True, exist_ok=True)
+    space = work / "space.yaml"
+    space.write_text("model.init_args.lr: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}\n"
+                     "model.init_args.d_model: {type: categorical, choices: [32, 64, 128, 256]}\n")
+    config = str(ROOT / "configs" / "bos_ints_attn_only.yaml")
+    command = [sys.executable, "-m", "lit_interp", "sweep", "search", "--config", config, "--space", str(space),
+               "--n_trials", str(args.n_trials), "--objective", "val/acc", "--direction", "maximize", "--jobs", str(args.jobs),
+               "--model.init_args.d_head=null", "--trainer.callbacks=[]"]
+    elapsed = run(command, work)
+    rows = []
+    for trial_dir in sorted((work / "search").glob("trial_*")):
+        steps, values = runlogs.read_scalars(trial_dir / "lightning_logs" / "version_0").get("val/acc", ([], []))
+        reached = next((step for step, value in zip(steps, values) if value >= args.target), None)
+        command_line = (trial_dir / "command.txt").read_text()
+        params = {key: value for key, value in (arg.split("=", 1) for arg in command_line.split() if arg.startswith("--model.init_args.") and "=" in arg)}
+        rows.append({"trial": trial_dir.name, **params, "final val/acc": values[-1] if values else None, f"first step >= {args.target}": reached})
+    print(json.dumps(rows, indent=1))
+    print(f"{args.n_trials} trials in {elapsed:.0f} s; runs in {work / 'search'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", default=str(ROOT / "configs" / "prev_token_digits.yaml"), help="config of the seed sweep")
+    parser.add_argument("--seeds", type=int, default=8, help="seeds in the timing (default 8)")
+    parser.add_argument("--repeats", type=int, default=1, help="times each mode is timed, alternating (default 1)")
+    parser.add_argument("--search", action="store_true", help="run the bos_ints_attn_only search instead of the timing")
+    parser.add_argument("--n_trials", type=int, default=20, help="trials of --search (default 20)")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel trials of --search (default 1)")
+    parser.add_argument("--target", type=float, default=0.989, help="val/acc that --search times (the seed's figure)")
+    parser.add_argument("--out", help="directory of --search's sweep (default: a new temporary directory)")
+    args = parser.parse_args()
+    search(args) if args.search else timing(args)
+
+
+if __name__ == "__main__":
+    main()
