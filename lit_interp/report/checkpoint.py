@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from lit_interp.report import descriptions
+from lit_interp.report.analyses import HANDLED, component_attribution_section, logit_lens_section, patching_section
 from lit_interp.report.figures import (
     Axes,
     Frame,
@@ -21,7 +22,7 @@ from lit_interp.report.figures import (
     heatmap_grid,
     shrink,
 )
-from lit_interp.report.html import Preformatted, Section, embed, plain, render, table
+from lit_interp.report.html import Preformatted, Section, embed, render, table
 
 MAX_SIDE = 256  # larger matrices are shown as block means
 MAX_EXAMPLES = 16
@@ -65,6 +66,28 @@ FAMILIES = {
         "query_pos",
         "score",
     ),
+    "qk_circuit": (
+        "Full QK circuits W_E W_QK W_E^T",
+        "Entry (q, k): the attention score a query token q gives a key token k through the embeddings alone.",
+        "key token",
+        "query token",
+        "score",
+    ),
+    "positional_qk_circuit": (
+        "Positional QK circuits W_pos W_QK W_pos^T",
+        "Entry (q, k): the attention score from query position q to key position k through the positional embeddings.",
+        "key_pos",
+        "query_pos",
+        "score",
+    ),
+    "kq_composition_circuit": (
+        "K-composition circuits",
+        "The score a later head's query gives a key whose residual stream carries an earlier head's output "
+        "(named _from_<writer>, one figure per writer).",
+        "key token",
+        "query token",
+        "score",
+    ),
 }
 PATTERNS = {
     "attention_patterns": (
@@ -92,13 +115,21 @@ def checkpoint_report(summary: dict[str, Any], tensors: dict[str, torch.Tensor],
         example_section(arrays, labels, used),
         *per_head_sections(arrays, used, token_task(summary)),
         composition_section(summary),
+        component_attribution_section(summary),
+        logit_lens_section(summary),
+        patching_section(summary, arrays, used),
         *loss_table_sections(summary),
         *other_summary_sections(summary),
-        *other_tensor_sections(arrays, labels, used),
+        *other_tensor_sections(arrays, summary, labels, used),
         tensor_listing(tensors),
     ]
     return render(
-        "report.html.j2", title=title, facts=facts(summary), sections=[s for s in sections if s], step_axis_toggle=False
+        "report.html.j2",
+        title=title,
+        facts=facts(summary),
+        sections=[s for s in sections if s],
+        step_axis_toggle=False,
+        log_steps=False,
     )
 
 
@@ -213,7 +244,7 @@ def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task:
             used.add(name)
     sections: dict[str, Section] = {}
     for group, matrices in groups.items():
-        family = group.split(".")[0]
+        family = next((known for known in FAMILIES if group.startswith(known)), group.split(".")[0])
         heading, note, x_name, y_name, value_name = FAMILIES.get(
             family, (family.replace("_", " "), "", "column", "row", "value")
         )
@@ -224,8 +255,8 @@ def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task:
         shape = next(iter(matrices.values())).shape
         axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
         scale = cosine_scale() if family == "rotary_similarity" else data_scale([m for m, _ in shrunk], value_name)
-        figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], list(matrices), scale, axes)
-        figure.update_layout(title=dict(text=plain(group), x=0.02))
+        title = group if group != family else None  # e.g. rotary_similarity.rot_q, one of a family's figures
+        figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], list(matrices), scale, axes, title=title)
         block_note = f" Shown as means over {block}x{block} blocks." if block > 1 else ""
         sections.setdefault(family, Section(heading, [], note + block_note)).items.append(embed(figure))
     return list(sections.values())
@@ -279,7 +310,7 @@ def other_summary_sections(summary: dict[str, Any]) -> list[Section]:
     return [
         generic_section(name, value)
         for name, value in summary.items()
-        if name not in SUMMARY_KEYS and isinstance(value, (dict, list))
+        if name not in SUMMARY_KEYS | HANDLED and isinstance(value, (dict, list))
     ]
 
 
@@ -326,39 +357,37 @@ def generic_section(name: str, value: dict | list) -> Section:
     return Section(heading, items, f"The summary's '{name}' section.")
 
 
-def other_tensor_sections(arrays: dict[str, np.ndarray], labels: list[str], used: set[str]) -> list[Section]:
+def other_tensor_sections(
+    arrays: dict[str, np.ndarray], summary: dict[str, Any], labels: list[str], used: set[str]
+) -> list[Section]:
     """Tensors no section above drew: [layer head q k] as per-head grids, [layer head n] and 2-D ones as heatmaps."""
+    scores = {score for by_head in summary.get("heads", {}).values() for score in by_head}
     items = []
     for name, array in arrays.items():
-        if name in used or name.startswith("head_") and array.ndim == 2:  # head_*: the head table has them
+        per_head_score = array.ndim == 2 and (name.startswith("head_") or name in scores)  # the head table has it
+        if name in used or per_head_score or array.ndim not in (2, 3, 4):
             continue
+        title = None
         if array.ndim == 4:
             matrices, titles, axes = (
                 [m for layer in array for m in layer],
                 head_titles(array, labels),
                 Axes("key", "query"),
             )
+            title = name
         elif array.ndim == 3:
             matrices, titles = [array.reshape(-1, array.shape[-1])], [name]
-            axes = Axes(
-                name.rsplit("_", 1)[-1] if "_by_" in name else "index",
-                "head",
-                y_labels=head_titles(array, labels),
-                square=False,
-            )
-        elif array.ndim == 2:
-            matrices, titles, axes = [array], [name], Axes("column", "row", square=False)
+            axes = Axes("index", "head", y_labels=head_titles(array, labels), square=False)
         else:
-            continue
+            matrices, titles, axes = [array], [name], Axes("column", "row", square=False)
         shrunk = [shrink(matrix, MAX_SIDE)[0] for matrix in matrices]
         if axes.y_labels is not None and shrunk[0].shape[0] != len(axes.y_labels):
             axes.y_labels = None
-        figure = heatmap_grid([Frame("", shrunk)], titles, data_scale(shrunk, "value"), axes)
-        figure.update_layout(title=dict(text=plain(name), x=0.02))
-        items.append(embed(figure))
-    return (
-        [Section("Other tensors", items, "Tensors of the analysis without a dedicated section above.")] if items else []
-    )
+        pattern = "pattern" in name and all(0 <= m.min() and m.max() <= 1 for m in shrunk)
+        scale = attention_scale() if pattern else data_scale(shrunk, "value")
+        items.append(embed(heatmap_grid([Frame("", shrunk)], titles, scale, axes, title=title)))
+    note = "Tensors of the analysis without a dedicated section above."
+    return [Section("Other tensors", items, note)] if items else []
 
 
 def tensor_listing(tensors: dict[str, torch.Tensor]) -> Section:

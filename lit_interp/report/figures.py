@@ -105,7 +105,13 @@ def hover_template(axes: Axes, title: str, value_name: str) -> str:
 
 
 def heatmap_grid(
-    frames: list[Frame], titles: list[str], scale: Scale, axes: Axes, slider_prefix: str = "step", columns: int = 4
+    frames: list[Frame],
+    titles: list[str],
+    scale: Scale,
+    axes: Axes,
+    slider_prefix: str = "step",
+    columns: int = 4,
+    title: str | None = None,
 ) -> go.Figure:
     """One heatmap per title (e.g. per head) on one colour scale; with several frames, a slider picks the frame.
 
@@ -122,13 +128,13 @@ def heatmap_grid(
         vertical_spacing=0.25 / rows if rows > 1 else 0.0,
     )
     shown = frames[-1] if slider_prefix == "step" else frames[0]
-    for index, (title, matrix) in enumerate(zip(titles, shown.matrices, strict=True)):
+    for index, (subplot_title, matrix) in enumerate(zip(titles, shown.matrices, strict=True)):
         trace = go.Heatmap(
             z=matrix.astype(np.float32),
             x=escaped(axes.x_labels),
             y=escaped(axes.y_labels),
             coloraxis="coloraxis",
-            hovertemplate=hover_template(axes, title, scale.value_name),
+            hovertemplate=hover_template(axes, subplot_title, scale.value_name),
             customdata=shown.customdata[index] if shown.customdata is not None else None,
         )
         figure.add_trace(trace, row=index // columns + 1, col=index % columns + 1)
@@ -154,7 +160,20 @@ def heatmap_grid(
     if len(frames) > 1:
         add_slider(figure, frames, slider_prefix, list(range(n)))
         height += 90
-    return layout(figure, height=height, width=min(columns * (CELL_PIXELS + 60) + 160, 1100))
+    integer_ticks(figure, shown.matrices[0].shape, axes)
+    layout(
+        figure, title=title, height=height + (30 if title else 0), width=min(columns * (CELL_PIXELS + 60) + 160, 1100)
+    )
+    figure.update_layout(margin_t=90 if title else 50)  # room for the subplot titles under the figure's own
+    return figure
+
+
+def integer_ticks(figure: go.Figure, shape: tuple[int, ...], axes: Axes) -> None:
+    """A tick on every row or column of a small unlabelled axis, never between indices."""
+    if axes.x_labels is None and shape[1] <= 12:
+        figure.update_xaxes(dtick=1)
+    if axes.y_labels is None and shape[0] <= 12:
+        figure.update_yaxes(dtick=1)
 
 
 def add_slider(figure: go.Figure, frames: list[Frame], prefix: str, traces: list[int]) -> None:
@@ -243,6 +262,7 @@ def step_lines(
                 y=as_floats(values),
                 name=plain(name),
                 mode="lines+markers",
+                connectgaps=True,  # a score computed at only some snapshots is still one line
                 line=colour(index),
                 marker_size=4,
                 legendgroup=plain(name),
@@ -320,12 +340,13 @@ def as_floats(values: list[float | None]) -> np.ndarray:
 
 
 def value_axis(values: list[float | None], log: bool) -> dict:
-    """A log axis with a tick per decade when asked for and every value is positive, else a linear axis."""
+    """A log axis, a tick per decade, when asked for and the values are positive over a decade or more; else linear."""
     finite = [value for value in values if value is not None and math.isfinite(value)]
     if not log or not finite or min(finite) <= 0:
         return dict(type="linear")
-    decades = math.log10(max(finite)) - math.log10(min(finite))
-    return dict(type="log", exponentformat="power", dtick=1 if decades >= 2 else None)
+    if math.log10(max(finite)) - math.log10(min(finite)) < 1:
+        return dict(type="linear")  # within one decade a log axis has no labelled tick worth reading
+    return dict(type="log", exponentformat="power", dtick=1)
 
 
 def layout(figure: go.Figure, title: str | None = None, height: int = 400, width: int | None = None) -> go.Figure:

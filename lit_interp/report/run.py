@@ -157,8 +157,14 @@ def run_report(run: Path, snapshots: list[Snapshot], title: str) -> str:
         ("steps", f"{steps[0]} to {steps[-1]}"),
         ("run", str(run)),
     ]
+    log_steps = steps[0] > 0 and steps[-1] >= 100 * steps[0]  # log-spaced snapshots: the early steps need room
     return render(
-        "report.html.j2", title=title, facts=facts, sections=[s for s in sections if s], step_axis_toggle=True
+        "report.html.j2",
+        title=title,
+        facts=facts,
+        sections=[s for s in sections if s],
+        step_axis_toggle=True,
+        log_steps=log_steps,
     )
 
 
@@ -187,9 +193,13 @@ def training_section(run: Path) -> Section | None:
     groups: dict[str, dict[str, runlogs.Series]] = {}
     for tag, points in scalars.items():
         if tag != "epoch" and points[0]:
-            groups.setdefault(tag.rsplit("/", 1)[-1], {})[tag] = points
+            parts = tag.split("/")
+            # stage/metric: train/loss beside val/loss; group/metric/part: one figure per group/metric
+            group, name = ("/".join(parts[:-1]), parts[-1]) if len(parts) >= 3 else (parts[-1], tag)
+            groups.setdefault(group, {})[name] = points
+    groups = {group: tags for group, tags in groups.items() if max(len(steps) for steps, _ in tags.values()) >= 2}
     figures = []
-    for name, tags in groups.items():
+    for name, tags in sorted(groups.items(), key=lambda item: ("loss" not in item[0], "/" in item[0], item[0])):
         positive = all(value > 0 for _, values in tags.values() for value in values)
         figure = step_lines(tags, name, name, log_y="loss" in name and positive)
         figures.append(embed(figure, "step-axis"))

@@ -1,0 +1,112 @@
+"""Report sections for the logit lens, activation patching and direct attribution per component."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import plotly.graph_objects as go
+
+from lit_interp.report.figures import PALETTE, Axes, Frame, bars, data_scale, heatmap_grid, layout
+from lit_interp.report.html import Section, embed, table
+
+# Summary keys these sections draw, so the generic tables do not repeat them.
+HANDLED = {"patching", "direct_attribution"}
+
+
+def logit_lens_section(summary: dict[str, Any]) -> Section | None:
+    """Loss (and accuracy) read off the residual stream entering each block, the last entry being the model's output."""
+    layers = summary.get("layers", {})
+    rows = [layers[key] for key in sorted(layers, key=lambda key: int(key) if str(key).isdigit() else 0)]
+    names = [
+        name for name in ("logit_lens_loss", "logit_lens_acc", "logit_lens_r2") if any(name in row for row in rows)
+    ]
+    if not names:
+        return None
+    positions = [f"block {index}" if index < len(rows) - 1 else "output" for index in range(len(rows))]
+    figure = go.Figure()
+    for index, name in enumerate(names):
+        values = [row.get(name) for row in rows]
+        figure.add_trace(
+            go.Scatter(
+                x=positions,
+                y=values,
+                name=name.removeprefix("logit_lens_"),
+                mode="lines+markers",
+                yaxis="y2" if index else "y",
+                line=dict(color=PALETTE[index]),
+                hovertemplate=f"%{{x}}<br>{name} %{{y:.4g}}<extra></extra>",
+            )
+        )
+    layout(figure, title="Logit lens", height=380, width=620)
+    figure.update_layout(
+        xaxis=dict(title="residual stream read (entering block l, or the final output)"),
+        yaxis=dict(title="loss", showgrid=True, gridcolor="#eee"),
+        legend=dict(orientation="h", x=0, y=-0.3, yanchor="top"),
+    )
+    if len(names) > 1:
+        secondary = names[1].removeprefix("logit_lens_")
+        figure.update_layout(
+            yaxis2=dict(title=secondary, overlaying="y", side="right", range=[0, 1.02], dtick=0.2), margin_r=70
+        )
+    note = "What the unembedding reads from the residual stream entering each block: where the answer becomes readable."
+    return Section("Logit lens", [embed(figure)], note)
+
+
+def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], used: set[str]) -> Section | None:
+    """Share of the clean loss restored by patching one clean activation into the corrupted run."""
+    items: list = []
+    residual = arrays.get("resid_pre_patching")
+    if residual is not None and residual.ndim == 2:
+        used.add("resid_pre_patching")
+        rows = [f"block {layer}" for layer in range(residual.shape[0])]
+        axes = Axes("position", "resid_pre of", y_labels=rows, square=False)
+        figure = heatmap_grid(
+            [Frame("", [residual])], ["resid_pre patched at one position"], data_scale([residual], "restored"), axes
+        )
+        items.append(embed(figure.update_layout(height=max(280, 160 + 40 * len(rows)))))
+    heads = arrays.get("head_patching")
+    if heads is not None and heads.ndim == 2:
+        used.add("head_patching")
+        axes = Axes(
+            "head",
+            "layer",
+            [f"H{head}" for head in range(heads.shape[1])],
+            [f"L{layer}" for layer in range(heads.shape[0])],
+        )
+        figure = heatmap_grid([Frame("", [heads])], ["head output patched"], data_scale([heads], "restored"), axes)
+        items.append(embed(figure.update_layout(height=max(280, 160 + 40 * heads.shape[0]))))
+    if isinstance(summary.get("patching"), dict):
+        items.append(table({name: {"loss": value} for name, value in summary["patching"].items()}, ""))
+    if not items:
+        return None
+    note = (
+        "The last position's answer changed by corrupting its source; 1: patching this clean activation restores "
+        "the clean loss, 0: no effect."
+    )
+    return Section("Activation patching", items, note)
+
+
+def component_attribution_section(summary: dict[str, Any]) -> Section | None:
+    """Every component's direct effect on the correct output: embeddings, each head, each MLP, the attention biases."""
+    components: dict[str, float | None] = {}
+    other = summary.get("direct_attribution")
+    if isinstance(other, dict):
+        components |= {name: other[name] for name in ("embed", "pos_embed") if name in other}
+    components |= {
+        head: scores["direct_attribution"]
+        for head, scores in summary.get("heads", {}).items()
+        if "direct_attribution" in scores
+    }
+    components |= {
+        f"mlp{layer}": row["mlp_direct_attribution"]
+        for layer, row in summary.get("layers", {}).items()
+        if "mlp_direct_attribution" in row
+    }
+    if isinstance(other, dict) and "attn_bias" in other:
+        components["attn_bias"] = other["attn_bias"]
+    if not components:
+        return None
+    figure = bars(components, "Direct attribution per component", "component", value_name="direct attribution")
+    note = "Each component's output projected on the correct direction through the final norm, averaged over targets."
+    return Section("Direct attribution per component", [embed(figure)], note)
