@@ -75,7 +75,10 @@ class Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = Parser(
-        prog="python -m lit_interp sweep", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m lit_interp sweep",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     parser.add_argument("directory", type=Path, help="the sweep directory: trial runs, and the default SQLite storage")
     parser.add_argument(
@@ -102,7 +105,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--prune", action="store_true", help="stop trials whose val/loss Optuna's median pruner finds hopeless"
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="trials run in parallel by this worker (default 1); threads split the cores"
+        "--jobs",
+        type=int,
+        default=1,
+        help="trials run in parallel by this worker (default 1); each child gets its share of the cores",
     )
     parser.add_argument(
         "--storage", help="Optuna storage: an RDB URL, or journal:PATH (default sqlite:///DIRECTORY/optuna.db)"

@@ -28,7 +28,11 @@ def sequential_fits(config: str, seeds: list[int], work: Path) -> float:
     """`fit` once per seed, one after another, each a fresh process: what a sweep replaces."""
     total = 0.0
     for seed in seeds:
-        seeded = [f"--seed_everything={seed}", f"--data.init_args.seed={seed}", f"--trainer.default_root_dir=fit_{seed}"]
+        seeded = [
+            f"--seed_everything={seed}",
+            f"--data.init_args.seed={seed}",
+            f"--trainer.default_root_dir=fit_{seed}",
+        ]
         total += run([sys.executable, "-m", "lit_interp", "fit", "--config", config, *seeded, *QUIET], work)
     return total
 
@@ -42,9 +46,11 @@ def sweep(config: str, seeds: list[int], jobs: int, work: Path, name: str) -> fl
 def timing(args: argparse.Namespace) -> None:
     """Each mode `--repeats` times, alternating the modes so a busy machine weighs on each alike."""
     seeds = list(range(args.seeds))
-    modes = {"sequential fits": lambda w: sequential_fits(args.config, seeds, w),
-             "sweep": lambda w: sweep(args.config, seeds, 1, w, "sweep"),
-             "sweep --jobs 2": lambda w: sweep(args.config, seeds, 2, w, "sweep")}
+    modes = {
+        "sequential fits": lambda w: sequential_fits(args.config, seeds, w),
+        "sweep": lambda w: sweep(args.config, seeds, 1, w, "sweep"),
+        "sweep --jobs 2": lambda w: sweep(args.config, seeds, 2, w, "sweep"),
+    }
     times: dict[str, list[float]] = {mode: [] for mode in modes}
     for repeat in range(args.repeats):
         for mode, measure in modes.items():
@@ -62,33 +68,64 @@ def timing(args: argparse.Namespace) -> None:
 
 
 def search(args: argparse.Namespace) -> None:
-    """A TPE search over lr and d_model; for the best trials, the first validation step reaching the target accuracy."""
+    """A TPE search over lr and d_model minimising the first validation step at which val/acc reaches the target."""
     from lit_interp import runlogs
 
     work = Path(args.out or tempfile.mkdtemp(prefix="lit_interp_search_"))
     work.mkdir(parents=True, exist_ok=True)
     space = work / "space.yaml"
-    space.write_text("model.init_args.lr: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}\n"
-                     "model.init_args.d_model: {type: categorical, choices: [32, 64, 128, 256]}\n")
+    space.write_text(
+        "model.init_args.lr: {type: float, low: 1.0e-4, high: 3.0e-2, log: true}\n"
+        "model.init_args.d_model: {type: categorical, choices: [32, 64, 128, 256]}\n"
+    )
     config = str(ROOT / "configs" / "bos_ints_attn_only.yaml")
-    command = [sys.executable, "-m", "lit_interp", "sweep", "search", "--config", config, "--space", str(space),
-               "--n_trials", str(args.n_trials), "--objective", "val/acc", "--direction", "maximize", "--jobs", str(args.jobs),
-               "--model.init_args.d_head=null", "--trainer.callbacks=[]"]
+    command = [
+        sys.executable,
+        "-m",
+        "lit_interp",
+        "sweep",
+        "search",
+        "--config",
+        config,
+        "--space",
+        str(space),
+        "--n_trials",
+        str(args.n_trials),
+        "--objective",
+        f"reach:val/acc>={args.target}",
+        "--jobs",
+        str(args.jobs),
+        "--trainer.callbacks=[]",
+    ]
     elapsed = run(command, work)
     rows = []
     for trial_dir in sorted((work / "search").glob("trial_*")):
         steps, values = runlogs.read_scalars(trial_dir / "lightning_logs" / "version_0").get("val/acc", ([], []))
         reached = next((step for step, value in zip(steps, values) if value >= args.target), None)
         command_line = (trial_dir / "command.txt").read_text()
-        params = {key: value for key, value in (arg.split("=", 1) for arg in command_line.split() if arg.startswith("--model.init_args.") and "=" in arg)}
-        rows.append({"trial": trial_dir.name, **params, "final val/acc": values[-1] if values else None, f"first step >= {args.target}": reached})
+        params = {
+            key: value
+            for key, value in (
+                arg.split("=", 1) for arg in command_line.split() if arg.startswith("--model.init_args.") and "=" in arg
+            )
+        }
+        rows.append(
+            {
+                "trial": trial_dir.name,
+                **params,
+                "final val/acc": values[-1] if values else None,
+                f"first step >= {args.target}": reached,
+            }
+        )
     print(json.dumps(rows, indent=1))
     print(f"{args.n_trials} trials in {elapsed:.0f} s; runs in {work / 'search'}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(ROOT / "configs" / "prev_token_digits.yaml"), help="config of the seed sweep")
+    parser.add_argument(
+        "--config", default=str(ROOT / "configs" / "prev_token_digits.yaml"), help="config of the seed sweep"
+    )
     parser.add_argument("--seeds", type=int, default=8, help="seeds in the timing (default 8)")
     parser.add_argument("--repeats", type=int, default=1, help="times each mode is timed, alternating (default 1)")
     parser.add_argument("--search", action="store_true", help="run the bos_ints_attn_only search instead of the timing")
