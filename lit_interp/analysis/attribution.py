@@ -136,3 +136,23 @@ def backup_heads(
         output, ablated_cache = model.run_with_cache(task.model_input(batch))
     ablated = direct_attribution(ablated_cache, W_U, task.targets(batch), task.hparams.first_target_pos).mean(-1)
     return (layer, head), ablated - clean, task.loss(output, batch).item()
+
+
+def outside_subspace_fraction(
+    cache: ActivationCache, basis: Float[torch.Tensor, "d_model rank"]
+) -> dict[str, Float[torch.Tensor, " layer"]]:
+    """Fraction of each layer's attention and MLP output norm² outside a subspace, such as the embedding's (seed 002).
+
+    A layer writing outside the embedding subspace carries something other than (a mix of) the inputs.
+    """
+    cfg = cache.model.cfg
+    kinds = ["attn_out"] + ([] if cfg.attn_only else ["mlp_out"])
+    fractions = {}
+    for kind in kinds:
+        values = []
+        for layer in range(cfg.n_layers):
+            out = cache[kind, layer]
+            inside = (out @ basis) @ basis.T
+            values.append(((out - inside).pow(2).sum() / out.pow(2).sum()).item())
+        fractions[kind] = torch.tensor(values)
+    return fractions

@@ -6,20 +6,31 @@ import torch
 
 from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses
 from lit_interp.analysis.adversarial import adversarial_analysis
-from lit_interp.analysis.attribution import backup_heads, component_direct_attribution, logit_lens
+from lit_interp.analysis.attribution import (
+    backup_heads,
+    component_direct_attribution,
+    logit_lens,
+    outside_subspace_fraction,
+)
 from lit_interp.analysis.circuits import (
     composition_scores,
     effective_rank,
     eigenvalue_scores,
+    embedding_subspace,
     full_ov_circuits,
     full_qk_circuits,
     has_positional_embeddings,
     head_singular_values,
     kq_composition_circuits,
     ov_copying_scores,
+    ov_neuron_circuits,
     positional_qk_circuits,
 )
-from lit_interp.analysis.neurons import dead_neuron_fraction, neuron_firing_frequency
+from lit_interp.analysis.neurons import (
+    dead_neuron_fraction,
+    neuron_activation_by_position,
+    neuron_firing_frequency,
+)
 from lit_interp.analysis.patching import activation_patching
 from lit_interp.analysis.patterns import (
     attention_entropy,
@@ -46,7 +57,10 @@ from lit_interp.analysis.registry import (
     per_head,
 )
 from lit_interp.analysis.rotary import is_rotary, mean_off_diagonal, rotary_similarities
-from lit_interp.analysis.term_importance import supports_term_importance, term_importance
+from lit_interp.analysis.term_importance import (
+    supports_term_importance,
+    term_importance,
+)
 
 N_EXAMPLES = 8  # probe sequences whose own attention patterns a report shows
 
@@ -162,7 +176,7 @@ def attribution(context: AnalysisContext) -> tuple[Summary, Tensors]:
     summary["direct_attribution"] = {
         label: by_label[label] for label in ("embed", "pos_embed", "attn_bias") if label in by_label
     }
-    return summary, {"direct_attribution_by_position": heads, "component_direct_attribution": by_position.mean(-1)}
+    return summary, {"direct_attribution_by_position": heads, "component_direct_attribution": by_position}
 
 
 def lens(context: AnalysisContext) -> tuple[Summary, Tensors]:
@@ -197,10 +211,19 @@ def terms(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 
 def neurons(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    frequency = neuron_firing_frequency(context.cache, context.model.cfg.n_layers)
-    return layer_fragment({"dead_neuron_fraction": dead_neuron_fraction(frequency)}), {
-        "neuron_firing_frequency": frequency
-    }
+    n_layers = context.model.cfg.n_layers
+    frequency = neuron_firing_frequency(context.cache, n_layers)
+    tensors = {"neuron_firing_frequency": frequency}
+    by_position = neuron_activation_by_position(context.cache, n_layers)
+    tensors |= {f"neuron_{name}_by_position": values for name, values in by_position.items()}
+    tensors |= per_head("ov_neuron_circuit", ov_neuron_circuits(context.processed))
+    return layer_fragment({"dead_neuron_fraction": dead_neuron_fraction(frequency)}), tensors
+
+
+def embedding_subspace_fractions(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    basis = embedding_subspace(context.model.W_E)
+    fractions = outside_subspace_fraction(context.cache, basis)
+    return layer_fragment({f"{kind}_outside_embedding_fraction": values for kind, values in fractions.items()}), {}
 
 
 def patching(context: AnalysisContext) -> tuple[Summary, Tensors]:
@@ -260,6 +283,7 @@ BUILTIN_ANALYSES = [
     Analysis("term_importance", terms, applies=lambda context: supports_term_importance(context.model)),
     Analysis("neurons", neurons, applies=lambda context: not context.model.cfg.attn_only),
     Analysis("recurrence_loss", recurrence_loss, applies=_is_recurrence),
+    Analysis("embedding_subspace", embedding_subspace_fractions, applies=lambda context: not context.token_task),
     Analysis("hook_sweep", hook_sweep, applies=lambda context: context.sweep_hooks),
     # One partial forward pass per head and mode: most of a snapshot's cost on the larger configs.
     Analysis("head_ablation", head_ablation, expensive=True),

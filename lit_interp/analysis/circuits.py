@@ -91,3 +91,16 @@ def kq_composition_circuits(model: HookedTransformer) -> Float[torch.Tensor, "wr
     """
     moved = model.W_E @ model.OV[0].AB  # [writer d_vocab d_model]
     return (moved[:, None] @ model.QK[1].AB[None]) @ moved[:, None].mT
+
+
+def ov_neuron_circuits(model: HookedTransformer) -> Float[torch.Tensor, "layer head d_vocab d_mlp"]:
+    """W_E W_OV W_in of the same layer's MLP (seed 004): what each neuron reads when the head attends to input s."""
+    return (model.W_E @ model.W_V) @ (model.W_O @ model.W_in[:, None])
+
+
+def embedding_subspace(W_E: Float[torch.Tensor, "d_vocab d_model"]) -> Float[torch.Tensor, "d_model rank"]:
+    """An orthonormal basis of the residual directions the embedding writes to (the row space of W_E)."""
+    if not torch.isfinite(W_E).all():
+        return torch.full((W_E.shape[1], 0), torch.nan, device=W_E.device)
+    _, singular, right = torch.linalg.svd(W_E, full_matrices=False)
+    return right[singular > singular.max() * 1e-5].T

@@ -12,6 +12,17 @@ def neuron_firing_frequency(cache: ActivationCache, n_layers: int) -> Float[torc
     return torch.stack([(cache["post", layer] > 0).float().mean((0, 1)) for layer in range(n_layers)])
 
 
+def neuron_activation_by_position(
+    cache: ActivationCache, n_layers: int
+) -> dict[str, Float[torch.Tensor, "layer pos d_mlp"]]:
+    """Each neuron's batch-mean activation and firing frequency at each position (seed 004's heatmaps)."""
+    posts = [cache["post", layer] for layer in range(n_layers)]
+    return {
+        "mean_activation": torch.stack([post.mean(0) for post in posts]),
+        "firing_frequency": torch.stack([(post > 0).float().mean(0) for post in posts]),
+    }
+
+
 def dead_neuron_fraction(frequency: Float[torch.Tensor, "layer d_mlp"]) -> Float[torch.Tensor, " layer"]:
     """Fraction of each layer's neurons that never fire on the probe batch."""
     return (frequency == 0).float().mean(-1)

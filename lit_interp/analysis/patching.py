@@ -8,7 +8,10 @@ import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from transformer_lens import ActivationCache, HookedTransformer, utils
-from transformer_lens.patching import layer_head_vector_patch_setter, layer_pos_patch_setter
+from transformer_lens.patching import (
+    layer_head_vector_patch_setter,
+    layer_pos_patch_setter,
+)
 
 from lit_interp.analysis.losses import Task, is_token_task
 
