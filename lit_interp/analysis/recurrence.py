@@ -61,9 +61,11 @@ def held_out_r2(
     features, targets = features.double(), targets.double()
     n_train = int(len(features) * train_fraction)
     mean, std = features[:n_train].mean(0), features[:n_train].std(0).clamp(min=1e-8)
-    standardised = torch.cat([(features - mean) / std, torch.ones(len(features), 1, dtype=features.dtype)], dim=1)
+    standardised = torch.cat(
+        [(features - mean) / std, torch.ones(len(features), 1, dtype=features.dtype, device=features.device)], dim=1
+    )
     train, test = standardised[:n_train], standardised[n_train:]
-    penalty = ridge * torch.eye(train.shape[1], dtype=features.dtype)
+    penalty = ridge * torch.eye(train.shape[1], dtype=features.dtype, device=features.device)
     penalty[-1, -1] = 0.0  # the intercept is not shrunk
     weights = torch.linalg.solve(train.T @ train + penalty, train.T @ targets[:n_train])
     residual = (test @ weights - targets[n_train:]).pow(2).sum()
