@@ -58,7 +58,10 @@ def timing(args: argparse.Namespace) -> None:
             try:
                 times[mode].append(measure(work))
             finally:
-                shutil.rmtree(work, ignore_errors=True)
+                if args.keep:
+                    print(f"kept {work}")
+                else:
+                    shutil.rmtree(work, ignore_errors=True)
             print(f"repeat {repeat}: {mode}: {times[mode][-1]:.1f} s", flush=True)
     base = min(times["sequential fits"])
     print(f"\n{len(seeds)} seeds of {args.config}, best of {args.repeats}:")
@@ -132,6 +135,7 @@ def main() -> None:
     parser.add_argument("--n_trials", type=int, default=20, help="trials of --search (default 20)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel trials of --search (default 1)")
     parser.add_argument("--target", type=float, default=0.989, help="val/acc that --search times (the seed's figure)")
+    parser.add_argument("--keep", action="store_true", help="keep the timing's run directories (printed) for a look")
     parser.add_argument("--out", help="directory of --search's sweep (default: a new temporary directory)")
     args = parser.parse_args()
     search(args) if args.search else timing(args)
