@@ -119,6 +119,7 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     path = args.ckpt_path
     out = output_dir(args.out, path.parent / f"analysis_{path.stem}", args.overwrite)
     checkpoint = checkpoints.load_checkpoint(path)
+    checkpoints.validate_schema(checkpoint, path)
     module, datamodule = rebuild(checkpoint, path)
     module.to(args.device)
     step = int(checkpoint.get("global_step", 0))

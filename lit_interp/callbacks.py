@@ -60,8 +60,18 @@ def snapshot_steps(max_steps: int, every_n_train_steps: int | None, log_spaced: 
     spaced from 1 to max_steps (dense early, where circuits form), and max_steps itself."""
     steps = set(range(every_n_train_steps, max_steps + 1, every_n_train_steps)) if every_n_train_steps else set()
     if log_spaced:
-        steps |= {round(max_steps ** (i / max(log_spaced - 1, 1))) for i in range(log_spaced)}
+        steps |= log_spaced_steps(max_steps, log_spaced)
     return sorted(step for step in steps | {max_steps} if step >= 1)
+
+
+def log_spaced_steps(max_steps: int, count: int) -> set[int]:
+    """`count` distinct steps from 1 to max_steps, geometrically spaced (more points than `count` before rounding
+    merges the early ones, so the early steps are all there)."""
+    for points in range(count, 10 * count + 1):
+        steps = {round(max_steps ** (i / max(points - 1, 1))) for i in range(points)}
+        if len(steps) >= min(count, max_steps):
+            return steps
+    return steps
 
 
 class AnalysisSnapshots(Callback):
@@ -157,6 +167,9 @@ class AnalysisSnapshots(Callback):
             if trainer.is_global_zero and step not in self._logged:
                 self._relog(trainer, step, final)
             return
+        if step in self._attempted:
+            return  # a periodic snapshot at the final step already ran (or failed)
+        self._attempted.add(step)
         from lit_interp.analysis import snapshot as analysis
 
         expensive = self.is_kth(trainer, self.expensive_every_n_snapshots, final)
@@ -173,6 +186,10 @@ class AnalysisSnapshots(Callback):
     @property
     def _logged(self) -> set[int]:
         return self.__dict__.setdefault("_logged_steps", set())
+
+    @property
+    def _attempted(self) -> set[int]:
+        return self.__dict__.setdefault("_attempted_steps", set())
 
     def _relog(self, trainer: pl.Trainer, step: int, final: bool) -> None:
         try:

@@ -82,9 +82,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
-        except OSError as error:
+        except Exception as error:
+            cause = next((e for e in (error, error.__context__, error.__cause__) if isinstance(e, OSError)), None)
+            if cause is None:
+                raise
             raise CheckpointWriteError(
-                f"could not write checkpoint {path}: {error.strerror or error}; free space in {path.parent} "
+                f"could not write checkpoint {path}: {cause.strerror or cause}; free space in {path.parent} "
                 "(the previous checkpoints are intact) and resume with --ckpt_path last"
             ) from None
         finally:

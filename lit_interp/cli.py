@@ -79,10 +79,10 @@ def build_cli_class():
                 "model": {"class_path": DEFAULT_MODEL},
                 "data": {"class_path": DEFAULT_DATA},
                 # The same callbacks the digits config turns on (see configs/prev_token_digits.yaml).
-                "trainer.callbacks": [{"class_path": "lit_interp.callbacks.AnalysisSnapshots",
+                "trainer.callbacks": [{"class_path": "lit_interp.callbacks.TrainingDynamics"},
+                                      {"class_path": "lit_interp.callbacks.AnalysisSnapshots",
                                        "init_args": {"probe_batch_size": 64, "log_spaced": 20, "every_n_train_steps": 0,
-                                                     "expensive_every_n_snapshots": 4}},
-                                      {"class_path": "lit_interp.callbacks.TrainingDynamics"}],
+                                                     "expensive_every_n_snapshots": 4}}],
                 "checkpoint.filename": "step_{step:07d}",
                 "checkpoint.auto_insert_metric_name": False,
                 "checkpoint.every_n_train_steps": 50,
@@ -139,6 +139,7 @@ def build_cli_class():
                 run_dir = Path(inherited)  # a rank Lightning started: join the launching process's run
             else:
                 root = runs_root(config)
+                self._new_roots = [p for p in (root, *root.parents) if not p.exists()]
                 version = checkpoints.version_of(Path(config.ckpt_path), root) if self.subcommand == "fit" and config.ckpt_path else None
                 run_dir = root / f"version_{version}" if version is not None else rundir.create_new_run(root)
                 self._created = version is None
@@ -152,6 +153,11 @@ def build_cli_class():
             checkpoint = getattr(self, "_checkpoint", None)
             if checkpoint is not None:  # before the Trainer, which logs its devices
                 checkpoints.check_compatible(checkpoint, self.config[self.subcommand].ckpt_path, self.model)
+            if isinstance(getattr(self.model, "model", None), torch.nn.Module) and self.datamodule is not None:
+                from lit_interp.tasks.base import check_fits_in_memory
+
+                check_fits_in_memory(self.model.model, self.datamodule.batch_size)
+                check_fits_in_memory(self.model.model, self.datamodule.val_batch_size, "data.val_batch_size")
             trainer = {**self.config_init[self.subcommand].trainer, **kwargs}
             callbacks = list(trainer.get("callbacks") or [])
             added = [FiniteLossGuard(), GracefulInterrupt()]  # before the analysis, so it never sees a diverged step
@@ -302,6 +308,11 @@ def run_cli(args: list[str] | None = None):
             from lit_interp.rundir import remove_if_unused
 
             remove_if_unused(instance.run_dir)  # a run that failed before writing anything leaves nothing behind
+            for created in getattr(instance, "_new_roots", []):
+                try:
+                    created.rmdir()  # only if empty
+                except OSError:
+                    break
         raise
     finally:
         if instance is not None and instance._lock is not None:
@@ -401,7 +412,7 @@ def main(args: list[str] | None = None) -> None:
             sys.exit(1)
         if isinstance(error, SIGTERMException):
             raise
-        if isinstance(error, torch_out_of_memory()):
+        if isinstance(error, torch_out_of_memory()) or "can't allocate memory" in str(error):
             print(f"lit_interp: error: out of memory ({str(error).splitlines()[0][:200]}); lower data.init_args.batch_size or the model size", file=sys.stderr)
             sys.exit(2)
         message = user_error_message(error)

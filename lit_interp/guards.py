@@ -49,14 +49,17 @@ class FiniteLossGuard(Callback):
         self.check(trainer)  # before StepCheckpoint's final save (checkpoint callbacks run last)
 
     def check(self, trainer: pl.Trainer) -> None:
-        if self._last_loss is None:
+        """The last loss and every weight finite on all ranks, or NonFiniteLossError (one reduction, one host sync)."""
+        module = trainer.lightning_module
+        weights_finite = all(bool(torch.isfinite(p).all()) for p in module.parameters())
+        loss_finite = self._last_loss is None or bool(torch.isfinite(self._last_loss).all())
+        if trainer.strategy.reduce_boolean_decision(weights_finite and loss_finite, all=True):
             return
-        finite = bool(torch.isfinite(self._last_loss).all())
-        if not trainer.strategy.reduce_boolean_decision(finite, all=True):
-            raise NonFiniteLossError(
-                f"train/loss is {self._last_loss.item()} at step {trainer.global_step}: the run diverged and was stopped "
-                "(the last checkpoint before it is kept); lower model.init_args.lr or set trainer.gradient_clip_val"
-            )
+        what = f"train/loss is {self._last_loss.item()}" if not loss_finite else "the weights are no longer finite"
+        raise NonFiniteLossError(
+            f"{what} at step {trainer.global_step}: the run diverged and was stopped (the last checkpoint before it "
+            "is kept); lower model.init_args.lr or set trainer.gradient_clip_val"
+        )
 
 
 class GracefulInterrupt(Callback):

@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from safetensors.torch import load_file
 
 import lit_interp.analysis.snapshot as snapshot_module
-import lit_interp.callbacks as callbacks_module
+import lit_interp.loggers as loggers_module
 from conftest import CONFIGS, TINY
 from lit_interp.callbacks import AnalysisSnapshots, ThrottledProgressBar
 from lit_interp.checkpoints import StepCheckpoint
@@ -102,7 +102,7 @@ def test_resume_neither_repeats_nor_loses_a_snapshot(tmp_path, counted_analysis)
 
 def test_sweep_and_images_every_k_snapshots_and_at_the_end(tmp_path, counted_analysis, monkeypatch):
     image_steps = []
-    monkeypatch.setattr(callbacks_module, "log_images", lambda experiment, tensors, step: image_steps.append(step))
+    monkeypatch.setattr(loggers_module, "log_images", lambda loggers, images, step: image_steps.append(step))
     snapshots = AnalysisSnapshots(every_n_train_steps=2, probe_batch_size=16, sweep_every_n_snapshots=2, images_every_n_snapshots=2)
     fit(tmp_path, max_steps=7, callbacks=[snapshots])
     analysis = tmp_path / "lightning_logs/version_0/analysis"

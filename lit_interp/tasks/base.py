@@ -261,6 +261,22 @@ class PreviousTokenModule(TaskModule):
         return loss
 
 
+def step_memory_bytes(model: HookedTransformer, batch_size: int) -> int:
+    """A rough upper estimate of one training step's activation memory (forward activations kept for backward)."""
+    cfg = model.cfg
+    per_token = 4 * cfg.d_model + cfg.d_vocab * 3
+    per_token += cfg.n_layers * (8 * cfg.d_model + 4 * cfg.n_heads * cfg.d_head + 3 * cfg.n_heads * cfg.n_ctx + 2 * (cfg.d_mlp or 0))
+    return 4 * 2 * batch_size * cfg.n_ctx * per_token
+
+
+def check_fits_in_memory(model: HookedTransformer, batch_size: int, what: str = "data.batch_size") -> None:
+    from lit_interp.checkpoints import _memory_bytes
+
+    needed = step_memory_bytes(model, batch_size)
+    require(needed <= _memory_bytes() // 2, f"{what}={batch_size} with n_ctx={model.cfg.n_ctx} needs about {needed / 2**30:.3g} GiB of "
+            f"activations per step, more than half this machine's memory; lower {what} or the context length")
+
+
 def build_hooked_transformer(model_class: type[HookedTransformer] = HookedTransformer, **config: Any) -> HookedTransformer:
     """A freshly initialised HookedTransformer on CPU (Lightning moves it to the device)."""
     for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
