@@ -156,7 +156,7 @@ def test_run_report_slider_formation_and_curves(analysis, tmp_path):
     assert re.search(r'<td data-sort="L0H0">L0H0</td><td data-sort="13.0">13</td>', page)
     stars = [trace for spec in specs for trace in spec["data"] if trace.get("marker", {}).get("symbol") == "star"]
     assert len(stars) == 4 and all(trace["x"] == [13] for trace in stars)
-    curves = next(spec for spec in specs if spec["layout"]["title"]["text"] == "loss")
+    curves = next(spec for spec in specs if spec["layout"].get("title", {}).get("text") == "loss")
     assert {trace["name"]: values(trace["y"]) for trace in curves["data"]} == {
         "train/loss": [2.0, 1.0, 0.5],
         "val/loss": [1.5],

@@ -110,10 +110,10 @@ def checkpoint_report(summary: dict[str, Any], tensors: dict[str, torch.Tensor],
     used: set[str] = {"example_inputs"}
     sections = [
         head_table(summary),
-        *ablation_sections(summary),
         *pattern_sections(arrays, labels, used),
         example_section(arrays, labels, used),
         *per_head_sections(arrays, used, token_task(summary)),
+        *ablation_sections(summary),
         composition_section(summary),
         component_attribution_section(summary),
         logit_lens_section(summary),
@@ -157,14 +157,18 @@ def head_table(summary: dict[str, Any]) -> Section | None:
 
 def ablation_sections(summary: dict[str, Any]) -> list[Section]:
     heads, clean = summary.get("heads", {}), summary.get("loss")
-    figures = []
-    for mode in ("zero", "mean"):
-        losses = {
+    losses = {
+        f"{mode}-ablated": {
             head: scores[f"{mode}_ablation_loss"] for head, scores in heads.items() if f"{mode}_ablation_loss" in scores
         }
-        if losses:
-            figures.append(embed(bars(losses, f"Probe loss with one head {mode}-ablated", "ablated head", clean)))
-    sections = [Section("Head ablations", figures, descriptions.SCORES["zero_ablation_loss"])] if figures else []
+        for mode in ("zero", "mean")
+    }
+    losses = {mode: by_head for mode, by_head in losses.items() if by_head}
+    sections = []
+    if losses:
+        figure = bars(losses, "Probe loss with one head's output (hook_z) ablated", "ablated head", clean)
+        note = "Zero: the head's output set to 0; mean: replaced by its batch mean at each position."
+        sections.append(Section("Head ablations", [embed(figure)], note))
     if summary.get("hooks"):
         losses = {hook: scores.get("mean_ablation_loss") for hook, scores in summary["hooks"].items()}
         figure = bars(losses, "Probe loss with one hook mean-ablated", "hook", clean)

@@ -161,9 +161,10 @@ def heatmap_grid(
         add_slider(figure, frames, slider_prefix, list(range(n)))
         height += 90
     integer_ticks(figure, shown.matrices[0].shape, axes)
-    layout(
-        figure, title=title, height=height + (30 if title else 0), width=min(columns * (CELL_PIXELS + 60) + 160, 1100)
-    )
+    width = min(columns * (CELL_PIXELS + 50) + 130, 1100)
+    if len(frames) > 1:
+        width = max(width, 560)  # a slider over many steps needs room for its labels
+    layout(figure, title=title, height=height + (30 if title else 0), width=width)
     figure.update_layout(margin_t=90 if title else 50)  # room for the subplot titles under the figure's own
     return figure
 
@@ -201,7 +202,7 @@ def add_slider(figure: go.Figure, frames: list[Frame], prefix: str, traces: list
 
 
 def bars(
-    values: dict[str, float | None],
+    values: dict[str, float | None] | dict[str, dict[str, float | None]],
     title: str,
     category_name: str,
     reference: float | None = None,
@@ -211,25 +212,34 @@ def bars(
     """Horizontal bars of each value minus `reference` (e.g. loss of each ablated head over the clean loss).
 
     Differences, not raw losses: ablation losses sit close to the clean loss, and bars from 0 would all look equal.
+    `values` maps categories to values, or series names to such maps (grouped bars, one colour per series).
     """
-    names = [plain(name) for name in values]
-    raw = [math.nan if value is None else value for value in values.values()]
+    series = values if all(isinstance(value, dict) for value in values.values()) and values else {"": values}
     shift = reference if reference is not None and math.isfinite(reference) else 0.0
-    delta = [value - shift for value in raw]
     axis = f"{value_name} minus {reference_name} ({shift:.4g})" if shift else value_name
-    figure = go.Figure(
-        go.Bar(
-            x=delta,
-            y=names,
-            orientation="h",
-            customdata=raw,
-            marker_color=[PALETTE[1] if d > 0 else PALETTE[0] for d in delta],
-            hovertemplate=f"%{{y}}<br>{plain(value_name)} %{{customdata:.4g}}<br>difference %{{x:+.4g}}<extra></extra>",
+    figure = go.Figure()
+    for index, (name, by_category) in enumerate(series.items()):
+        raw = [math.nan if value is None else value for value in by_category.values()]
+        delta = [value - shift for value in raw]
+        colours = PALETTE[index] if name else [PALETTE[1] if d > 0 else PALETTE[0] for d in delta]
+        figure.add_trace(
+            go.Bar(
+                x=delta,
+                y=[plain(category) for category in by_category],
+                name=plain(name),
+                orientation="h",
+                customdata=raw,
+                marker_color=colours,
+                showlegend=bool(name),
+                hovertemplate=f"%{{y}} {plain(name)}<br>{plain(value_name)} %{{customdata:.4g}}<br>"
+                "difference %{x:+.4g}<extra></extra>",
+            )
         )
-    )
+    categories = max(len(by_category) for by_category in series.values())
     figure.update_yaxes(autorange="reversed", title=plain(category_name), automargin=True)
-    layout(figure, title=title, height=140 + 20 * len(values), width=720)
+    layout(figure, title=title, height=140 + 20 * categories * len(series), width=720)
     figure.update_xaxes(title=plain(axis), zeroline=True, zerolinecolor="black", showgrid=True, gridcolor="#eee")
+    figure.update_layout(barmode="group", legend=dict(orientation="h", x=0, y=1.02, yanchor="bottom", font_size=11))
     return figure
 
 

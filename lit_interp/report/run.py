@@ -136,21 +136,28 @@ def trajectories(summaries: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_report(run: Path, snapshots: list[Snapshot], title: str) -> str:
-    """Formation steps, training curves, scores against step, attention and circuits on a step slider, head table."""
+    """Formation steps, attention and circuits on a step slider, scores against step, training curves, head table."""
     summaries = [snapshot.summary for snapshot in snapshots]
     data = trajectories(summaries)
     steps = data["steps"]
     last = summaries[-1]
+    probe, scores, hooks = score_sections(data)
+    attention, circuits = slider_sections(snapshots)
+    table = head_table(last)
+    if table is not None:
+        table.heading = f"Heads at the last snapshot (step {last['step']})"
+    # What formed and when first, then the training curves behind it, then the detail.
     sections = [
         formation_section(data),
+        attention,
+        scores,
+        *circuits,
+        probe,
         training_section(run),
-        *score_sections(data),
-        *slider_sections(snapshots),
-        head_table(last),
+        hooks,
+        table,
         config_section(run),
     ]
-    if sections[-2] is not None:
-        sections[-2].heading = f"Heads at the last snapshot (step {last['step']})"
     facts = [
         ("task", last["task"]),
         ("snapshots", len(steps)),
@@ -210,40 +217,29 @@ def training_section(run: Path) -> Section | None:
     )
 
 
-def score_sections(data: dict[str, Any]) -> list[Section]:
+def score_sections(data: dict[str, Any]) -> tuple[Section, Section | None, Section | None]:
+    """(probe loss and metrics, every head score with a figure per score, the hook sweep) against step."""
     steps, loss = data["steps"], (data["steps"], data["loss"])
-    probe = {"probe loss": loss} | {f"probe {name}": (steps, values) for name, values in data["metrics"].items()}
-    figures = [
-        embed(
-            step_lines({"probe loss": loss}, "Probe loss", "loss", log_y=all(v > 0 for v in data["loss"])), "step-axis"
-        )
-    ]
-    figures += [
-        embed(step_lines({name: points}, name.capitalize(), name), "step-axis")
-        for name, points in list(probe.items())[1:]
-    ]
-    sections = [Section("Probe loss and metrics at each snapshot", figures)]
+    figures = [embed(step_lines({"probe loss": loss}, "Probe loss", "loss", log_y=True), "step-axis")]
+    for name, values in data["metrics"].items():
+        figures.append(embed(step_lines({f"probe {name}": (steps, values)}, f"Probe {name}", name), "step-axis"))
+    probe = Section("Probe loss and metrics at each snapshot", figures)
     score_figures = []
     for score, by_head in data["heads"].items():
-        figure = step_lines(
-            {head: (steps, values) for head, values in by_head.items()},
-            score,
-            score,
-            loss,
-            descriptions.THRESHOLDS.get(score),
-        )
+        series = {head: (steps, values) for head, values in by_head.items()}
+        figure = step_lines(series, score, score, loss, descriptions.THRESHOLDS.get(score))
         score_figures.append(embed(figure, "step-axis"))
-    if score_figures:
-        note = (
-            "One figure per score, a line per head; the probe loss (dashed, right axis) beside it. "
-            "Hover over a column name of the head table for what a score measures."
-        )
-        sections.append(Section("Head scores and ablation losses against step", score_figures, note))
+    note = (
+        "One figure per score, a line per head; the probe loss (dashed, right axis) beside it. "
+        "Hover over a column name of the head table for what a score measures."
+    )
+    scores = Section("Head scores and ablation losses against step", score_figures, note) if score_figures else None
+    hooks = None
     if data["hooks"]:
-        hooks = {hook: (steps, values) for hook, values in data["hooks"].items()}
-        figure = step_lines(hooks, "Probe loss with one hook mean-ablated", "loss", loss)
-        sections.append(Section("Mean-ablation sweep over hooks against step", [embed(figure, "step-axis")]))
-    return sections
+        series = {hook: (steps, values) for hook, values in data["hooks"].items()}
+        figure = step_lines(series, "Probe loss with one hook mean-ablated", "loss", loss)
+        hooks = Section("Mean-ablation sweep over hooks against step", [embed(figure, "step-axis")])
+    return probe, scores, hooks
 
 
 def thin(count: int, values_per_frame: int, budget: int = MAX_SLIDER_VALUES) -> list[int]:
@@ -270,8 +266,8 @@ def load_tensors(snapshot: Snapshot, wanted) -> dict[str, np.ndarray]:
         ) from None
 
 
-def slider_sections(snapshots: list[Snapshot]) -> list[Section]:
-    """Attention patterns and circuits per head, a slider moving through the snapshot steps (one shared size budget)."""
+def slider_sections(snapshots: list[Snapshot]) -> tuple[Section | None, list[Section]]:
+    """Attention patterns, and circuits, per head with a slider over the snapshot steps (one shared size budget)."""
 
     def wanted(name: str) -> bool:
         match = PER_HEAD.fullmatch(name)
@@ -286,7 +282,7 @@ def slider_sections(snapshots: list[Snapshot]) -> list[Section]:
     circuits = {group: circuit_frames(loaded, group) for group in SLIDER_GROUPS}
     circuits = {group: frames for group, frames in circuits.items() if frames}
     budget = MAX_SLIDER_VALUES // max(1, bool(attention) + len(circuits))
-    sections = []
+    attention_section, sections = None, []
     if attention:
         titles = [
             f"L{layer}H{head}"
@@ -295,14 +291,10 @@ def slider_sections(snapshots: list[Snapshot]) -> list[Section]:
         ]
         frames = [(step, [m for layer in array for m in layer]) for step, array in attention]
         figure = step_slider(frames, titles, attention_scale(), Axes("key_pos", "query_pos"), budget)
-        sections.append(
-            Section(
-                "Attention patterns across training",
-                [embed(figure)],
-                "Mean attention on the probe batch; move "
-                "the slider to step through the snapshots (colour fixed to [0, 1]).",
-            )
+        note = (
+            "Mean attention on the probe batch; move the slider to step through the snapshots (colour fixed to [0, 1])."
         )
+        attention_section = Section("Attention patterns across training", [embed(figure)], note)
     for group, (frames, titles, shape, block) in circuits.items():
         heading, x_name, y_name, value_name = SLIDER_GROUPS[group]
         axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
@@ -311,7 +303,7 @@ def slider_sections(snapshots: list[Snapshot]) -> list[Section]:
             f" Shown as means over {block}x{block} blocks." if block > 1 else ""
         )
         sections.append(Section(heading, [embed(figure)], note))
-    return sections
+    return attention_section, sections
 
 
 def circuit_frames(loaded: list[tuple[int, dict[str, np.ndarray]]], group: str):
