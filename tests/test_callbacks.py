@@ -120,6 +120,7 @@ def test_every_config_writes_snapshots(config, tmp_path, monkeypatch):
     assert sorted(p.name for p in analysis.glob("*.json")) == ["step_0000001.json", "step_0000002.json"]
     summary = json.loads((analysis / "step_0000002.json").read_text())
     assert summary["step"] == 2 and math.isfinite(summary["loss"]) and summary["heads"]
+    assert not (analysis / "errors.log").exists(), (analysis / "errors.log").read_text()[-3000:]
 
 
 def test_progress_bar_redraws_at_most_every_interval_and_at_the_end():

@@ -99,7 +99,9 @@ def tile(values: np.ndarray, to_colour, min_pixels: int, label_width: int) -> np
     )
     image[MARGIN : MARGIN + pixels.shape[0], label_width : label_width + pixels.shape[1]] = pixels
     for row in range(0, rows, tick_every(rows, scale)):
-        stamp(image, str(row), MARGIN + row * scale + (scale - text_height) // 2, 0)
+        top = max(0, MARGIN + row * scale + (scale - text_height) // 2)  # a 1-pixel row would put row 0's label above the image
+        if top + text_height <= image.shape[0]:
+            stamp(image, str(row), top, 0)
     for column in range(0, columns, tick_every(columns, scale) * 2 if columns > 9 else 1):
         left = label_width + column * scale + scale // 2 - GLYPH_SCALE
         if left + len(str(column)) * 4 * GLYPH_SCALE <= image.shape[1]:  # a label cut by the edge would misread
