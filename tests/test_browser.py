@@ -8,9 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_fit
 
 from lit_interp.cli import main
+from lit_interp.report import checkpoint_report
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium package; Playwright's own browser download is not used
 CHROMIUM_ARGS = [
@@ -69,7 +71,14 @@ def reports(tmp_path_factory) -> dict[str, Path]:
             "--probe_batch_size=16",
         ]
     )
-    return {name: root / name / "report.html" for name in ("run", "hostile_report", "checkpoint")}
+    # Shapes the tiny run lacks: circuits downsampled into labelled blocks, many heads, a 3-D tensor.
+    tensors = {f"ov_circuit.L0H{head}": torch.randn(300, 300) for head in range(6)} | {
+        "by_position": torch.randn(2, 3, 50)
+    }
+    summary = {"step": 1, "task": "t", "loss": 1.0, "heads": {f"L0H{head}": {"score": head / 6} for head in range(6)}}
+    (root / "large").mkdir()
+    (root / "large/report.html").write_text(checkpoint_report(summary, tensors, "large"))
+    return {name: root / name / "report.html" for name in ("run", "hostile_report", "checkpoint", "large")}
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +127,12 @@ def test_checkpoint_report_draws_every_figure_offline(browser, reports):
         ".js-plotly-plot"
     )
     assert example.evaluate("div => div.layout.sliders[0].steps.length") == 8
+    assert problems == []
+
+
+def test_downsampled_and_generic_figures_draw_without_errors(browser, reports):
+    page, problems = open_offline(browser, reports["large"])
+    assert assert_every_figure_drawn(page) == 2
     assert problems == []
 
 

@@ -74,9 +74,11 @@ def test_checkpoint_report_is_offline_and_draws_every_analysis(analysis, tmp_pat
     assert {"L0H0", "L0H1", "L1H0", "L1H1", "Q-composition"} <= titles
     sliders = [spec for spec in specs if spec["layout"].get("sliders")]
     assert len(sliders) == 1 and len(sliders[0]["frames"]) == tensors["example_attention_patterns"].shape[0]
-    first_example = sliders[0]["frames"][0]["data"][0]["customdata"]  # hover shows the example's tokens
-    tokens = [str(int(token)) for token in tensors["example_inputs"][0]]
-    assert first_example[3][1] == [tokens[3], tokens[1]]
+    second_example = sliders[0]["frames"][1]["data"][0]  # axes (and hover) label each position with its token
+    tokens = [int(token) for token in tensors["example_inputs"][1]]
+    assert (
+        second_example["x"] == second_example["y"] == [f"{position}:{token}" for position, token in enumerate(tokens)]
+    )
     heading_rows = re.findall(r"<tr><td data-sort=\"(L\dH\d)\">", page)
     assert heading_rows[:4] == ["L0H0", "L0H1", "L1H0", "L1H1"]
     for score in summary["heads"]["L0H0"]:

@@ -219,22 +219,20 @@ def example_section(arrays: dict[str, np.ndarray], labels: list[str], used: set[
     if patterns is None or patterns.ndim != 5:
         return None
     used.add("example_attention_patterns")
+    tokens = inputs is not None and inputs.ndim == 2 and inputs.shape[1] == patterns.shape[-1]
     frames = []
     for example, pattern in enumerate(patterns[:MAX_EXAMPLES]):
         matrices = [matrix for layer in pattern for matrix in layer]
-        customdata = None
-        if inputs is not None and inputs.ndim == 2 and inputs.shape[1] == pattern.shape[-1]:
-            tokens = [str(int(token)) for token in inputs[example]]
-            cells = np.array([[[query, key] for key in tokens] for query in tokens], dtype=object)
-            customdata = [cells] * len(matrices)
-        frames.append(Frame(str(example), matrices, customdata))
-    axes = Axes("key_pos", "query_pos", hover_tokens=frames[0].customdata is not None)
+        positions = None
+        if tokens:
+            positions = [f"{position}:{int(token)}" for position, token in enumerate(inputs[example])]
+        frames.append(Frame(str(example), matrices, positions, positions))
+    axes = Axes("key_pos:token", "query_pos:token") if tokens else Axes("key_pos", "query_pos")
     figure = heatmap_grid(frames, head_titles(patterns[0], labels), attention_scale(), axes, slider_prefix="example")
     return Section(
         "Attention on single examples",
         [embed(figure)],
-        "One probe sequence at a time: move the slider to choose "
-        "the example; hover over a cell for the query and key tokens.",
+        "One probe sequence at a time: move the slider to choose the example; axes and hover show position:token.",
     )
 
 

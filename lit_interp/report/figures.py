@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.colors
@@ -59,7 +59,6 @@ class Axes:
     x_labels: list[str] | None = None
     y_labels: list[str] | None = None
     square: bool = True
-    hover_tokens: bool = False  # customdata holds [row token, column token] per cell
 
 
 @dataclass
@@ -68,8 +67,8 @@ class Frame:
 
     label: str
     matrices: list[np.ndarray]
-    customdata: list[np.ndarray] | None = None
-    extra: dict = field(default_factory=dict)
+    x_labels: list[str] | None = None  # this frame's own axis labels (e.g. position:token of one example)
+    y_labels: list[str] | None = None
 
 
 def shrink(matrix: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
@@ -99,8 +98,6 @@ def escaped(labels: list[str] | None) -> list[str] | None:
 
 def hover_template(axes: Axes, title: str, value_name: str) -> str:
     row, column = f"{plain(axes.y_name)} %{{y}}", f"{plain(axes.x_name)} %{{x}}"
-    if axes.hover_tokens:
-        row, column = f"{row} (token %{{customdata[0]}})", f"{column} (token %{{customdata[1]}})"
     return f"{row}<br>{column}<br>{plain(value_name)} %{{z:.4g}}<extra>{plain(title)}</extra>"
 
 
@@ -131,18 +128,17 @@ def heatmap_grid(
     for index, (subplot_title, matrix) in enumerate(zip(titles, shown.matrices, strict=True)):
         trace = go.Heatmap(
             z=matrix.astype(np.float32),
-            x=escaped(axes.x_labels),
-            y=escaped(axes.y_labels),
+            x=escaped(shown.x_labels or axes.x_labels),
+            y=escaped(shown.y_labels or axes.y_labels),
             coloraxis="coloraxis",
             hovertemplate=hover_template(axes, subplot_title, scale.value_name),
-            customdata=shown.customdata[index] if shown.customdata is not None else None,
         )
         figure.add_trace(trace, row=index // columns + 1, col=index % columns + 1)
     figure.update_yaxes(autorange="reversed", constrain="domain")
     figure.update_xaxes(constrain="domain")
     for index in range(n):
         suffix = "" if index == 0 else str(index + 1)
-        if axes.square and axes.x_labels is None and axes.y_labels is None:
+        if axes.square:
             figure.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
         if index % columns == 0:
             figure.layout[f"yaxis{suffix}"].title = plain(axes.y_name)
@@ -161,6 +157,10 @@ def heatmap_grid(
         add_slider(figure, frames, slider_prefix, list(range(n)))
         height += 90
     integer_ticks(figure, shown.matrices[0].shape, axes)
+    if shown.x_labels or axes.x_labels:
+        figure.update_xaxes(type="category")  # else plotly reads labels such as "0-2" as dates
+    if shown.y_labels or axes.y_labels:
+        figure.update_yaxes(type="category")
     width = min(columns * (CELL_PIXELS + 50) + 130, 1100)
     if len(frames) > 1:
         width = max(width, 560)  # a slider over many steps needs room for its labels
@@ -178,17 +178,14 @@ def integer_ticks(figure: go.Figure, shape: tuple[int, ...], axes: Axes) -> None
 
 
 def add_slider(figure: go.Figure, frames: list[Frame], prefix: str, traces: list[int]) -> None:
-    """Plotly frames, one per slider position, each replacing the z (and hover tokens) of `traces`."""
+    """Plotly frames, one per slider position, each replacing the z (and a frame's own axis labels) of `traces`."""
     figure.frames = [
         go.Frame(
             name=frame.label,
             traces=traces,
             data=[
-                go.Heatmap(
-                    z=matrix.astype(np.float32),
-                    customdata=frame.customdata[index] if frame.customdata is not None else None,
-                )
-                for index, matrix in enumerate(frame.matrices)
+                go.Heatmap(z=matrix.astype(np.float32), x=escaped(frame.x_labels), y=escaped(frame.y_labels))
+                for matrix in frame.matrices
             ],
         )
         for frame in frames
