@@ -1,5 +1,8 @@
-"""Analysis of a trained HookedTransformer: plain functions per idea, and `run_analysis` calling them all."""
+"""Analysis of a HookedTransformer: plain functions per idea, a registry of where each applies, and `run_analysis`."""
 
+from lit_interp.analysis.patterns import attention_entropy
+from lit_interp.analysis.registry import Analysis, AnalysisContext
 from lit_interp.analysis.snapshot import run_analysis
+from lit_interp.analysis.weights import processed_copy
 
-__all__ = ["run_analysis"]
+__all__ = ["Analysis", "AnalysisContext", "attention_entropy", "processed_copy", "run_analysis"]

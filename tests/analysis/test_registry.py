@@ -17,6 +17,7 @@ class BosIntsWithItsOwnAnalyses(BosIntsModule):
 
     def analyses(self) -> list[Analysis]:
         def logit_norm(context):
+            assert torch.get_float32_matmul_precision() == "highest"  # no TF32 inside analysis
             norm = context.output.norm(dim=-1).mean()
             return {"my_task": {"logit_norm": norm.item()}}, {"my_task_logits": context.output[0]}
 
@@ -36,7 +37,11 @@ class BosIntsWithItsOwnAnalyses(BosIntsModule):
 def test_a_task_adds_its_own_analyses_without_editing_the_snapshot_code():
     _, data = tiny_task("bos_ints_attn_only")
     module = BosIntsWithItsOwnAnalyses(d_model=16, d_head=16)
-    summary, tensors = run_analysis(module, data, step=3, probe_batch_size=8, sweep_hooks=False)
+    torch.set_float32_matmul_precision("high")
+    try:
+        summary, tensors = run_analysis(module, data, step=3, probe_batch_size=8, sweep_hooks=False)
+    finally:
+        torch.set_float32_matmul_precision("highest")
     batch = data.make_batch(3, 0, 8)
     assert summary["my_task"]["logit_norm"] == pytest.approx(module.model(batch).norm(dim=-1).mean().item(), rel=1e-5)
     torch.testing.assert_close(tensors["my_task_logits"], module.model(batch)[0])

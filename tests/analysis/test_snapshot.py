@@ -239,8 +239,12 @@ def test_analysis_leaves_weights_modes_grads_and_global_rng_untouched(task):
     }
     modes = {name: submodule.training for name, submodule in module.named_modules()}
     rng = torch.get_rng_state()
+    torch.set_float32_matmul_precision("high")  # TF32 where a GPU has it: analysis turns it off and back on
 
     run_analysis(module, data, step=0, probe_batch_size=8)
+
+    assert torch.get_float32_matmul_precision() == "high"
+    torch.set_float32_matmul_precision("highest")
 
     assert torch.equal(torch.get_rng_state(), rng)
     assert {name: submodule.training for name, submodule in module.named_modules()} == modes
