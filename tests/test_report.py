@@ -19,7 +19,7 @@ from lit_interp.analysis.snapshot import run_analysis
 from lit_interp.cli import main
 from lit_interp.report import checkpoint_report, read_snapshots, run_report
 from lit_interp.report.figures import first_crossing, shrink
-from lit_interp.report.images import BLUES, colourmap, heatmap_rgb
+from lit_interp.report.images import BLUES, RED_BLUE, colourmap, heatmap_rgb
 from lit_interp.report.run import thin
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
 
@@ -199,6 +199,9 @@ def test_heatmap_image_has_ticks_and_a_fixed_colour_bar():
     assert (image[:, :10] == 0).all(-1).any()  # row tick labels drawn in black left of the heatmap
     signed = heatmap_rgb([torch.tensor([[-2.0, 1.0], [0.0, 2.0]])])
     assert signed.shape[0] > 160
+    assert (signed == colourmap(RED_BLUE, np.array(0.5))).all(-1).sum() >= 80 * 80  # 0 at the middle of +-2
+    wide = heatmap_rgb([torch.rand(2, 512)])  # rows one pixel high: every label still inside the image
+    assert wide.shape[1] > 512 and (wide[:, :10] == 0).all(-1).any()
 
 
 def test_runlogs_read_event_files_and_csv(tmp_path):

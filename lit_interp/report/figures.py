@@ -316,18 +316,15 @@ def step_lines(
                 title="probe loss", overlaying="y", side="right", showgrid=False, **value_axis(loss[1], log=True)
             )
         )
+    # The legend goes below the plot in as many columns as its longest name allows: never over the lines, never
+    # scrolling (a right-hand legend of 26 hooks would scroll; one of 48 colours per head must be read in full).
     many = len(series) > 8
-    legend = (
-        dict(x=1.1 if loss is not None else 1.02, xanchor="left", y=1)
-        if many
-        else dict(orientation="h", x=0, y=-0.22, yanchor="top")
-    )
-    layout(
-        figure,
-        title=title,
-        height=max(400, min(900, 18 * len(series) + 100)) if many else 400,
-        width=1100 if many else 540,
-    )
+    entry_width = 7 * max(len(name) for name in series) + 45
+    width = 1100 if many else 540
+    rows = -(-len(series) // max(1, (width - 80) // entry_width))
+    legend = dict(orientation="h", x=0, y=-0.14 if many else -0.22, yanchor="top", entrywidth=entry_width)
+    layout(figure, title=title, height=380 + 22 * rows, width=width)
+    figure.update_layout(margin_b=60 + 22 * rows)
     figure.update_layout(
         xaxis=dict(title="step", showgrid=True, gridcolor="#eee"),
         legend=dict(font_size=10, **legend),
@@ -349,6 +346,8 @@ def as_floats(values: list[float | None]) -> np.ndarray:
 def value_axis(values: list[float | None], log: bool) -> dict:
     """A log axis, a tick per decade, when asked for and the values are positive over a decade or more; else linear."""
     finite = [value for value in values if value is not None and math.isfinite(value)]
+    if finite and min(finite) == max(finite) != 0:  # a constant (a fixed lr): plotly's default range reads as 0
+        return dict(type="linear", range=[min(finite) - abs(min(finite)), min(finite) + abs(min(finite))])
     if not log or not finite or min(finite) <= 0:
         return dict(type="linear")
     if math.log10(max(finite)) - math.log10(min(finite)) < 1:

@@ -48,6 +48,9 @@ def text_bitmap(text: str) -> np.ndarray:
 def stamp(image: np.ndarray, text: str, row: int, column: int) -> None:
     """Draw `text` in black with its top-left corner at (row, column), clipped to the image."""
     bitmap = text_bitmap(text)
+    if row < 0 or column < 0:
+        bitmap = bitmap[max(0, -row) :, max(0, -column) :]
+        row, column = max(0, row), max(0, column)
     height, width = min(bitmap.shape[0], image.shape[0] - row), min(bitmap.shape[1], image.shape[1] - column)
     if height > 0 and width > 0:
         image[row : row + height, column : column + width][bitmap[:height, :width]] = 0
@@ -87,10 +90,14 @@ def heatmap_rgb(matrices: list[torch.Tensor], min_pixels: int = 160) -> np.ndarr
 
 
 def tile(values: np.ndarray, to_colour, min_pixels: int, label_width: int) -> np.ndarray:
-    """One matrix scaled up by an integer factor, row ticks on its left and column ticks below it."""
-    scale = max(1, -(-min_pixels // max(values.shape)))
-    pixels = np.kron(to_colour(values), np.ones((scale, scale, 1), np.uint8))
+    """One matrix scaled up by integer factors, row ticks on its left and column ticks below it.
+
+    Rows and columns are scaled separately, each to >= min_pixels: a [2 512] matrix gets rows 80 pixels
+    high instead of 1, so it can be read and its labels fit.
+    """
     rows, columns = values.shape
+    row_scale, column_scale = (max(1, -(-min_pixels // side)) for side in values.shape)
+    pixels = np.kron(to_colour(values), np.ones((row_scale, column_scale, 1), np.uint8))
     text_height = 5 * GLYPH_SCALE
     image = np.full(
         (MARGIN + pixels.shape[0] + MARGIN + text_height + MARGIN, label_width + pixels.shape[1] + MARGIN, 3),
@@ -98,12 +105,10 @@ def tile(values: np.ndarray, to_colour, min_pixels: int, label_width: int) -> np
         np.uint8,
     )
     image[MARGIN : MARGIN + pixels.shape[0], label_width : label_width + pixels.shape[1]] = pixels
-    for row in range(0, rows, tick_every(rows, scale)):
-        top = max(0, MARGIN + row * scale + (scale - text_height) // 2)  # a 1-pixel row would put row 0's label above the image
-        if top + text_height <= image.shape[0]:
-            stamp(image, str(row), top, 0)
-    for column in range(0, columns, tick_every(columns, scale) * 2 if columns > 9 else 1):
-        left = label_width + column * scale + scale // 2 - GLYPH_SCALE
+    for row in range(0, rows, tick_every(rows, row_scale)):
+        stamp(image, str(row), max(0, MARGIN + row * row_scale + (row_scale - text_height) // 2), 0)
+    for column in range(0, columns, tick_every(columns, column_scale) * 2 if columns > 9 else 1):
+        left = label_width + column * column_scale + column_scale // 2 - GLYPH_SCALE
         if left + len(str(column)) * 4 * GLYPH_SCALE <= image.shape[1]:  # a label cut by the edge would misread
             stamp(image, str(column), MARGIN + pixels.shape[0] + MARGIN, left)
     return image
