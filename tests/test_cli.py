@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,14 +104,43 @@ BAD_ARGS = [
     (["--config", "{digits}", "--ckpt_path", "truncated.ckpt"], "truncated.ckpt"),
     (["--config", "{digits}", "--ckpt_path", "lightning_logs/version_1/checkpoints/last.ckpt"], "BosIntsModule"),
     (["--config", "{bos}", "--ckpt_path", "lightning_logs/version_1/checkpoints/last.ckpt"], "shape"),
+    (["--config", "{digits}", "--trainer.val_check_interval=0"], "val_check_interval=0 must be positive"),
+    (["--config", "{digits}", "--model.init_args.d_head=7"], "d_head=7 must be even"),
+    (["--config", "{digits}", "--data.init_args.seed=-1"], "seed=-1 must be >= 0"),
+    (["--config", "latin1.yaml"], "latin1.yaml is not UTF-8"),
+    (["--config", "{digits}", "--trainer.default_root_dir=a_file"], "a_file/lightning_logs: Not a directory"),
+    (["--config", "{digits}", "--trainer.logger.init_args.save_dir=a_file"], "a_file/lightning_logs: Not a directory"),
+    (["--config", "{digits}", "--data.init_args.batch_size=500000"], "batch_size=500000 with n_ctx=10 needs about"),
+    (["--config", "{bos}", "--data.init_args.n_ctx=100000"], "n_ctx=100000 is longer than"),
+    (["--config", "{digits}", "--trainer.devices=0"], "devices=0 selects no device"),
+    (["--config", "{digits}", "--model.init_args.lr=abc"], "model.init_args.lr: expected a float, got 'abc'"),
+    (["--config", "{digits}", "--seed_everything=abc"], "seed_everything: expected a bool or an int, got 'abc'"),
+    (["--config", "{digits}", "--trainer.max_step=60"], "unrecognized arguments: --trainer.max_step=60"),
+    (["--config", "{digits}", "--trainer.max_steps=-1"], "max_steps=-1 trains forever"),
+    *([(["--config", "{digits}", "--trainer.accelerator=cuda"], "no CUDA device")] if not torch.cuda.is_available() else []),
 ]
 
 
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory) -> Path:
+    """A digits run (version_0) and a bos_ints run (version_1), trained once for every bad-input case."""
+    root = tmp_path_factory.mktemp("two_runs")
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        tiny_fit("prev_token_digits", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2", "--trainer.callbacks=[]")
+        tiny_fit("bos_ints_attn_only", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2", "--model.init_args.d_head=8", "--trainer.callbacks=[]")
+    finally:
+        os.chdir(cwd)
+    return root / "lightning_logs"
+
+
 @pytest.mark.parametrize("args, needle", BAD_ARGS)
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, needle, capsys, tmp_path):
-    tiny_fit("prev_token_digits", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2")
-    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2", "--model.init_args.d_head=8")
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, needle, capsys, tmp_path, two_runs):
+    shutil.copytree(two_runs, "lightning_logs")
     Path("broken.yaml").write_text("model: [\n  oops")
+    Path("latin1.yaml").write_bytes("trainer:\n  max_steps: 2 # caf\xe9\n".encode("latin-1"))
+    Path("a_file").write_text("not a directory")
     Path("truncated.ckpt").write_bytes(Path("lightning_logs/version_0/checkpoints/last.ckpt").read_bytes()[:2000])
     before = fingerprint(tmp_path)
     capsys.readouterr()
