@@ -252,6 +252,8 @@ def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task:
         )
         if family == "ov_circuit" and not token_task:
             x_name, y_name = "output dim", "input dim"
+        elif family == "qk_circuit" and not token_task:
+            x_name, y_name = "key input dim", "query input dim"
         shrunk = [shrink(matrix, MAX_SIDE) for matrix in matrices.values()]
         block = shrunk[0][1]
         shape = next(iter(matrices.values())).shape
