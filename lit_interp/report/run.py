@@ -28,6 +28,7 @@ from lit_interp.report.figures import (
 from lit_interp.report.html import Preformatted, Section, embed, render, table
 
 MAX_SIDE = 128  # circuits larger than this are shown as block means in the slider figures
+MAX_SLIDER_FRAMES = 200
 MAX_SLIDER_VALUES = 360_000  # shared by the slider figures of a page; beyond it, frames are thinned evenly
 SLIDER_GROUPS = {
     "ov_circuit": ("Full OV circuits across training", "output", "source", "logit"),
@@ -273,6 +274,8 @@ def slider_sections(snapshots: list[Snapshot]) -> tuple[Section | None, list[Sec
         match = PER_HEAD.fullmatch(name)
         return name == "attention_patterns" or bool(match and match["group"] in SLIDER_GROUPS)
 
+    # More positions than a slider can show are never read: a long run may hold thousands of snapshots.
+    snapshots = [snapshots[index] for index in thin(len(snapshots), 1, budget=MAX_SLIDER_FRAMES)]
     loaded = [(snapshot.summary["step"], load_tensors(snapshot, wanted)) for snapshot in snapshots]
     attention = [
         (step, tensors["attention_patterns"])
