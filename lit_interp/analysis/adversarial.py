@@ -31,26 +31,26 @@ def replace_bos(tokens: Tokens) -> Tokens:
 
 
 def adversarial_inputs(tokens: Tokens, has_bos: bool) -> dict[str, Tokens]:
-    """The clean tokens, repeated adjacent tokens and (BOS tasks) the tokens without BOS, by name."""
-    inputs = {"clean": tokens, "repeated_tokens": repeated_adjacent_tokens(tokens, has_bos)}
+    """Repeated adjacent tokens and (BOS tasks) the tokens without BOS, by name."""
+    inputs = {"repeated_tokens": repeated_adjacent_tokens(tokens, has_bos)}
     return inputs | ({"no_bos": replace_bos(tokens)} if has_bos else {})
 
 
 def adversarial_analysis(
     model: HookedTransformer, task: Task, tokens: Tokens, has_bos: bool
 ) -> tuple[dict[str, float], dict[str, Patterns]]:
-    """The task's loss `<name>_loss` on each adversarial input, and the mean attention patterns on the others."""
+    """The task's loss `<name>_loss` on each adversarial input, and the mean attention patterns on each."""
     losses, patterns = {}, {}
     for name, inputs in adversarial_inputs(tokens, has_bos).items():
         output, cache = model.run_with_cache(
             task.model_input(inputs), names_filter=lambda hook: hook.endswith(("hook_pattern", "hook_attn_scores"))
         )
         losses[f"{name}_loss"] = task.loss(output, inputs).item()
-        if name != "clean":
-            patterns[name] = mean_attention_patterns(cache, model.cfg.n_layers)
+        patterns[name] = mean_attention_patterns(cache, model.cfg.n_layers)
     return losses, patterns
 
 
 def adversarial_losses(model: HookedTransformer, task: Task, tokens: Tokens, has_bos: bool) -> dict[str, float]:
     """The task's loss on the clean tokens, on repeated adjacent tokens, and (BOS tasks) without BOS."""
-    return adversarial_analysis(model, task, tokens, has_bos)[0]
+    clean = task.loss(model(task.model_input(tokens)), tokens).item()
+    return {"clean_loss": clean} | adversarial_analysis(model, task, tokens, has_bos)[0]

@@ -63,6 +63,9 @@ from lit_interp.analysis.term_importance import (
 )
 
 N_EXAMPLES = 8  # probe sequences whose own attention patterns a report shows
+# Probe sequences repeated for the duplicate and induction scores: their own forward pass, and
+# 64 x half the context already averages thousands of query positions.
+REPEATED_SEQUENCES = 64
 
 
 def attention(context: AnalysisContext) -> tuple[Summary, Tensors]:
@@ -86,9 +89,8 @@ def attention(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 
 def repeated_sequence(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    result = repeated_sequence_scores(
-        context.model, context.task.model_input(context.batch), prefix_len=int(context.has_bos)
-    )
+    inputs = context.task.model_input(context.batch[:REPEATED_SEQUENCES])
+    result = repeated_sequence_scores(context.model, inputs, prefix_len=int(context.has_bos))
     if result is None:
         return {}, {}
     duplicate, induction, patterns = result
@@ -194,6 +196,7 @@ def rotary(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 def adversarial(context: AnalysisContext) -> tuple[Summary, Tensors]:
     losses, patterns = adversarial_analysis(context.model, context.task, context.batch, context.has_bos)
+    losses = {"clean_loss": context.task.loss(context.output, context.batch).item()} | losses  # the clean run, reused
     return {"adversarial": losses}, {
         f"adversarial_attention_patterns_{name}": pattern for name, pattern in patterns.items()
     }

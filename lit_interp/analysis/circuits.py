@@ -6,6 +6,7 @@ the weights, as every circuit reading assumes.
 
 from __future__ import annotations
 
+import einops
 import torch
 from jaxtyping import Float
 from transformer_lens import FactoredMatrix, HookedTransformer
@@ -51,21 +52,40 @@ def head_singular_values(model: HookedTransformer) -> dict[str, Float[torch.Tens
     return {"ov": singular_values(model.OV), "qk": singular_values(model.QK)}
 
 
-def composition_scores(model: HookedTransformer) -> dict[str, Float[torch.Tensor, "writer reader"]]:
-    """Q-, K- and V-composition scores (`model.all_composition_scores`) as [head head] in `all_head_labels()` order.
+def _squared_norm(left_gram: torch.Tensor, right_gram: torch.Tensor) -> torch.Tensor:
+    """|A B|_F² = Σ (AᵀA) ⊙ (B Bᵀ), for a product known through its Gram matrices."""
+    return (left_gram * right_gram).sum((-2, -1)).clamp(min=0)
 
-    Entries whose reading head is not in a later layer than the writing head are 0; all later-layer
-    entries are NaN when any OV or QK matrix is not finite (its SVD would raise).
+
+def composition_scores(model: HookedTransformer) -> dict[str, Float[torch.Tensor, "writer reader"]]:
+    """Q-, K- and V-composition scores |W_OV^w W^r| / (|W_OV^w| |W^r|) as [head head] in `all_head_labels()` order.
+
+    The numbers of `model.all_composition_scores` (tested equal), computed through d_head x d_head
+    Gram matrices instead of an SVD of every (writer, reader) product: several times faster at our
+    sizes, on every snapshot. Entries whose reader is not in a later layer than the writer are 0;
+    the later-layer entries are NaN when any OV or QK matrix is not finite.
     """
-    n_heads = model.cfg.n_layers * model.cfg.n_heads
-    finite = bool(finite_matrices(model.OV.BA).all() and finite_matrices(model.QK.BA).all())
+    layer = torch.arange(model.cfg.n_layers, device=model.W_O.device).repeat_interleave(model.cfg.n_heads)
+    later = layer[:, None] < layer[None, :]
+    if not (finite_matrices(model.OV.BA).all() and finite_matrices(model.QK.BA).all()):
+        return {mode: torch.where(later, torch.nan, 0.0) for mode in COMPOSITION_MODES}
+    writer_V, writer_O = (
+        model.OV.A.flatten(0, 1),
+        model.OV.B.flatten(0, 1),
+    )  # [head d_model d_head], [head d_head d_model]
+    writer_gram = writer_V.mT @ writer_V
+    writer_norm = _squared_norm(writer_gram, writer_O @ writer_O.mT).sqrt()
+    readers = {"q": model.QK, "k": model.QK.T, "v": model.OV}
     scores = {}
-    for mode in COMPOSITION_MODES:
-        if finite:
-            scores[mode] = model.all_composition_scores(mode.upper()).reshape(n_heads, n_heads)
-        else:
-            layer = torch.arange(model.cfg.n_layers).repeat_interleave(model.cfg.n_heads)
-            scores[mode] = torch.where(layer[:, None] < layer[None, :], torch.nan, 0.0)
+    for mode, reader in readers.items():
+        reader_A, reader_B = reader.A.flatten(0, 1), reader.B.flatten(0, 1)
+        reader_gram = reader_B @ reader_B.mT
+        reader_norm = _squared_norm(reader_A.mT @ reader_A, reader_gram).sqrt()
+        # W_OV^w R^r = V_w (O_w A_r) B_r, so its squared norm needs only the d_head x d_head middle O_w A_r.
+        middle = einops.einsum(writer_O, reader_A, "w h d, r d k -> w r h k")
+        product_norm = _squared_norm(writer_gram[:, None], middle @ reader_gram[None] @ middle.mT).sqrt()
+        score = product_norm / (writer_norm[:, None] * reader_norm[None, :])
+        scores[mode] = torch.where(later, score, torch.zeros_like(score))
     return scores
 
 

@@ -145,6 +145,9 @@ def test_singular_values_and_effective_rank():
 def test_composition_scores_match_transformer_lens_and_seed_formula():
     model = hooked(n_layers=3, n_heads=2, d_head=8)
     scores = composition_scores(model)
+    for mode in "qkv":
+        theirs = model.all_composition_scores(mode.upper()).reshape(6, 6)
+        torch.testing.assert_close(scores[mode], theirs, rtol=1e-4, atol=1e-6)
     assert set(scores) == {"q", "k", "v"} and all(s.shape == (6, 6) for s in scores.values())
     writer, reader = model.OV[0, 1].AB, {"q": model.QK[2, 0].AB, "k": model.QK[2, 0].AB.T, "v": model.OV[2, 0].AB}
     for mode, matrix in reader.items():
