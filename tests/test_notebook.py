@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 import os
 import re
 from pathlib import Path
@@ -33,15 +34,19 @@ def notebook_example() -> str:
 
 @pytest.fixture(scope="module")
 def run_root(tmp_path_factory) -> Path:
-    """A tiny digits run: checkpoints and analysis snapshots at steps 2 and 4 in lightning_logs/version_0."""
+    """A tiny digits run in lightning_logs/version_0: checkpoints at steps 1 and 2, analysis snapshots up to step 2."""
     root = tmp_path_factory.mktemp("notebook")
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        tiny_fit("prev_token_digits", "--trainer.max_steps=4", "--checkpoint.every_n_train_steps=2", *FAST)
+        tiny_fit("prev_token_digits", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=1", *FAST)
     finally:
         os.chdir(cwd)
     return root
+
+
+def snapshot_steps(run_dir: Path) -> list[int]:
+    return sorted(int(path.stem.removeprefix("step_")) for path in (run_dir / "analysis").glob("step_*.json"))
 
 
 def test_notebook_example_runs_as_written(run_root, monkeypatch):
@@ -51,31 +56,35 @@ def test_notebook_example_runs_as_written(run_root, monkeypatch):
         exec(compile(notebook_example(), "notebook_example", "exec"), namespace)
     run, scores = namespace["run"], namespace["scores"]
     assert "L0H0" in printed.getvalue()
-    assert run.step == 4 and run.checkpoint_path.name == "last.ckpt" and not run.model.training
+    assert run.step == 2 and run.checkpoint_path.name == "last.ckpt" and not run.model.training
     # One row per (step, head), every score of the snapshot files a column, with their values.
-    assert [snapshot["step"] for snapshot in run.snapshots] == [2, 4]
-    assert list(scores["step"]) == [2, 4] and list(scores["label"]) == ["L0H0", "L0H0"]
+    steps = snapshot_steps(run.run_dir)
+    assert steps[-1] == 2 and [snapshot["step"] for snapshot in run.snapshots] == steps
+    assert list(scores["step"]) == steps and set(scores["label"]) == {"L0H0"}
     for row, snapshot in zip(scores.to_dict("records"), run.snapshots):
-        assert row == {"step": snapshot["step"], "layer": 0, "head": 0, "label": "L0H0", **snapshot["heads"]["L0H0"]}
-    # The example's probe batch is the one the step-4 snapshot analysed: the same score, recomputed here.
+        assert (row["step"], row["layer"], row["head"], row["label"]) == (snapshot["step"], 0, 0, "L0H0")
+        for name, value in snapshot["heads"]["L0H0"].items():
+            assert row[name] == value or (math.isnan(row[name]) and math.isnan(value)), name
+    # The example's probe batch is the one the last snapshot analysed: the same score, recomputed here.
     recomputed = previous_token_scores(namespace["patterns"])[0, 0].item()
     assert recomputed == pytest.approx(run.snapshots[-1]["heads"]["L0H0"]["prev_token_score"], rel=1e-5)
     summary, tensors = run.analyze(sweep_hooks=False)
-    assert summary["step"] == 4 and summary["loss"] == pytest.approx(run.snapshots[-1]["loss"], rel=1e-5)
+    assert summary["step"] == 2 and summary["loss"] == pytest.approx(run.snapshots[-1]["loss"], rel=1e-5)
     assert tensors["attention_patterns"].shape == (1, 1, 10, 10)
 
 
 def test_load_a_checkpoint_file_or_a_run_without_last(run_root):
     checkpoints = run_root / "lightning_logs/version_0/checkpoints"
-    run = load(checkpoints / "step_0000002.ckpt")
-    assert run.step == 2 and run.run_dir == checkpoints.parent and len(run.snapshots) == 2
-    weights = load_checkpoint(checkpoints / "step_0000002.ckpt")["state_dict"]
+    run = load(checkpoints / "step_0000001.ckpt")
+    assert run.step == 1 and run.run_dir == checkpoints.parent
+    assert [snapshot["step"] for snapshot in run.snapshots] == snapshot_steps(run.run_dir)
+    weights = load_checkpoint(checkpoints / "step_0000001.ckpt")["state_dict"]
     assert all(torch.equal(tensor, weights[name]) for name, tensor in run.module.state_dict().items())
     assert torch.equal(run.probe_batch(size=8, index=3), run.probe_batch(size=8, index=3))
     assert not torch.equal(run.probe_batch(size=8, index=3), run.probe_batch(size=8, index=4))
     (checkpoints / "last.ckpt").rename(checkpoints / "last.moved")
     try:
-        assert load(checkpoints.parent).checkpoint_path.name == "step_0000004.ckpt"
+        assert load(checkpoints.parent).checkpoint_path.name == "step_0000002.ckpt"
     finally:
         (checkpoints / "last.moved").rename(checkpoints / "last.ckpt")
 
