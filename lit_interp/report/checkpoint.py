@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from lit_interp.report import descriptions
 from lit_interp.report.analyses import HANDLED, component_attribution_section, logit_lens_section, patching_section
@@ -23,6 +22,9 @@ from lit_interp.report.figures import (
     shrink,
 )
 from lit_interp.report.html import Preformatted, Section, embed, render, table
+
+if TYPE_CHECKING:  # torch is only needed by the caller: `analyze --run` never imports it
+    import torch
 
 MAX_SIDE = 256  # larger matrices are shown as block means
 MAX_EXAMPLES = 16

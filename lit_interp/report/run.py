@@ -259,8 +259,8 @@ def load_tensors(snapshot: Snapshot, wanted) -> dict[str, np.ndarray]:
     if not path.is_file():
         return {}
     try:
-        with safe_open(str(path), framework="pt") as file:
-            return {name: file.get_tensor(name).float().numpy() for name in file.keys() if wanted(name)}
+        with safe_open(str(path), framework="np") as file:  # numpy: no torch import for a run report
+            return {name: file.get_tensor(name).astype(np.float32) for name in file.keys() if wanted(name)}
     except Exception:  # safetensors reports a bad header or truncation with several exception types
         raise ConfigError(
             f"snapshot tensors {path} are unreadable (truncated or not safetensors); delete them and rerun analyze"
