@@ -455,6 +455,7 @@ def runs_report(directories: list[Path], thresholds: dict[str, float]) -> tuple[
         facts=facts,
         sections=sections(runs, parameters, thresholds, directories),
         step_axis_toggle=True,
+        log_steps=False,  # the curves are validations at a fixed interval
     )
     return page, csv_rows(runs, parameters, thresholds)
 
