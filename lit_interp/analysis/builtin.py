@@ -36,7 +36,6 @@ from lit_interp.analysis.patterns import (
     attention_entropy,
     attention_pattern,
     bos_scores,
-    mean_attention_patterns,
     mean_attention_scores,
     previous_token_scores,
     repeated_sequence_scores,
@@ -69,19 +68,19 @@ REPEATED_SEQUENCES = 64
 
 
 def attention(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    model, cache = context.model, context.cache
-    patterns = mean_attention_patterns(cache, model.cfg.n_layers)
-    every_pattern = torch.stack(
-        [attention_pattern(cache, layer) for layer in range(model.cfg.n_layers)], dim=1
-    )  # batch layer head q k
-    entropy = torch.stack([attention_entropy(attention_pattern(cache, layer)) for layer in range(model.cfg.n_layers)])
-    scores = {"prev_token_score": previous_token_scores(patterns), "attention_entropy": entropy}
+    cache, n_layers = context.cache, context.model.cfg.n_layers
+    by_layer = [attention_pattern(cache, layer) for layer in range(n_layers)]  # [batch head q k] each
+    patterns = torch.stack([pattern.mean(0) for pattern in by_layer])
+    scores = {
+        "prev_token_score": previous_token_scores(patterns),
+        "attention_entropy": torch.stack([attention_entropy(pattern) for pattern in by_layer]),
+    }
     if context.has_bos:
         scores["bos_score"] = bos_scores(patterns)
     tensors = {
         "attention_patterns": patterns,
-        "attention_scores": mean_attention_scores(cache, model.cfg.n_layers),
-        "example_attention_patterns": every_pattern[:N_EXAMPLES],
+        "attention_scores": mean_attention_scores(cache, n_layers),
+        "example_attention_patterns": torch.stack([pattern[:N_EXAMPLES] for pattern in by_layer], dim=1),
     }
     if context.token_task:
         tensors["example_inputs"] = context.batch[:N_EXAMPLES].float()
