@@ -319,9 +319,10 @@ def step_lines(
     # The legend goes below the plot in as many columns as its longest name allows: never over the lines, never
     # scrolling (a right-hand legend of 26 hooks would scroll; one of 48 colours per head must be read in full).
     many = len(series) > 8
-    entry_width = 7 * max(len(name) for name in series) + 45
+    names = [*series, *(["probe loss (right axis)"] if loss is not None else [])]
+    entry_width = 7 * max(len(name) for name in names) + 45
     width = 1100 if many else 540
-    rows = -(-len(series) // max(1, (width - 80) // entry_width))
+    rows = -(-len(names) // max(1, (width - 80) // entry_width))
     legend = dict(orientation="h", x=0, y=-0.14 if many else -0.22, yanchor="top", entrywidth=entry_width)
     layout(figure, title=title, height=380 + 22 * rows, width=width)
     figure.update_layout(margin_b=60 + 22 * rows)
