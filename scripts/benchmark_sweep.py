@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -15,29 +17,36 @@ ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 
 
-def run(command: list[str], cwd: Path) -> float:
-    """Seconds the command took; its output is dropped, a failure stops the benchmark."""
-    started = time.perf_counter()
+def children_cpu() -> float:
+    """CPU seconds of every finished descendant process: what the work cost, whatever else the machine runs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(command: list[str], cwd: Path) -> tuple[float, float]:
+    """(wall, CPU) seconds the command took; its output is dropped, a failure stops the benchmark."""
+    started, cpu = time.perf_counter(), children_cpu()
     result = subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
     if result.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-2000:]}")
-    return time.perf_counter() - started
+    return time.perf_counter() - started, children_cpu() - cpu
 
 
-def sequential_fits(config: str, seeds: list[int], work: Path) -> float:
+def sequential_fits(config: str, seeds: list[int], work: Path) -> tuple[float, float]:
     """`fit` once per seed, one after another, each a fresh process: what a sweep replaces."""
-    total = 0.0
+    wall = cpu = 0.0
     for seed in seeds:
         seeded = [
             f"--seed_everything={seed}",
             f"--data.init_args.seed={seed}",
             f"--trainer.default_root_dir=fit_{seed}",
         ]
-        total += run([sys.executable, "-m", "lit_interp", "fit", "--config", config, *seeded, *QUIET], work)
-    return total
+        took = run([sys.executable, "-m", "lit_interp", "fit", "--config", config, *seeded, *QUIET], work)
+        wall, cpu = wall + took[0], cpu + took[1]
+    return wall, cpu
 
 
-def sweep(config: str, seeds: list[int], jobs: int, work: Path, name: str) -> float:
+def sweep(config: str, seeds: list[int], jobs: int, work: Path, name: str) -> tuple[float, float]:
     seed_list = ",".join(map(str, seeds))
     command = [sys.executable, "-m", "lit_interp", "sweep", name, "--config", config, "--seeds", seed_list]
     return run([*command, "--jobs", str(jobs), *QUIET[1:]], work)
@@ -51,7 +60,7 @@ def timing(args: argparse.Namespace) -> None:
         "sweep": lambda w: sweep(args.config, seeds, 1, w, "sweep"),
         "sweep --jobs 2": lambda w: sweep(args.config, seeds, 2, w, "sweep"),
     }
-    times: dict[str, list[float]] = {mode: [] for mode in modes}
+    times: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
     for repeat in range(args.repeats):
         for mode, measure in modes.items():
             work = Path(tempfile.mkdtemp(prefix="lit_interp_sweep_bench_"))
@@ -62,12 +71,15 @@ def timing(args: argparse.Namespace) -> None:
                     print(f"kept {work}")
                 else:
                     shutil.rmtree(work, ignore_errors=True)
-            print(f"repeat {repeat}: {mode}: {times[mode][-1]:.1f} s", flush=True)
-    base = min(times["sequential fits"])
-    print(f"\n{len(seeds)} seeds of {args.config}, best of {args.repeats}:")
-    print("| mode | wall time | / sequential fits |\n|---|---:|---:|")
+            wall, cpu = times[mode][-1]
+            print(f"repeat {repeat}: {mode}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    base_wall = min(wall for wall, _ in times["sequential fits"])
+    base_cpu = min(cpu for _, cpu in times["sequential fits"])
+    print(f"\n{len(seeds)} seeds of {args.config}, best of {args.repeats}, load average {os.getloadavg()[0]:.1f}:")
+    print("| mode | wall time | / sequential | CPU time | / sequential |\n|---|---:|---:|---:|---:|")
     for mode, values in times.items():
-        print(f"| {mode} | {min(values):.1f} s | {min(values) / base:.3f} |")
+        wall, cpu = min(w for w, _ in values), min(c for _, c in values)
+        print(f"| {mode} | {wall:.1f} s | {wall / base_wall:.3f} | {cpu:.1f} s | {cpu / base_cpu:.3f} |")
 
 
 def search(args: argparse.Namespace) -> None:
@@ -100,7 +112,7 @@ def search(args: argparse.Namespace) -> None:
         str(args.jobs),
         "--trainer.callbacks=[]",
     ]
-    elapsed = run(command, work)
+    elapsed, _ = run(command, work)
     rows = []
     for trial_dir in sorted((work / "search").glob("trial_*")):
         steps, values = runlogs.read_scalars(trial_dir / "lightning_logs" / "version_0").get("val/acc", ([], []))
