@@ -29,7 +29,7 @@ from lit_interp.report.html import Preformatted, Section, embed, render, table
 
 MAX_SIDE = 128  # circuits larger than this are shown as block means in the slider figures
 MAX_SLIDER_FRAMES = 200
-MAX_SLIDER_VALUES = 360_000  # shared by the slider figures of a page; beyond it, frames are thinned evenly
+MAX_SLIDER_VALUES = 300_000  # shared by the slider figures of a page; beyond it, frames are thinned evenly
 SLIDER_GROUPS = {
     "ov_circuit": ("Full OV circuits across training", "output", "source", "logit"),
     "qk_circuit": ("QK circuits across training", "key", "query", "score"),
@@ -284,7 +284,10 @@ def slider_sections(snapshots: list[Snapshot]) -> tuple[Section | None, list[Sec
     ]
     circuits = {group: circuit_frames(loaded, group) for group in SLIDER_GROUPS}
     circuits = {group: frames for group, frames in circuits.items() if frames}
-    budget = MAX_SLIDER_VALUES // max(1, bool(attention) + len(circuits))
+    # Attention first (the slider the report is for), up to half the budget; the circuits share what it leaves.
+    attention_values = sum(array.size for _, array in attention)
+    budget = MAX_SLIDER_VALUES // 2 if circuits else MAX_SLIDER_VALUES
+    circuit_budget = (MAX_SLIDER_VALUES - min(attention_values, budget)) // max(1, len(circuits))
     attention_section, sections = None, []
     if attention:
         titles = [
@@ -301,7 +304,7 @@ def slider_sections(snapshots: list[Snapshot]) -> tuple[Section | None, list[Sec
     for group, (frames, titles, shape, block) in circuits.items():
         heading, x_name, y_name, value_name = SLIDER_GROUPS[group]
         axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
-        figure = step_slider(frames, titles, None, axes, budget, value_name)
+        figure = step_slider(frames, titles, None, axes, circuit_budget, value_name)
         note = "Colour centred on 0 and fixed across steps." + (
             f" Shown as means over {block}x{block} blocks." if block > 1 else ""
         )
