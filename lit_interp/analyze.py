@@ -39,22 +39,56 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--probe_batch_size", type=int, default=256, help="sequences in the probe batch (default 256)")
     parser.add_argument("--probe_index", type=int, default=0, help="which probe batch; 0 is the one the training snapshots use")
     parser.add_argument("--device", default="cpu", help="torch device to analyse on (default cpu)")
+    parser.add_argument("--config", type=Path, help="with --ckpt_path: the run's config.yaml, to analyse a task defined outside lit_interp")
     parser.add_argument("--no_sweep_hooks", action="store_true", help="skip the per-hook mean-ablation sweep")
     return parser.parse_args(argv)
 
 
-def import_class(name: str, base: type, what: str, path: Path) -> type:
-    """The class a checkpoint names; only lit_interp's own modules are imported, never arbitrary code."""
-    if not re.fullmatch(r"lit_interp(\.\w+)+", name or ""):
-        raise ConfigError(f"checkpoint {path} names {what} class {name!r}, which is not a lit_interp class; pass a checkpoint from a lit_interp run")
+def import_class(name: str, base: type, what: str, path: Path, trusted: tuple[str, ...] = ()) -> type:
+    """The class a checkpoint names, imported only from a trusted module (lit_interp, a package registered under
+    the `lit_interp.tasks` entry point, or a class named in the `--config` the user passed): a checkpoint never
+    makes lit_interp import arbitrary code."""
+    from lit_interp.checkpoints import is_trusted_class
+
+    if not re.fullmatch(r"\w+(\.\w+)+", name or "") or not is_trusted_class(name, trusted):
+        raise ConfigError(
+            f"checkpoint {path} names {what} class {name!r}, which is neither lit_interp's nor registered; pass the run's config "
+            "with --config (e.g. lightning_logs/version_0/config.yaml) or register the package under the lit_interp.tasks entry point"
+        )
     module_name, _, class_name = name.rpartition(".")
     try:
         found = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
-        raise ConfigError(f"checkpoint {path} names {what} class {name}, which this lit_interp does not have; analyse it with the lit_interp version that trained it") from None
+        raise ConfigError(f"checkpoint {path} names {what} class {name}, which cannot be imported here; install the package that defines it") from None
     if not (isinstance(found, type) and issubclass(found, base)):
         raise ConfigError(f"checkpoint {path} names {name} as its {what}, which is not a {base.__name__}; pass a checkpoint from a lit_interp run")
     return found
+
+
+def check_device(device: str) -> str:
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device {device!r} is not a torch device; use cpu or cuda") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} but this machine has no CUDA device; use --device cpu")
+    return device
+
+
+def config_classes(config: Path | None) -> tuple[str, ...]:
+    """The model and data class paths a user's config names: classes the user chose to trust."""
+    if config is None:
+        return ()
+    import yaml
+
+    try:
+        values = yaml.safe_load(config.read_text()) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"--config {config} cannot be read as YAML ({type(error).__name__}); pass the run's config.yaml") from None
+    names = [values.get(key, {}).get("class_path") if isinstance(values.get(key), dict) else None for key in ("model", "data")]
+    return tuple(name for name in names if isinstance(name, str))
 
 
 def init_args(hyper_parameters: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +109,7 @@ def datamodule_class_name(checkpoint: dict[str, Any], module_class: type) -> str
     return None
 
 
-def rebuild(checkpoint: dict[str, Any], path: Path):
+def rebuild(checkpoint: dict[str, Any], path: Path, trusted: tuple[str, ...] = ()):
     """(module with the checkpoint's weights, datamodule), both built from the checkpoint's hyperparameters."""
     from lit_interp import checkpoints
     from lit_interp.tasks.base import SyntheticDataModule, TaskModule
@@ -83,11 +117,11 @@ def rebuild(checkpoint: dict[str, Any], path: Path):
     name = checkpoints.checkpoint_module_class(checkpoint)
     if name is None or "hyper_parameters" not in checkpoint:
         raise ConfigError(f"checkpoint {path} was not written by lit_interp (no module class or hyperparameters); pass a checkpoint from a lit_interp run")
-    module_class = import_class(name, TaskModule, "module", path)
+    module_class = import_class(name, TaskModule, "module", path, trusted)
     data_name = datamodule_class_name(checkpoint, module_class)
     if data_name is None or "datamodule_hyper_parameters" not in checkpoint:
         raise ConfigError(f"checkpoint {path} does not record its datamodule; pass a checkpoint written by lit_interp fit")
-    datamodule_class = import_class(data_name, SyntheticDataModule, "datamodule", path)
+    datamodule_class = import_class(data_name, SyntheticDataModule, "datamodule", path, trusted)
     try:
         module = module_class(**init_args(checkpoint["hyper_parameters"]))
         datamodule = datamodule_class(**init_args(checkpoint["datamodule_hyper_parameters"]))
@@ -120,8 +154,8 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     out = output_dir(args.out, path.parent / f"analysis_{path.stem}", args.overwrite)
     checkpoint = checkpoints.load_checkpoint(path)
     checkpoints.validate_schema(checkpoint, path)
-    module, datamodule = rebuild(checkpoint, path)
-    module.to(args.device)
+    module, datamodule = rebuild(checkpoint, path, config_classes(args.config))
+    module.to(check_device(args.device))
     step = int(checkpoint.get("global_step", 0))
     summary, tensors = run_analysis(module, datamodule, step, args.probe_batch_size, args.probe_index, sweep_hooks=not args.no_sweep_hooks)
     summary["checkpoint"] = str(path)

@@ -103,6 +103,15 @@ class CheckpointWriteError(ConfigError):
     """A checkpoint could not be written (disk full, permissions); nothing partial is left behind."""
 
 
+def is_trusted_class(name: str, trusted: tuple[str, ...] = ()) -> bool:
+    """lit_interp's own classes, those of packages registered under the `lit_interp.tasks` entry point
+    (`[options.entry_points] lit_interp.tasks = my_tasks = my_tasks`), and the names in `trusted`."""
+    from importlib.metadata import entry_points
+
+    prefixes = ["lit_interp", *(entry.value.split(":")[0] for entry in entry_points(group="lit_interp.tasks"))]
+    return name in trusted or any(name.startswith(prefix + ".") for prefix in prefixes)
+
+
 def safe_globals() -> list:
     """The non-tensor types a Lightning checkpoint holds, allowed through `weights_only=True`."""
     import collections

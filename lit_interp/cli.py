@@ -108,6 +108,10 @@ def build_cli_class():
             checkpoints.validate_schema(checkpoint, path)
             found = checkpoints.checkpoint_module_class(checkpoint)
             if subcommand != "fit" and not self._task_given:
+                for name in (found, checkpoint.get("datamodule_hyper_parameters", {}).get("_class_path")):
+                    if name and not checkpoints.is_trusted_class(name):
+                        raise ConfigError(f"checkpoint {path} names the class {name}, which is neither lit_interp's nor registered; "
+                                          "pass the run's config with --config, or register its package under the lit_interp.tasks entry point")
                 self.config = self.parser.parse_object({subcommand: task_config_of(checkpoint)}, self.config)
                 config = self.config[subcommand]
             if found != config.model.class_path:
@@ -424,8 +428,10 @@ def main(args: list[str] | None = None) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         if isinstance(exit_, SIGTERMException):
+            from lit_interp.guards import INTERRUPTED_BY
+
             print("lit_interp: interrupted; a resumable last.ckpt was written: continue with --ckpt_path last", file=sys.stderr)
-            sys.exit(128 + signal.SIGTERM)
+            sys.exit(128 + (INTERRUPTED_BY["signal"] or signal.SIGTERM))
         raise
 
 

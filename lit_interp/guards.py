@@ -62,6 +62,10 @@ class FiniteLossGuard(Callback):
         )
 
 
+# Which signal asked the run to stop, so the CLI exits with the shell's code for it (130 for Ctrl-C).
+INTERRUPTED_BY: dict[str, int | None] = {"signal": None}
+
+
 class GracefulInterrupt(Callback):
     """The first Ctrl-C asks for what SIGTERM asks: Lightning finishes the current step and raises its
     SIGTERMException, and StepCheckpoint writes a resumable last.ckpt. A second Ctrl-C interrupts at once."""
@@ -72,6 +76,7 @@ class GracefulInterrupt(Callback):
         self._previous = signal.getsignal(signal.SIGINT)
 
         def first_interrupt(signum, frame) -> None:
+            INTERRUPTED_BY["signal"] = signal.SIGINT
             signal.signal(signal.SIGINT, signal.default_int_handler)
             os.kill(os.getpid(), signal.SIGTERM)
 
