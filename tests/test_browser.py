@@ -61,14 +61,16 @@ def reports(tmp_path_factory) -> dict[str, Path]:
         file.write_text(json.dumps(summary))
     main(["analyze", "--run", str(run), "--out", str(root / "run")])
     main(["analyze", "--run", str(hostile), "--out", str(root / "hostile_report")])
+    checkpoint = str(run / "checkpoints/last.ckpt")
     main(
         [
             "analyze",
             "--ckpt_path",
-            str(run / "checkpoints/last.ckpt"),
+            checkpoint,
             "--out",
             str(root / "checkpoint"),
             "--probe_batch_size=16",
+            "--no_sweep_hooks",
         ]
     )
     # Shapes the tiny run lacks: circuits downsampled into labelled blocks, many heads, a 3-D tensor.
