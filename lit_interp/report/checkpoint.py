@@ -106,7 +106,7 @@ PATTERNS = {
 
 
 def checkpoint_report(summary: dict[str, Any], tensors: dict[str, torch.Tensor], title: str) -> str:
-    """The page: head table, ablations, hook sweep, attention (mean, per example), circuits, composition, the rest."""
+    """The page: head table, attention (mean, per example), circuits, ablations, attribution, patching, the rest."""
     arrays = {name: tensor.detach().float().cpu().numpy() for name, tensor in tensors.items()}
     labels = list(summary.get("heads", {}))
     used: set[str] = {"example_inputs"}
