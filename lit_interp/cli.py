@@ -81,8 +81,9 @@ def build_cli_class():
                 # The same callbacks the digits config turns on (see configs/prev_token_digits.yaml).
                 "trainer.callbacks": [{"class_path": "lit_interp.callbacks.TrainingDynamics"},
                                       {"class_path": "lit_interp.callbacks.AnalysisSnapshots",
-                                       "init_args": {"probe_batch_size": 64, "log_spaced": 20, "every_n_train_steps": 0,
-                                                     "expensive_every_n_snapshots": 4}}],
+                                       "init_args": {"probe_batch_size": 64, "log_spaced": 12, "every_n_train_steps": 0,
+                                                     "sweep_every_n_snapshots": 12, "expensive_every_n_snapshots": 6,
+                                                     "images_every_n_snapshots": 4}}],
                 "checkpoint.filename": "step_{step:07d}",
                 "checkpoint.auto_insert_metric_name": False,
                 "checkpoint.every_n_train_steps": 50,
@@ -226,7 +227,9 @@ def place_loggers(trainer_config, run_dir: Path, checkpoint: dict | None) -> Non
             init_args.version = run_dir.name
             if name == "TensorBoardLogger" and checkpoint is not None:
                 init_args.purge_step = int(checkpoint.get("global_step", 0))
-        elif name in resumed and name == "MLFlowLogger":
+        elif init_args.get("save_dir") == "":  # inherited from the default logger: this logger's own default place
+            init_args.save_dir = str(run_dir.parents[1] / ("mlruns" if name == "MLFlowLogger" else ""))
+        if name in resumed and name == "MLFlowLogger":
             init_args.run_id = resumed[name]
         elif name in resumed and name == "WandbLogger":
             init_args.id = resumed[name]
@@ -344,19 +347,24 @@ def argument_error_message(text: str) -> str:
     """The innermost key and reason of a jsonargparse error, e.g. `model.init_args.lr: expected a float, got 'abc'`."""
     keys = re.findall(r'Parser key "([^"]+)"', text)
     where = ".".join(keys[:1] + [f"init_args.{k}" for k in keys[1:]]) if len(keys) > 1 else (keys[0] if keys else "")
+    prefix = f"{where}: " if where else ""
+    listed = [line.strip()[2:].strip() for line in text.splitlines() if line.strip().startswith("- ")]
+    reasons = [line for line in listed if not line.startswith(("Expected a <class", "Problem with given class_path"))]
+    if reasons:  # a class that failed for a reason of its own (e.g. a logger's setup): that reason
+        return prefix + reasons[0].split(". ")[0].rstrip(".")
     expected = re.findall(r"Expected a <class '(\w+)'>", text)
     got = re.search(r"Got value: (.+)|Given value: (.+)", text)
     value = (got.group(1) or got.group(2)).strip() if got else None
     expected = [name for name in dict.fromkeys(expected) if name != "NoneType"]
     if expected:
-        return f"{where}: expected {' or '.join(f'a {name}' if name[0] not in 'aeiou' else f'an {name}' for name in expected)}, got {value!r}"
+        return f"{prefix}expected {' or '.join(f'a {name}' if name[0] not in 'aeiou' else f'an {name}' for name in expected)}, got {value!r}"
     problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
     if problem:
-        return f"{where}: {problem.group(2).strip()} (class_path {problem.group(1)}); check the name against --print_config"
+        return f"{prefix}{problem.group(2).strip()} (class_path {problem.group(1)}); check the name against --print_config"
     text = re.sub(r'Parser key "[^"]+":\s*', "", text)
     noise = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Parser key")
     lines = [line.strip(" -") for line in text.splitlines() if line.strip(" -") and not line.strip(" -").startswith(noise)]
-    return (f"{where}: " if where else "") + (lines[0] if lines else text.strip().splitlines()[0])
+    return prefix + (lines[0] if lines else text.strip().splitlines()[0])
 
 
 def reject_linked_model_values(argv: list[str]) -> None:

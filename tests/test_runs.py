@@ -85,13 +85,24 @@ def test_csv_and_tensorboard_loggers_both_receive_the_analysis():
     assert 0 < entropy < torch.log(torch.tensor(10.0)).item()  # between one key and uniform over ten
 
 
-def test_mlflow_file_store_receives_the_analysis(tmp_path):
+def test_mlflow_file_store_receives_the_analysis(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="MLflow is an optional extra: pip install -e .[mlflow]")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind this switch
     store = tmp_path / "mlruns"
     logger = f'{{"class_path": "lightning.pytorch.loggers.MLFlowLogger", "init_args": {{"tracking_uri": "file:{store}"}}}}'
     tiny_fit("bos_ints_attn_only", "--trainer.max_steps=2", f"--trainer.logger={logger}", "--trainer.callbacks.init_args.probe_batch_size=16")
     metric_files = {p.name for p in store.rglob("metrics/*")} | {p.parent.name + "/" + p.name for p in store.rglob("metrics/*/*")}
     assert any("prev_token_score" in name for name in metric_files), sorted(metric_files)[:20]
+
+
+def test_wandb_offline_receives_the_analysis(tmp_path, monkeypatch):
+    wandb = pytest.importorskip("wandb", reason="Weights & Biases is an optional extra: pip install -e .[wandb]")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    logger = f'{{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {{"save_dir": "{tmp_path}", "offline": true}}}}'
+    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=2", f"--trainer.logger={logger}", "--trainer.callbacks.init_args.probe_batch_size=16")
+    wandb.finish()  # the offline run's file is complete once the run is finished
+    history = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*.wandb"))
+    assert "analysis/prev_token_score/L1H0" in history
 
 
 def test_analysis_failure_is_logged_and_training_goes_on(monkeypatch):
