@@ -36,7 +36,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--threshold", action="append", default=[], help="with --runs: SCORE=VALUE, e.g. prev_token_score=0.7")
     parser.add_argument("--out", type=Path, help="output directory (must be empty or absent unless --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files")
-    parser.add_argument("--probe_batch_size", type=int, default=256, help="sequences in the probe batch (default 256)")
+    parser.add_argument("--probe_batch_size", type=int, help="sequences in the probe batch (default: the run's snapshots' size, else 256)")
     parser.add_argument("--probe_index", type=int, default=0, help="which probe batch; 0 is the one the training snapshots use")
     parser.add_argument("--device", default="cpu", help="torch device to analyse on (default cpu)")
     parser.add_argument("--config", type=Path, help="with --ckpt_path: the run's config.yaml, to analyse a task defined outside lit_interp")
@@ -63,6 +63,15 @@ def import_class(name: str, base: type, what: str, path: Path, trusted: tuple[st
     if not (isinstance(found, type) and issubclass(found, base)):
         raise ConfigError(f"checkpoint {path} names {name} as its {what}, which is not a {base.__name__}; pass a checkpoint from a lit_interp run")
     return found
+
+
+def snapshot_probe_size(checkpoint: dict[str, Any]) -> int | None:
+    """The probe batch size of the run's AnalysisSnapshots, so analyze reproduces its snapshots by default."""
+    for name, state in (checkpoint.get("callbacks") or {}).items():
+        size = state.get("probe_batch_size") if isinstance(state, dict) and str(name).startswith("AnalysisSnapshots") else None
+        if isinstance(size, int) and size >= 1:
+            return size
+    return None
 
 
 def check_device(device: str) -> str:
@@ -148,7 +157,7 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     from lit_interp.analysis.snapshot import run_analysis
     from lit_interp.report import checkpoint_report
 
-    if args.probe_batch_size < 1:
+    if args.probe_batch_size is not None and args.probe_batch_size < 1:
         raise ConfigError(f"--probe_batch_size={args.probe_batch_size} must be >= 1")
     path = args.ckpt_path
     out = output_dir(args.out, path.parent / f"analysis_{path.stem}", args.overwrite)
@@ -157,7 +166,8 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     module, datamodule = rebuild(checkpoint, path, config_classes(args.config))
     module.to(check_device(args.device))
     step = int(checkpoint.get("global_step", 0))
-    summary, tensors = run_analysis(module, datamodule, step, args.probe_batch_size, args.probe_index, sweep_hooks=not args.no_sweep_hooks)
+    probe_batch_size = args.probe_batch_size or snapshot_probe_size(checkpoint) or 256
+    summary, tensors = run_analysis(module, datamodule, step, probe_batch_size, args.probe_index, sweep_hooks=not args.no_sweep_hooks)
     summary["checkpoint"] = str(path)
     page = checkpoint_report(summary, tensors, f"lit_interp analysis of {path.name}")
     out.mkdir(parents=True, exist_ok=True)  # everything is computed before anything is written

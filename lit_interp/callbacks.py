@@ -203,6 +203,9 @@ class AnalysisSnapshots(Callback):
         images = self.log_images and self.is_kth(trainer, self.images_every_n_snapshots, final)
         logging_utils.log_analysis(trainer.loggers, summary, tensors if images else {}, step)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"probe_batch_size": self.probe_batch_size}  # analyze's default, so it reproduces the snapshots
+
     def _record_error(self, trainer: pl.Trainer, step: int, error: Exception) -> None:
         if not trainer.is_global_zero:
             return

@@ -73,8 +73,8 @@ def test_trajectory_report(run, tmp_path, capsys):
     code, _ = analyze(["--run", str(run), "--out", str(out)], capsys)
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["report.html", "trajectory.json"]
     data = json.loads((out / "trajectory.json").read_text())
-    assert data["steps"] == [3, 6] and len(data["loss"]) == 2
-    assert len(data["heads"]["prev_token_score"]["L1H0"]) == 2 and "hook_embed" in data["hooks"]
+    assert data["steps"] == [1, 2, 3, 4, 5, 6] and len(data["loss"]) == 6  # the config's log-spaced snapshots
+    assert len(data["heads"]["prev_token_score"]["L1H0"]) == 6 and "hook_embed" in data["hooks"]
     assert (out / "report.html").read_text().count('class="figure-spec"') >= 10
 
 
@@ -113,7 +113,7 @@ def bad_checkpoints(tmp_path: Path, run: Path) -> dict[str, tuple[Path, str]]:
         "truncated": (tmp_path / "truncated.ckpt", "truncated"),
         "not torch": (tmp_path / "notes.ckpt", ""),  # torch reads text as a legacy pickle: refused either way
         "foreign": (tmp_path / "foreign.ckpt", "not written by lit_interp"),
-        "names os.system": (tmp_path / "named_os.ckpt", "not a lit_interp class"),
+        "names os.system": (tmp_path / "named_os.ckpt", "neither lit_interp's nor registered"),
         "malicious": (tmp_path / "malicious.ckpt", "refused"),
     }
 
@@ -141,7 +141,7 @@ def test_other_user_errors(run, tmp_path, capsys):
         "no snapshots": (["--run", str(empty_run)], "has no snapshots"),
         "run is not a dir": (["--run", str(tmp_path / "nope")], "is not a directory"),
         "non-empty out": (["--run", str(run), "--out", str(occupied)], "--overwrite"),
-        "no source": ([], "one of the arguments --ckpt_path --run is required"),
+        "no source": ([], "one of the arguments --ckpt_path --run --runs is required"),
         "both sources": (["--run", str(run), "--ckpt_path", "x.ckpt"], "not allowed with"),
     }
     for case, (args, expected) in cases.items():
