@@ -96,12 +96,21 @@ class AnalysisSnapshots(Callback):
         images_every_n_snapshots: int = 1,
     ):
         super().__init__()
-        require(every_n_train_steps is None or every_n_train_steps >= 0,
-                f"every_n_train_steps={every_n_train_steps} must be >= 0; 0 for no fixed cadence, null to follow the checkpoints")
-        require(log_spaced >= 0, f"log_spaced={log_spaced} must be >= 0; e.g. 20 snapshots geometrically spaced over the run")
+        require(
+            every_n_train_steps is None or every_n_train_steps >= 0,
+            f"every_n_train_steps={every_n_train_steps} must be >= 0; 0 for no fixed cadence, null to follow "
+            "the checkpoints",
+        )
+        require(
+            log_spaced >= 0,
+            f"log_spaced={log_spaced} must be >= 0; e.g. 20 snapshots geometrically spaced over the run",
+        )
         require(probe_batch_size >= 1, f"probe_batch_size={probe_batch_size} must be >= 1")
-        for name, value in {"sweep_every_n_snapshots": sweep_every_n_snapshots, "images_every_n_snapshots": images_every_n_snapshots,
-                            "expensive_every_n_snapshots": expensive_every_n_snapshots}.items():
+        for name, value in {
+            "sweep_every_n_snapshots": sweep_every_n_snapshots,
+            "images_every_n_snapshots": images_every_n_snapshots,
+            "expensive_every_n_snapshots": expensive_every_n_snapshots,
+        }.items():
             require(value >= 1, f"{name}={value} must be >= 1; 1 runs it at every snapshot")
         self.every_n_train_steps = every_n_train_steps
         self.log_spaced = log_spaced
@@ -119,7 +128,11 @@ class AnalysisSnapshots(Callback):
         """Our own every_n_train_steps, else that of the trainer's step-based ModelCheckpoint."""
         if self.every_n_train_steps is not None:
             return self.every_n_train_steps or None
-        steps = [c._every_n_train_steps for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c._every_n_train_steps >= 1]
+        steps = [
+            c._every_n_train_steps
+            for c in trainer.checkpoint_callbacks
+            if isinstance(c, ModelCheckpoint) and c._every_n_train_steps >= 1
+        ]
         return min(steps) if steps else None
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -150,7 +163,9 @@ class AnalysisSnapshots(Callback):
         if step > 0 and trainer.is_global_zero and snapshot_path(self.run_dir, step, ".json").exists():
             self._relog(trainer, step, final=False)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         # Runs before ModelCheckpoint's hook (Lightning orders checkpoint callbacks last), on the
         # same weights that checkpoint then saves.
         if self.is_scheduled(trainer, trainer.global_step) and not trainer.fit_loop._should_accumulate():
@@ -175,8 +190,15 @@ class AnalysisSnapshots(Callback):
         expensive = self.is_kth(trainer, self.expensive_every_n_snapshots, final)
         sweep = self.sweep_hooks and self.is_kth(trainer, self.sweep_every_n_snapshots, final)
         try:
-            summary, tensors = analysis.run_analysis(pl_module, trainer.datamodule, step, probe_batch_size=self.probe_batch_size,
-                                                     probe_index=0, sweep_hooks=sweep, expensive=expensive)
+            summary, tensors = analysis.run_analysis(
+                pl_module,
+                trainer.datamodule,
+                step,
+                probe_batch_size=self.probe_batch_size,
+                probe_index=0,
+                sweep_hooks=sweep,
+                expensive=expensive,
+            )
             if trainer.is_global_zero:
                 write_snapshot(self.run_dir, step, summary, tensors)
                 self._log(trainer, summary, tensors, step, final)
@@ -198,7 +220,9 @@ class AnalysisSnapshots(Callback):
         except Exception as error:
             self._record_error(trainer, step, error)
 
-    def _log(self, trainer: pl.Trainer, summary: dict, tensors: dict[str, torch.Tensor], step: int, final: bool) -> None:
+    def _log(
+        self, trainer: pl.Trainer, summary: dict, tensors: dict[str, torch.Tensor], step: int, final: bool
+    ) -> None:
         self._logged.add(step)
         images = self.log_images and self.is_kth(trainer, self.images_every_n_snapshots, final)
         logging_utils.log_analysis(trainer.loggers, summary, tensors if images else {}, step)
@@ -218,7 +242,9 @@ class AnalysisSnapshots(Callback):
             pass
         if not self._warned:
             self._warned = True
-            rank_zero_warn(f"analysis failed at step {step} ({type(error).__name__}: {error}); training goes on, details in {log}")
+            rank_zero_warn(
+                f"analysis failed at step {step} ({type(error).__name__}: {error}); training goes on, details in {log}"
+            )
 
 
 def _parameter_group(name: str) -> str:
@@ -237,7 +263,10 @@ class TrainingDynamics(Callback):
 
     def __init__(self, log_every_n_steps: int | None = None):
         super().__init__()
-        require(log_every_n_steps is None or log_every_n_steps >= 1, f"log_every_n_steps={log_every_n_steps} must be >= 1 or null")
+        require(
+            log_every_n_steps is None or log_every_n_steps >= 1,
+            f"log_every_n_steps={log_every_n_steps} must be >= 1 or null",
+        )
         self.log_every_n_steps = log_every_n_steps
         self.initial: dict[str, torch.Tensor] = {}
         self._metrics: dict[str, float] = {}
@@ -251,9 +280,13 @@ class TrainingDynamics(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.initial:  # a resumed run brings its initial weights from the checkpoint
-            self.initial = {name: p.detach().to("cpu", copy=True) for name, p in pl_module.named_parameters() if p.requires_grad}
+            self.initial = {
+                name: p.detach().to("cpu", copy=True) for name, p in pl_module.named_parameters() if p.requires_grad
+            }
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         if not self._due(trainer) or not hasattr(pl_module, "model"):
             return
         self._metrics = {}
@@ -283,7 +316,9 @@ class TrainingDynamics(Callback):
                 squares[group] = squares.get(group, 0) + parameter.grad.detach().float().pow(2).sum()
         self._metrics |= {f"dynamics/grad_norm/{group}": float(total.sqrt()) for group, total in squares.items()}
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not self._metrics:
             return
         norms: dict[str, torch.Tensor] = {}
@@ -293,7 +328,9 @@ class TrainingDynamics(Callback):
                 group = _parameter_group(name)
                 weights = parameter.detach().float()
                 norms[group] = norms.get(group, 0) + weights.pow(2).sum()
-                distances[group] = distances.get(group, 0) + (weights - self.initial[name].to(weights.device)).pow(2).sum()
+                distances[group] = (
+                    distances.get(group, 0) + (weights - self.initial[name].to(weights.device)).pow(2).sum()
+                )
         metrics = self._metrics | {f"dynamics/param_norm/{g}": float(v.sqrt()) for g, v in norms.items()}
         metrics |= {f"dynamics/distance_from_init/{g}": float(v.sqrt()) for g, v in distances.items()}
         self._metrics = {}

@@ -30,7 +30,9 @@ class StepCheckpoint(ModelCheckpoint):
 
     def _validates_now(self, trainer, batch_idx: int) -> bool:
         interval = trainer.val_check_batch
-        return bool(trainer.enable_validation and isinstance(interval, int) and interval > 0 and (batch_idx + 1) % interval == 0)
+        return bool(
+            trainer.enable_validation and isinstance(interval, int) and interval > 0 and (batch_idx + 1) % interval == 0
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = self._every_n_train_steps
@@ -128,16 +130,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist; pass an existing .ckpt file (see lightning_logs/version_*/checkpoints/)")
+        raise ConfigError(
+            f"checkpoint {path} does not exist; pass an existing .ckpt file (see lightning_logs/version_*/checkpoints/)"
+        )
     try:
         with torch.serialization.safe_globals(safe_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        raise ConfigError(f"checkpoint {path} was refused: it holds objects that are not plain data ({_first_sentence(error)})") from None
+        raise ConfigError(
+            f"checkpoint {path} was refused: it holds objects that are not plain data ({_first_sentence(error)})"
+        ) from None
     except Exception:  # torch reports truncation and foreign files with many exception types
-        raise ConfigError(f"checkpoint {path} is not a complete PyTorch checkpoint (truncated, or another kind of file); pass a .ckpt written by lit_interp") from None
+        raise ConfigError(
+            f"checkpoint {path} is not a complete PyTorch checkpoint (truncated, or another kind of file); pass "
+            "a .ckpt written by lit_interp"
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by lit_interp")
+        raise ConfigError(
+            f"checkpoint {path} is not a Lightning checkpoint (no state_dict); pass a .ckpt written by lit_interp"
+        )
     return checkpoint
 
 
@@ -157,17 +168,24 @@ def check_compatible(checkpoint: dict[str, Any], path: str | Path, module) -> No
     if found is None:
         raise ConfigError(f"checkpoint {path} was not written by lit_interp; pass a checkpoint from a lit_interp run")
     if found != expected:
-        raise ConfigError(f"checkpoint {path} is of task {found}, but the config trains {expected}; use that task's config or another checkpoint")
+        raise ConfigError(
+            f"checkpoint {path} is of task {found}, but the config trains {expected}; use that task's config or "
+            "another checkpoint"
+        )
     own = module.state_dict()
     for name, tensor in checkpoint["state_dict"].items():
         if name in own and tuple(own[name].shape) != tuple(tensor.shape):
             raise ConfigError(
-                f"checkpoint {path} has {name} of shape {tuple(tensor.shape)} but the config builds {tuple(own[name].shape)}; "
+                f"checkpoint {path} has {name} of shape {tuple(tensor.shape)} but the config builds "
+                f"{tuple(own[name].shape)}; "
                 "use the config the checkpoint was trained with"
             )
     missing = sorted(set(own) - set(checkpoint["state_dict"]))
     if missing:
-        raise ConfigError(f"checkpoint {path} lacks {missing[0]} (and {len(missing) - 1} more); use the config the checkpoint was trained with")
+        raise ConfigError(
+            f"checkpoint {path} lacks {missing[0]} (and {len(missing) - 1} more); use the config the checkpoint "
+            "was trained with"
+        )
 
 
 def version_of(path: Path, root: Path) -> int | None:
@@ -203,20 +221,30 @@ def validate_schema(checkpoint: dict[str, Any], path: str | Path) -> None:
     """Refuse a checkpoint whose lit_interp fields are malformed, or whose declared model is too large to build."""
     meta = checkpoint.get("lit_interp")
     if not isinstance(meta, dict) or not isinstance(meta.get("module_class"), str):
-        raise ConfigError(f"checkpoint {path} was not written by lit_interp (no lit_interp.module_class); pass a checkpoint from a lit_interp run")
+        raise ConfigError(
+            f"checkpoint {path} was not written by lit_interp (no lit_interp.module_class); pass a checkpoint "
+            "from a lit_interp run"
+        )
     for field in ("hyper_parameters", "datamodule_hyper_parameters", "state_dict"):
         if field in checkpoint and not isinstance(checkpoint[field], dict):
-            raise ConfigError(f"checkpoint {path} has a malformed {field} ({type(checkpoint[field]).__name__}, not a mapping); pass a checkpoint from a lit_interp run")
+            raise ConfigError(
+                f"checkpoint {path} has a malformed {field} ({type(checkpoint[field]).__name__}, not a "
+                "mapping); pass a checkpoint from a lit_interp run"
+            )
     for field in ("hyper_parameters", "datamodule_hyper_parameters"):
         for key in SIZE_KEYS:
             value = checkpoint.get(field, {}).get(key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 2**24):
-                raise ConfigError(f"checkpoint {path} declares {key}={value!r}, not a size between 0 and {2**24}; pass a checkpoint from a lit_interp run")
+                raise ConfigError(
+                    f"checkpoint {path} declares {key}={value!r}, not a size between 0 and {2**24}; pass a "
+                    "checkpoint from a lit_interp run"
+                )
     hparams = {**checkpoint.get("datamodule_hyper_parameters", {}), **checkpoint.get("hyper_parameters", {})}
     needed = 4 * declared_parameters(hparams)
     if needed > _memory_bytes() // 2:
         raise ConfigError(
-            f"checkpoint {path} declares a model of about {needed / 2**30:.3g} GiB, more than half this machine's memory "
+            f"checkpoint {path} declares a model of about {needed / 2**30:.3g} GiB, more than half this "
+            "machine's memory "
             f"({_memory_bytes() / 2**30:.3g} GiB); analyse it on a larger machine"
         )
 
@@ -226,6 +254,8 @@ def check_same_world_size(checkpoint: dict[str, Any], path: str | Path, world_si
     trained = checkpoint.get("lit_interp", {}).get("world_size", 1)
     if trained != world_size:
         raise ConfigError(
-            f"checkpoint {path} was trained on {trained} process(es) and this run has {world_size}: the global batch and the "
-            f"per-rank data streams would change; resume with --trainer.devices={trained} (and the same strategy and num_nodes)"
+            f"checkpoint {path} was trained on {trained} process(es) and this run has {world_size}: the global "
+            "batch and the "
+            f"per-rank data streams would change; resume with --trainer.devices={trained} (and the same "
+            "strategy and num_nodes)"
         )

@@ -67,30 +67,43 @@ def build_cli_class():
 
         @staticmethod
         def subcommands() -> dict[str, set[str]]:
-            return {"fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
-                    "validate": {"model", "dataloaders", "datamodule"},
-                    "test": {"model", "dataloaders", "datamodule"}}
+            return {
+                "fit": {"model", "train_dataloaders", "val_dataloaders", "datamodule"},
+                "validate": {"model", "dataloaders", "datamodule"},
+                "test": {"model", "dataloaders", "datamodule"},
+            }
 
         def add_arguments_to_parser(self, parser) -> None:
             for name in LINKED:
                 parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
             parser.add_lightning_class_args(checkpoints.StepCheckpoint, "checkpoint")
-            parser.set_defaults({
-                "model": {"class_path": DEFAULT_MODEL},
-                "data": {"class_path": DEFAULT_DATA},
-                # The same callbacks the digits config turns on (see configs/prev_token_digits.yaml).
-                "trainer.callbacks": [{"class_path": "lit_interp.callbacks.TrainingDynamics"},
-                                      {"class_path": "lit_interp.callbacks.AnalysisSnapshots",
-                                       "init_args": {"probe_batch_size": 64, "log_spaced": 12, "every_n_train_steps": 0,
-                                                     "sweep_every_n_snapshots": 12, "expensive_every_n_snapshots": 6,
-                                                     "images_every_n_snapshots": 4}}],
-                "checkpoint.filename": "step_{step:07d}",
-                "checkpoint.auto_insert_metric_name": False,
-                "checkpoint.every_n_train_steps": 50,
-                "checkpoint.save_top_k": -1,
-                "checkpoint.save_last": True,
-                "checkpoint.enable_version_counter": False,  # a resumed run refreshes its own last.ckpt
-            })
+            parser.set_defaults(
+                {
+                    "model": {"class_path": DEFAULT_MODEL},
+                    "data": {"class_path": DEFAULT_DATA},
+                    # The same callbacks the digits config turns on (see configs/prev_token_digits.yaml).
+                    "trainer.callbacks": [
+                        {"class_path": "lit_interp.callbacks.TrainingDynamics"},
+                        {
+                            "class_path": "lit_interp.callbacks.AnalysisSnapshots",
+                            "init_args": {
+                                "probe_batch_size": 64,
+                                "log_spaced": 12,
+                                "every_n_train_steps": 0,
+                                "sweep_every_n_snapshots": 12,
+                                "expensive_every_n_snapshots": 6,
+                                "images_every_n_snapshots": 4,
+                            },
+                        },
+                    ],
+                    "checkpoint.filename": "step_{step:07d}",
+                    "checkpoint.auto_insert_metric_name": False,
+                    "checkpoint.every_n_train_steps": 50,
+                    "checkpoint.save_top_k": -1,
+                    "checkpoint.save_last": True,
+                    "checkpoint.enable_version_counter": False,  # a resumed run refreshes its own last.ckpt
+                }
+            )
 
         def _parse_ckpt_path(self) -> None:
             """Resolve `--ckpt_path` (`last` or a file) before anything is built or written."""
@@ -111,12 +124,18 @@ def build_cli_class():
             if subcommand != "fit" and not self._task_given:
                 for name in (found, checkpoint.get("datamodule_hyper_parameters", {}).get("_class_path")):
                     if name and not checkpoints.is_trusted_class(name):
-                        raise ConfigError(f"checkpoint {path} names the class {name}, which is neither lit_interp's nor registered; "
-                                          "pass the run's config with --config, or register its package under the lit_interp.tasks entry point")
+                        raise ConfigError(
+                            f"checkpoint {path} names the class {name}, which is neither lit_interp's nor registered; "
+                            "pass the run's config with --config, or register its package under the "
+                            "lit_interp.tasks entry point"
+                        )
                 self.config = self.parser.parse_object({subcommand: task_config_of(checkpoint)}, self.config)
                 config = self.config[subcommand]
             if found != config.model.class_path:
-                raise ConfigError(f"checkpoint {path} is of task {found}, but the config trains {config.model.class_path}; use that task's config")
+                raise ConfigError(
+                    f"checkpoint {path} is of task {found}, but the config trains {config.model.class_path}; "
+                    "use that task's config"
+                )
             config.ckpt_path = str(path)
             self._checkpoint = checkpoint
 
@@ -126,7 +145,10 @@ def build_cli_class():
             check_trainer_values(trainer)
             on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
             if trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-                raise ConfigError(f"trainer.accelerator={trainer.accelerator} but this machine has no CUDA device; use --trainer.accelerator=cpu or auto")
+                raise ConfigError(
+                    f"trainer.accelerator={trainer.accelerator} but this machine has no CUDA device; use "
+                    "--trainer.accelerator=cpu or auto"
+                )
             if trainer.precision is None:
                 trainer.precision = "bf16-mixed" if on_gpu else "32-true"
             if trainer.deterministic is None and not on_gpu:
@@ -145,13 +167,19 @@ def build_cli_class():
             else:
                 root = runs_root(config)
                 self._new_roots = [p for p in (root, *root.parents) if not p.exists()]
-                version = checkpoints.version_of(Path(config.ckpt_path), root) if self.subcommand == "fit" and config.ckpt_path else None
+                version = (
+                    checkpoints.version_of(Path(config.ckpt_path), root)
+                    if self.subcommand == "fit" and config.ckpt_path
+                    else None
+                )
                 run_dir = root / f"version_{version}" if version is not None else rundir.create_new_run(root)
                 self._created = version is None
                 self.run_dir = run_dir
                 self._lock = rundir.RunLock(run_dir).acquire()
                 os.environ[rundir.RUN_DIR_ENV] = str(run_dir)
-            place_loggers(config.trainer, run_dir, getattr(self, "_checkpoint", None) if self.subcommand == "fit" else None)
+            place_loggers(
+                config.trainer, run_dir, getattr(self, "_checkpoint", None) if self.subcommand == "fit" else None
+            )
             return run_dir
 
         def instantiate_trainer(self, **kwargs):
@@ -166,7 +194,9 @@ def build_cli_class():
             trainer = {**self.config_init[self.subcommand].trainer, **kwargs}
             callbacks = list(trainer.get("callbacks") or [])
             added = [FiniteLossGuard(), GracefulInterrupt()]  # before the analysis, so it never sees a diverged step
-            if trainer.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            if trainer.get("enable_progress_bar") is not False and not any(
+                isinstance(c, ProgressBar) for c in callbacks
+            ):
                 added.append(ThrottledProgressBar())  # Lightning's redraws every step
             if trainer.get("logger") and not any(isinstance(c, LearningRateMonitor) for c in callbacks):
                 added.append(LearningRateMonitor(logging_interval="step"))
@@ -237,29 +267,45 @@ def place_loggers(trainer_config, run_dir: Path, checkpoint: dict | None) -> Non
 
 def task_config_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The model and data of a checkpoint as config values, from the hyperparameters LightningCLI saved."""
+
     def part(hparams: dict[str, Any], what: str) -> dict[str, Any]:
         if "_class_path" not in hparams:
-            raise ConfigError(f"the checkpoint does not record its {what} class; pass --config with the run's config.yaml")
-        init_args = {k: v for k, v in hparams.items() if not k.startswith("_") and not (what == "model" and k in LINKED)}
+            raise ConfigError(
+                f"the checkpoint does not record its {what} class; pass --config with the run's config.yaml"
+            )
+        init_args = {
+            k: v for k, v in hparams.items() if not k.startswith("_") and not (what == "model" and k in LINKED)
+        }
         return {"class_path": hparams["_class_path"], "init_args": init_args}
 
-    return {"model": part(dict(checkpoint.get("hyper_parameters", {})), "model"),
-            "data": part(dict(checkpoint.get("datamodule_hyper_parameters", {})), "data")}
+    return {
+        "model": part(dict(checkpoint.get("hyper_parameters", {})), "model"),
+        "data": part(dict(checkpoint.get("datamodule_hyper_parameters", {})), "data"),
+    }
 
 
 def check_trainer_values(trainer) -> None:
     """Trainer values Lightning would accept and then crash on, or run forever with."""
     interval = trainer.get("val_check_interval")
     if isinstance(interval, (int, float)) and not isinstance(interval, bool) and interval <= 0:
-        raise ConfigError(f"trainer.val_check_interval={interval} must be positive (steps between validations, or a fraction of an epoch)")
+        raise ConfigError(
+            f"trainer.val_check_interval={interval} must be positive (steps between validations, or a fraction "
+            "of an epoch)"
+        )
     devices = trainer.get("devices")
     if isinstance(devices, int) and devices == 0 or devices in ("0", "[]") or devices == []:
-        raise ConfigError(f"trainer.devices={devices} selects no device; use auto, a positive count such as 1, or a list of device ids")
+        raise ConfigError(
+            f"trainer.devices={devices} selects no device; use auto, a positive count such as 1, or a list of "
+            "device ids"
+        )
     max_steps = trainer.get("max_steps")
     if max_steps is not None and max_steps < 0 and max_steps != -1:
         raise ConfigError(f"trainer.max_steps={max_steps} must be >= 1, or -1 together with --trainer.max_time")
     if max_steps == -1 and not trainer.get("max_time"):
-        raise ConfigError("trainer.max_steps=-1 trains forever on this infinite data; set --trainer.max_steps=N or bound the run with --trainer.max_time=00:01:00:00")
+        raise ConfigError(
+            "trainer.max_steps=-1 trains forever on this infinite data; set --trainer.max_steps=N or bound the "
+            "run with --trainer.max_time=00:01:00:00"
+        )
     if max_steps == 0:
         raise ConfigError("trainer.max_steps=0 trains nothing; set --trainer.max_steps >= 1")
 
@@ -306,7 +352,12 @@ def run_cli(args: list[str] | None = None):
             save_config_kwargs={"overwrite": True},
             trainer_defaults=TRAINER_DEFAULTS,
             seed_everything_default=0,
-            parser_kwargs={"exit_on_error": False, "prog": "python -m lit_interp", "parser_mode": "omegaconf", "allow_abbrev": False},
+            parser_kwargs={
+                "exit_on_error": False,
+                "prog": "python -m lit_interp",
+                "parser_mode": "omegaconf",
+                "allow_abbrev": False,
+            },
             args=args,
         )
     except BaseException:
@@ -357,13 +408,18 @@ def argument_error_message(text: str) -> str:
     value = (got.group(1) or got.group(2)).strip() if got else None
     expected = [name for name in dict.fromkeys(expected) if name != "NoneType"]
     if expected:
-        return f"{prefix}expected {' or '.join(f'a {name}' if name[0] not in 'aeiou' else f'an {name}' for name in expected)}, got {value!r}"
+        kinds = " or ".join(f"a {name}" if name[0] not in "aeiou" else f"an {name}" for name in expected)
+        return f"{prefix}expected {kinds}, got {value!r}"
     problem = re.search(r"Problem with given class_path '([^']+)':\s*\n\s*(.+)", text)
     if problem:
-        return f"{prefix}{problem.group(2).strip()} (class_path {problem.group(1)}); check the name against --print_config"
+        return (
+            f"{prefix}{problem.group(2).strip()} (class_path {problem.group(1)}); check the name against --print_config"
+        )
     text = re.sub(r'Parser key "[^"]+":\s*', "", text)
     noise = ("Does not validate", "Subtypes:", "Errors:", "Given value", "Parser key")
-    lines = [line.strip(" -") for line in text.splitlines() if line.strip(" -") and not line.strip(" -").startswith(noise)]
+    lines = [
+        line.strip(" -") for line in text.splitlines() if line.strip(" -") and not line.strip(" -").startswith(noise)
+    ]
     return prefix + (lines[0] if lines else text.strip().splitlines()[0])
 
 
@@ -373,18 +429,29 @@ def reject_linked_model_values(argv: list[str]) -> None:
 
     given = [arg.split("=")[0].removeprefix("--") for arg in argv if arg.startswith("--model.")]
     for index, arg in enumerate(argv):
-        path = arg.split("=", 1)[1] if arg.startswith("--config=") else argv[index + 1] if arg in ("-c", "--config") and index + 1 < len(argv) else None
+        path = (
+            arg.split("=", 1)[1]
+            if arg.startswith("--config=")
+            else argv[index + 1]
+            if arg in ("-c", "--config") and index + 1 < len(argv)
+            else None
+        )
         if path and Path(path).is_file():
             try:
                 text = Path(path).read_bytes().decode("utf-8")
             except UnicodeDecodeError as error:
-                raise ConfigError(f"config {path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8") from None
+                raise ConfigError(
+                    f"config {path} is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
+                ) from None
             try:
                 model = (yaml.safe_load(text) or {}).get("model") or {}
             except yaml.YAMLError as error:
                 mark = getattr(error, "problem_mark", None)
                 where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                raise ConfigError(f"config {path} is not valid YAML ({getattr(error, 'problem', None) or error}{where}); fix its syntax") from None
+                raise ConfigError(
+                    f"config {path} is not valid YAML ({getattr(error, 'problem', None) or error}{where}); fix "
+                    "its syntax"
+                ) from None
             except AttributeError:
                 continue  # not a mapping: the parser reports it
             init_args = model.get("init_args") or {} if isinstance(model, dict) else {}
@@ -392,7 +459,9 @@ def reject_linked_model_values(argv: list[str]) -> None:
     for key in given:
         name = key.split(".")[-1]
         if name in LINKED:
-            raise ConfigError(f"{key} is linked to data.{name}; set data.init_args.{name} instead (it is passed to the model)")
+            raise ConfigError(
+                f"{key} is linked to data.{name}; set data.init_args.{name} instead (it is passed to the model)"
+            )
 
 
 def main(args: list[str] | None = None) -> None:
@@ -409,7 +478,10 @@ def main(args: list[str] | None = None) -> None:
 
         return sweep(argv[1:])
     if argv[0] not in ("fit", "validate", "test"):
-        print(f"lit_interp: error: unknown subcommand {argv[0]!r}; choose fit, validate, test, analyze or sweep", file=sys.stderr)
+        print(
+            f"lit_interp: error: unknown subcommand {argv[0]!r}; choose fit, validate, test, analyze or sweep",
+            file=sys.stderr,
+        )
         sys.exit(2)
     try:
         reject_linked_model_values(argv)
@@ -425,7 +497,11 @@ def main(args: list[str] | None = None) -> None:
         if isinstance(error, SIGTERMException):
             raise
         if isinstance(error, torch_out_of_memory()) or "can't allocate memory" in str(error):
-            print(f"lit_interp: error: out of memory ({str(error).splitlines()[0][:200]}); lower data.init_args.batch_size or the model size", file=sys.stderr)
+            print(
+                f"lit_interp: error: out of memory ({str(error).splitlines()[0][:200]}); lower "
+                "data.init_args.batch_size or the model size",
+                file=sys.stderr,
+            )
             sys.exit(2)
         message = user_error_message(error)
         if message is None:
@@ -438,7 +514,10 @@ def main(args: list[str] | None = None) -> None:
         if isinstance(exit_, SIGTERMException):
             from lit_interp.guards import INTERRUPTED_BY
 
-            print("lit_interp: interrupted; a resumable last.ckpt was written: continue with --ckpt_path last", file=sys.stderr)
+            print(
+                "lit_interp: interrupted; a resumable last.ckpt was written: continue with --ckpt_path last",
+                file=sys.stderr,
+            )
             sys.exit(128 + (INTERRUPTED_BY["signal"] or signal.SIGTERM))
         raise
 

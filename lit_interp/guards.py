@@ -28,17 +28,24 @@ class FiniteLossGuard(Callback):
 
     def __init__(self, check_every_n_steps: int | None = None):
         super().__init__()
-        require(check_every_n_steps is None or check_every_n_steps >= 1, f"check_every_n_steps={check_every_n_steps} must be >= 1")
+        require(
+            check_every_n_steps is None or check_every_n_steps >= 1,
+            f"check_every_n_steps={check_every_n_steps} must be >= 1",
+        )
         self.check_every_n_steps = check_every_n_steps
         self._last_loss: torch.Tensor | None = None
 
     def _due(self, trainer: pl.Trainer) -> bool:
         step = trainer.global_step
         every = self.check_every_n_steps or trainer.log_every_n_steps or 1
-        checkpoint_steps = [c._every_n_train_steps for c in trainer.checkpoint_callbacks if getattr(c, "_every_n_train_steps", 0) >= 1]
+        checkpoint_steps = [
+            c._every_n_train_steps for c in trainer.checkpoint_callbacks if getattr(c, "_every_n_train_steps", 0) >= 1
+        ]
         return step % every == 0 or any(step % n == 0 for n in checkpoint_steps) or step == trainer.max_steps
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._last_loss = loss.detach()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,7 +92,9 @@ def custom_scalar_layout(scalars: Iterable[str]) -> dict[str, dict[str, list]]:
     return charts
 
 
-def log_analysis(loggers: Iterable[Logger], summary: dict[str, Any], tensors: dict[str, torch.Tensor], step: int) -> None:
+def log_analysis(
+    loggers: Iterable[Logger], summary: dict[str, Any], tensors: dict[str, torch.Tensor], step: int
+) -> None:
     from lightning.pytorch.loggers import TensorBoardLogger
 
     loggers = list(loggers)

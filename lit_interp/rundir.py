@@ -1,4 +1,4 @@
-"""Run directories: a race-free new `version_N`, one writer at a time (a lock naming its owner), the latest run of a task."""
+"""Run directories: a race-free new `version_N`, one writer at a time (a lock naming its owner), a task's latest run."""
 
 from __future__ import annotations
 
@@ -27,7 +27,10 @@ def create_new_run(root: Path) -> Path:
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise ConfigError(f"cannot create the run directory under {root}: {error.strerror or error}; pass a writable --trainer.default_root_dir") from None
+        raise ConfigError(
+            f"cannot create the run directory under {root}: {error.strerror or error}; pass a writable "
+            "--trainer.default_root_dir"
+        ) from None
     while True:
         versions = [v for v in (version_number(p) for p in root.glob("version_*")) if v is not None]
         candidate = root / f"version_{max(versions, default=-1) + 1}"
@@ -37,7 +40,10 @@ def create_new_run(root: Path) -> Path:
         except FileExistsError:
             continue  # another process took it first
         except OSError as error:
-            raise ConfigError(f"cannot create the run directory {candidate}: {error.strerror or error}; pass a writable --trainer.default_root_dir") from None
+            raise ConfigError(
+                f"cannot create the run directory {candidate}: {error.strerror or error}; pass a writable "
+                "--trainer.default_root_dir"
+            ) from None
 
 
 class RunLock:
@@ -55,9 +61,15 @@ class RunLock:
         try:
             self._lock.acquire()
         except Timeout:
-            raise ConfigError(f"run directory {self.run_dir} is in use by {self.owner()}; wait for it to finish, or start a new run without --ckpt_path") from None
+            raise ConfigError(
+                f"run directory {self.run_dir} is in use by {self.owner()}; wait for it to finish, or start a "
+                "new run without --ckpt_path"
+            ) from None
         except OSError as error:
-            raise ConfigError(f"cannot lock the run directory {self.run_dir}: {error.strerror or error}; pass a writable --trainer.default_root_dir") from None
+            raise ConfigError(
+                f"cannot lock the run directory {self.run_dir}: {error.strerror or error}; pass a writable "
+                "--trainer.default_root_dir"
+            ) from None
         (self.run_dir / ".owner").write_text(f"process {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)}\n")
         return self
 
@@ -83,10 +95,15 @@ def find_last_checkpoint(root: Path, module_class: str | None = None) -> tuple[P
     """The `last.ckpt` of the highest-numbered run under `root` whose checkpoint is of `module_class`."""
     from lit_interp.checkpoints import checkpoint_module_class, load_checkpoint
 
-    runs = sorted(((version_number(p.parents[1]), p) for p in root.glob("version_*/checkpoints/last.ckpt")), reverse=True)
+    runs = sorted(
+        ((version_number(p.parents[1]), p) for p in root.glob("version_*/checkpoints/last.ckpt")), reverse=True
+    )
     runs = [(version, path) for version, path in runs if version is not None]
     if not runs:
-        raise ConfigError(f"--ckpt_path last: nothing to resume, no {root}/version_*/checkpoints/last.ckpt; start a new run without --ckpt_path")
+        raise ConfigError(
+            f"--ckpt_path last: nothing to resume, no {root}/version_*/checkpoints/last.ckpt; start a new run "
+            "without --ckpt_path"
+        )
     for version, path in runs:
         try:
             if module_class is None or checkpoint_module_class(load_checkpoint(path)) == module_class:
@@ -94,4 +111,7 @@ def find_last_checkpoint(root: Path, module_class: str | None = None) -> tuple[P
         except ConfigError:
             continue  # a truncated or foreign file: look at older runs
     task = module_class.rsplit(".", 1)[-1]
-    raise ConfigError(f"--ckpt_path last: no run of {task} under {root} (the runs there are of other tasks); start a new run without --ckpt_path")
+    raise ConfigError(
+        f"--ckpt_path last: no run of {task} under {root} (the runs there are of other tasks); start a new run "
+        "without --ckpt_path"
+    )

@@ -1,4 +1,4 @@
-"""The end of a run: final metrics to `final_metrics.json` and to TensorBoard's hparams tab beside the task's hyperparameters."""
+"""The end of a run: final metrics to `final_metrics.json` and to TensorBoard's hparams tab with the hyperparameters."""
 
 from __future__ import annotations
 
@@ -12,16 +12,41 @@ from lightning.pytorch.callbacks import Callback
 from lit_interp.loggers import nan_to_null
 
 # Hyperparameters shown in the hparams tab: the ones that distinguish runs of a task.
-KEY_HPARAMS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "attn_only", "normalization_type", "lr", "weight_decay",
-               "warmup_steps", "decay_steps", "batch_size", "seed", "n_ctx", "d_vocab", "order")
+KEY_HPARAMS = (
+    "n_layers",
+    "d_model",
+    "n_heads",
+    "d_head",
+    "d_mlp",
+    "attn_only",
+    "normalization_type",
+    "lr",
+    "weight_decay",
+    "warmup_steps",
+    "decay_steps",
+    "batch_size",
+    "seed",
+    "n_ctx",
+    "d_vocab",
+    "order",
+)
 
 
 def final_metrics(trainer: pl.Trainer) -> dict[str, float]:
-    return {name: float(value) for name, value in trainer.callback_metrics.items() if getattr(value, "numel", lambda: 1)() == 1}
+    return {
+        name: float(value)
+        for name, value in trainer.callback_metrics.items()
+        if getattr(value, "numel", lambda: 1)() == 1
+    }
 
 
-def hparams_entry(module: pl.LightningModule, datamodule: pl.LightningDataModule | None, trainer: pl.Trainer) -> dict[str, Any]:
-    params: dict[str, Any] = {"task": type(module).__name__, "seed_everything": getattr(trainer, "_lit_interp_seed", None)}
+def hparams_entry(
+    module: pl.LightningModule, datamodule: pl.LightningDataModule | None, trainer: pl.Trainer
+) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "task": type(module).__name__,
+        "seed_everything": getattr(trainer, "_lit_interp_seed", None),
+    }
     for prefix, source in (("model", module), ("data", datamodule)):
         for key, value in dict(getattr(source, "hparams", {}) or {}).items():
             if key in KEY_HPARAMS and isinstance(value, (int, float, str, bool)):

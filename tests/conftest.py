@@ -16,7 +16,12 @@ TINY = {
     "prev_token_digits": ["--model.init_args.d_model=16"],
     "bos_ints_attn_only": ["--model.init_args.d_model=16", "--model.init_args.d_head=16"],
     "bos_ints_mlp": ["--model.init_args.d_model=16", "--model.init_args.d_head=16", "--model.init_args.d_mlp=32"],
-    "affine_recurrence": ["--model.init_args.d_model=16", "--model.init_args.n_heads=2", "--model.init_args.d_head=8", "--model.init_args.d_mlp=32"],
+    "affine_recurrence": [
+        "--model.init_args.d_model=16",
+        "--model.init_args.n_heads=2",
+        "--model.init_args.d_head=8",
+        "--model.init_args.d_mlp=32",
+    ],
 }
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import CONFIGS, QUIET, TINY, run_lit_interp, tiny_fit
+
 from lit_interp.cli import run_cli
 
 CONFIG_NAMES = sorted(TINY)
@@ -42,7 +42,17 @@ def test_fit_without_config_is_the_digits_config(capsys):
 
 
 def test_linked_values_are_set_once_on_the_data():
-    cli = run_cli(["fit", "--config", str(CONFIGS / "bos_ints_mlp.yaml"), *TINY["bos_ints_mlp"], "--data.init_args.n_ctx=7", "--trainer.fast_dev_run=1", *QUIET])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            str(CONFIGS / "bos_ints_mlp.yaml"),
+            *TINY["bos_ints_mlp"],
+            "--data.init_args.n_ctx=7",
+            "--trainer.fast_dev_run=1",
+            *QUIET,
+        ]
+    )
     assert cli.model.hparams.n_ctx == 7 and cli.model.model.cfg.n_ctx == 7
     assert cli.model.model.cfg.d_vocab == 300
     with pytest.raises(SystemExit):
@@ -50,7 +60,12 @@ def test_linked_values_are_set_once_on_the_data():
 
 
 def test_fit_writes_a_tensorboard_run_with_checkpoints_and_config():
-    tiny_fit("prev_token_digits", "--trainer.max_steps=8", "--trainer.val_check_interval=4", "--checkpoint.every_n_train_steps=4")
+    tiny_fit(
+        "prev_token_digits",
+        "--trainer.max_steps=8",
+        "--trainer.val_check_interval=4",
+        "--checkpoint.every_n_train_steps=4",
+    )
     run = Path("lightning_logs/version_0")
     assert (run / "config.yaml").is_file() and (run / "hparams.yaml").is_file()
     assert list(run.glob("events.out.tfevents.*"))
@@ -79,11 +94,30 @@ def test_resume_is_exact(config, tmp_path, monkeypatch):
 
 
 def test_resume_from_an_explicit_file_and_validate_it():
-    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=4", "--trainer.val_check_interval=4", "--checkpoint.every_n_train_steps=2")
-    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=6", "--ckpt_path", "lightning_logs/version_0/checkpoints/step_0000002.ckpt")
+    tiny_fit(
+        "bos_ints_attn_only",
+        "--trainer.max_steps=4",
+        "--trainer.val_check_interval=4",
+        "--checkpoint.every_n_train_steps=2",
+    )
+    tiny_fit(
+        "bos_ints_attn_only",
+        "--trainer.max_steps=6",
+        "--ckpt_path",
+        "lightning_logs/version_0/checkpoints/step_0000002.ckpt",
+    )
     assert last_checkpoint()["global_step"] == 6
-    cli = run_cli(["validate", "--config", str(CONFIGS / "bos_ints_attn_only.yaml"), *TINY["bos_ints_attn_only"],
-                   "--ckpt_path", "lightning_logs/version_0/checkpoints/last.ckpt", *QUIET])
+    cli = run_cli(
+        [
+            "validate",
+            "--config",
+            str(CONFIGS / "bos_ints_attn_only.yaml"),
+            *TINY["bos_ints_attn_only"],
+            "--ckpt_path",
+            "lightning_logs/version_0/checkpoints/last.ckpt",
+            *QUIET,
+        ]
+    )
     assert 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
 
 
@@ -117,7 +151,11 @@ BAD_ARGS = [
     (["--config", "{digits}", "--seed_everything=abc"], "seed_everything: expected a bool or an int, got 'abc'"),
     (["--config", "{digits}", "--trainer.max_step=60"], "unrecognized arguments: --trainer.max_step=60"),
     (["--config", "{digits}", "--trainer.max_steps=-1"], "max_steps=-1 trains forever"),
-    *([(["--config", "{digits}", "--trainer.accelerator=cuda"], "no CUDA device")] if not torch.cuda.is_available() else []),
+    *(
+        [(["--config", "{digits}", "--trainer.accelerator=cuda"], "no CUDA device")]
+        if not torch.cuda.is_available()
+        else []
+    ),
 ]
 
 
@@ -128,8 +166,16 @@ def two_runs(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        tiny_fit("prev_token_digits", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2", "--trainer.callbacks=[]")
-        tiny_fit("bos_ints_attn_only", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2", "--model.init_args.d_head=8", "--trainer.callbacks=[]")
+        tiny_fit(
+            "prev_token_digits", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2", "--trainer.callbacks=[]"
+        )
+        tiny_fit(
+            "bos_ints_attn_only",
+            "--trainer.max_steps=2",
+            "--checkpoint.every_n_train_steps=2",
+            "--model.init_args.d_head=8",
+            "--trainer.callbacks=[]",
+        )
     finally:
         os.chdir(cwd)
     return root / "lightning_logs"
@@ -183,6 +229,14 @@ def test_top_level_help_is_fast_and_imports_no_torch():
 
 
 def test_module_entry_point_reports_errors_with_exit_code_2():
-    result = subprocess.run([sys.executable, "-m", "lit_interp", "fit", "--data.init_args.batch_size=-3"], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "lit_interp", "fit", "--data.init_args.batch_size=-3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == "lit_interp: error: batch_size=-3 must be positive; set data.batch_size >= 1"
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "lit_interp: error: batch_size=-3 must be positive; set data.batch_size >= 1"
+    )

@@ -1,11 +1,10 @@
-"""Runs that never hang, crash, lose or mix work: run directories, locks, loggers, guards, atomic writes, resume logs."""
+"""Runs that never hang, crash, lose or mix work: run directories, locks, loggers, guards, atomic writes, resumes."""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -13,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONFIGS, QUIET, tiny_fit
 from lightning.pytorch.callbacks import Callback
 
-from conftest import CONFIGS, QUIET, TINY, run_lit_interp, tiny_fit
 from lit_interp.callbacks import snapshot_steps
 from lit_interp.checkpoints import AtomicCheckpointIO, CheckpointWriteError
 from lit_interp.cli import main, run_cli
@@ -27,7 +26,11 @@ def scalars(run: Path, prefix: str = "") -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run), size_guidance={"scalars": 0}).Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"] if tag.startswith(prefix)}
+    return {
+        tag: [(e.step, e.value) for e in events.Scalars(tag)]
+        for tag in events.Tags()["scalars"]
+        if tag.startswith(prefix)
+    }
 
 
 def test_log_spaced_schedule_is_dense_early():
@@ -70,17 +73,29 @@ def test_config_interpolation_trains(tmp_path):
 
 
 def test_csv_and_tensorboard_loggers_both_receive_the_analysis():
-    loggers = ('[{"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "."}},'
-               ' {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}]')
-    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=4", "--trainer.log_every_n_steps=2", f"--trainer.logger={loggers}",
-             "--trainer.callbacks.init_args.probe_batch_size=16", "--trainer.callbacks.init_args.log_spaced=0",
-             "--trainer.callbacks.init_args.every_n_train_steps=2")
+    loggers = (
+        '[{"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "."}},'
+        ' {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}]'
+    )
+    tiny_fit(
+        "bos_ints_attn_only",
+        "--trainer.max_steps=4",
+        "--trainer.log_every_n_steps=2",
+        f"--trainer.logger={loggers}",
+        "--trainer.callbacks.init_args.probe_batch_size=16",
+        "--trainer.callbacks.init_args.log_spaced=0",
+        "--trainer.callbacks.init_args.every_n_train_steps=2",
+    )
     run = Path("lightning_logs/version_0")
     header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"analysis/prev_token_score/L1H0", "analysis/loss", "dynamics/grad_norm/blocks.0", "lr-AdamW"} <= set(header)
     logged = scalars(run)
     assert [step for step, _ in logged["analysis/prev_token_score/L1H0"]] == [2, 4]
-    assert {"dynamics/param_norm/blocks.1", "dynamics/distance_from_init/embed", "dynamics/attention_entropy/L0H0"} <= set(logged)
+    assert {
+        "dynamics/param_norm/blocks.1",
+        "dynamics/distance_from_init/embed",
+        "dynamics/attention_entropy/L0H0",
+    } <= set(logged)
     entropy = logged["dynamics/attention_entropy/L0H0"][0][1]
     assert 0 < entropy < torch.log(torch.tensor(10.0)).item()  # between one key and uniform over ten
 
@@ -89,17 +104,32 @@ def test_mlflow_file_store_receives_the_analysis(tmp_path, monkeypatch):
     pytest.importorskip("mlflow", reason="MLflow is an optional extra: pip install -e .[mlflow]")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps the file store behind this switch
     store = tmp_path / "mlruns"
-    logger = f'{{"class_path": "lightning.pytorch.loggers.MLFlowLogger", "init_args": {{"tracking_uri": "file:{store}"}}}}'
-    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=2", f"--trainer.logger={logger}", "--trainer.callbacks.init_args.probe_batch_size=16")
-    metric_files = {p.name for p in store.rglob("metrics/*")} | {p.parent.name + "/" + p.name for p in store.rglob("metrics/*/*")}
+    logger = (
+        f'{{"class_path": "lightning.pytorch.loggers.MLFlowLogger", "init_args": {{"tracking_uri": "file:{store}"}}}}'
+    )
+    tiny_fit(
+        "bos_ints_attn_only",
+        "--trainer.max_steps=2",
+        f"--trainer.logger={logger}",
+        "--trainer.callbacks.init_args.probe_batch_size=16",
+    )
+    metric_files = {p.name for p in store.rglob("metrics/*")} | {
+        p.parent.name + "/" + p.name for p in store.rglob("metrics/*/*")
+    }
     assert any("prev_token_score" in name for name in metric_files), sorted(metric_files)[:20]
 
 
 def test_wandb_offline_receives_the_analysis(tmp_path, monkeypatch):
     wandb = pytest.importorskip("wandb", reason="Weights & Biases is an optional extra: pip install -e .[wandb]")
     monkeypatch.setenv("WANDB_MODE", "offline")
-    logger = f'{{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {{"save_dir": "{tmp_path}", "offline": true}}}}'
-    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=2", f"--trainer.logger={logger}", "--trainer.callbacks.init_args.probe_batch_size=16")
+    init_args = f'{{"save_dir": "{tmp_path}", "offline": true}}'
+    logger = f'{{"class_path": "lightning.pytorch.loggers.WandbLogger", "init_args": {init_args}}}'
+    tiny_fit(
+        "bos_ints_attn_only",
+        "--trainer.max_steps=2",
+        f"--trainer.logger={logger}",
+        "--trainer.callbacks.init_args.probe_batch_size=16",
+    )
     wandb.finish()
     # The offline run keeps its images as files (its scalars go into a binary log that wandb-core writes lazily).
     images = {p.parent.name for p in tmp_path.rglob("media/images/analysis/*/*.png")}
@@ -118,13 +148,21 @@ def test_analysis_failure_is_logged_and_training_goes_on(monkeypatch):
     run = Path("lightning_logs/version_0")
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] == 3
     errors = (run / "analysis/errors.log").read_text()
-    assert [line for line in errors.splitlines() if line.startswith("step ")] == [f"step {s}: RuntimeError: analysis bug" for s in (1, 2, 3)]
+    assert [line for line in errors.splitlines() if line.startswith("step ")] == [
+        f"step {s}: RuntimeError: analysis bug" for s in (1, 2, 3)
+    ]
     assert "Traceback" in errors
     assert not list((run / "analysis").glob("step_*")), "no partial snapshot is left"
 
 
 def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(capsys):
-    args = ["--trainer.max_steps=60", "--model.init_args.lr=1e6", "--trainer.log_every_n_steps=1", "--checkpoint.every_n_train_steps=1", *NO_ANALYSIS]
+    args = [
+        "--trainer.max_steps=60",
+        "--model.init_args.lr=1e6",
+        "--trainer.log_every_n_steps=1",
+        "--checkpoint.every_n_train_steps=1",
+        *NO_ANALYSIS,
+    ]
     with pytest.raises(SystemExit) as exit_info:
         tiny_fit("bos_ints_attn_only", *args)
     assert exit_info.value.code == 1
@@ -133,16 +171,27 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(capsys
     step = int(error.split(" at step ")[1].split(":")[0])
     checkpoint = torch.load("lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     assert checkpoint["global_step"] < step
-    weights = {name: tensor for name, tensor in checkpoint["state_dict"].items() if not name.endswith("IGNORE")}  # IGNORE is -inf by design
+    weights = {
+        name: tensor for name, tensor in checkpoint["state_dict"].items() if not name.endswith("IGNORE")
+    }  # IGNORE is -inf by design
     assert all(torch.isfinite(tensor).all() for tensor in weights.values())
 
 
 def test_a_second_writer_is_refused_naming_the_first(capsys):
     tiny_fit("prev_token_digits", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2", *NO_ANALYSIS)
     run = Path("lightning_logs/version_0")
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from lit_interp.rundir import RunLock;"
-        f"lock = RunLock(Path('{run}')).acquire(); print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; from pathlib import Path; from lit_interp.rundir import RunLock;"
+                f"lock = RunLock(Path('{run}')).acquire(); print('held', flush=True); time.sleep(60)"
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         before = sorted(p.name for p in run.rglob("*"))
@@ -162,8 +211,14 @@ def test_new_runs_started_at_once_get_distinct_versions(tmp_path):
 
     made = [create_new_run(tmp_path / "lightning_logs") for _ in range(3)]
     assert [p.name for p in made] == ["version_0", "version_1", "version_2"]
-    code = "import sys; from pathlib import Path; from lit_interp.rundir import create_new_run; print(create_new_run(Path(sys.argv[1])).name)"
-    workers = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "race")], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    code = (
+        "import sys; from pathlib import Path; from lit_interp.rundir import create_new_run; "
+        "print(create_new_run(Path(sys.argv[1])).name)"
+    )
+    workers = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "race")], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     names = sorted(worker.communicate()[0].strip() for worker in workers)
     assert names == ["version_0", "version_1", "version_2", "version_3"]
 
@@ -188,15 +243,29 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_whole(tmp_path, monke
 def test_a_full_filesystem_gives_one_line_and_a_loadable_last_checkpoint(tmp_path, capsys):
     mount = tmp_path / "small"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+    ):
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
     try:
         with pytest.raises(SystemExit) as exit_info:
-            tiny_fit("bos_ints_attn_only", "--trainer.max_steps=400", "--checkpoint.every_n_train_steps=1", "--checkpoint.save_top_k=-1",
-                     f"--trainer.default_root_dir={mount}", *NO_ANALYSIS)
+            tiny_fit(
+                "bos_ints_attn_only",
+                "--trainer.max_steps=400",
+                "--checkpoint.every_n_train_steps=1",
+                "--checkpoint.save_top_k=-1",
+                f"--trainer.default_root_dir={mount}",
+                *NO_ANALYSIS,
+            )
         assert exit_info.value.code == 2
         error = capsys.readouterr().err.strip().splitlines()
-        assert error[-1].startswith("lit_interp: error: could not write checkpoint") and "No space left on device" in error[-1], error[-3:]
+        assert (
+            error[-1].startswith("lit_interp: error: could not write checkpoint")
+            and "No space left on device" in error[-1]
+        ), error[-3:]
         checkpoints = mount / "lightning_logs/version_0/checkpoints"
         assert not [p for p in checkpoints.iterdir() if p.name.endswith(".tmp")], "no partial file is left"
         assert torch.load(checkpoints / "last.ckpt", weights_only=False)["global_step"] >= 1
@@ -220,7 +289,10 @@ def test_a_checkpoint_declaring_a_huge_model_is_refused_before_anything_is_built
     checkpoint = torch.load("lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)
     checkpoint["hyper_parameters"]["d_model"] = 2**40
     torch.save(checkpoint, "huge.ckpt")
-    for command in (["validate", "--ckpt_path", "huge.ckpt", *QUIET], ["analyze", "--ckpt_path", "huge.ckpt", "--out", "out"]):
+    for command in (
+        ["validate", "--ckpt_path", "huge.ckpt", *QUIET],
+        ["analyze", "--ckpt_path", "huge.ckpt", "--out", "out"],
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main(command)
         assert exit_info.value.code == 2
@@ -245,8 +317,14 @@ class ProcessKilled(Exception):
 
 def test_tensorboard_of_a_resumed_run_equals_the_uninterrupted_one(tmp_path, monkeypatch):
     """Killed after step 9 with the last checkpoint at step 6: the resumed run's logs are the straight run's."""
-    args = ["--trainer.val_check_interval=3", "--checkpoint.every_n_train_steps=3", "--trainer.log_every_n_steps=1",
-            "--trainer.callbacks.init_args.probe_batch_size=16", "--trainer.callbacks.init_args.log_spaced=6", "--trainer.max_steps=12"]
+    args = [
+        "--trainer.val_check_interval=3",
+        "--checkpoint.every_n_train_steps=3",
+        "--trainer.log_every_n_steps=1",
+        "--trainer.callbacks.init_args.probe_batch_size=16",
+        "--trainer.callbacks.init_args.log_spaced=6",
+        "--trainer.max_steps=12",
+    ]
     for name in ("straight", "killed"):
         (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path / "straight")
@@ -264,5 +342,7 @@ def test_tensorboard_of_a_resumed_run_equals_the_uninterrupted_one(tmp_path, mon
     assert set(resumed) == set(straight)
     for tag, values in straight.items():
         assert [step for step, _ in resumed[tag]] == [step for step, _ in values], tag
-        assert [value for _, value in resumed[tag]] == pytest.approx([value for _, value in values], rel=1e-5, nan_ok=True), tag
+        assert [value for _, value in resumed[tag]] == pytest.approx(
+            [value for _, value in values], rel=1e-5, nan_ok=True
+        ), tag
     assert json.loads((run / "final_metrics.json").read_text())["step"] == 12

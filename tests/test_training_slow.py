@@ -55,7 +55,9 @@ def test_seed_004_bos_ints_mlp_needs_its_embedding():
     assert model.W_pos.abs().sum() == 0, "positional embeddings stay zero"
     sweep = {name: hook["mean_ablation_loss"] for name, hook in snapshot["hooks"].items()}
     assert len(sweep) >= 20, "the sweep covers every hook"
-    assert sweep["hook_embed"] >= 1.0 and sweep["hook_embed"] >= 100 * snapshot["loss"], "mean-ablating the embedding destroys it"
+    assert sweep["hook_embed"] >= 1.0 and sweep["hook_embed"] >= 100 * snapshot["loss"], (
+        "mean-ablating the embedding destroys it"
+    )
     ranked = sorted(sweep, key=sweep.get, reverse=True)
     assert "hook_embed" in ranked[:5], ranked[:5]
     assert sweep[ranked[-1]] <= 2 * snapshot["loss"], "some hooks barely matter: the sweep ranks them"

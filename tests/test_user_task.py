@@ -1,4 +1,4 @@
-"""A task defined outside lit_interp (docs/examples/my_tasks.py) trains, resumes and is analysed with its own analysis."""
+"""A task defined outside lit_interp (docs/examples/my_tasks.py) trains, resumes and is analysed with its analysis."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import QUIET
+
 from lit_interp.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs/examples"
@@ -32,14 +32,30 @@ def test_a_user_task_trains_resumes_and_is_analysed_with_its_own_analysis(capsys
         main(["analyze", "--ckpt_path", str(run / "checkpoints/last.ckpt"), "--out", "report"])
     assert refused.value.code == 2 and "pass the run's config with --config" in capsys.readouterr().err
     assert not Path("report").exists()
-    main(["analyze", "--ckpt_path", str(run / "checkpoints/last.ckpt"), "--config", str(run / "config.yaml"), "--out", "report",
-          "--probe_batch_size", "16"])
+    main(
+        [
+            "analyze",
+            "--ckpt_path",
+            str(run / "checkpoints/last.ckpt"),
+            "--config",
+            str(run / "config.yaml"),
+            "--out",
+            "report",
+            "--probe_batch_size",
+            "16",
+        ]
+    )
     summary = json.loads(Path("report/summary.json").read_text())
     assert summary["heads"]["L0H0"]["vowel_attention"] == pytest.approx(share, rel=1e-5)
 
 
 def test_a_checkpoint_alone_never_imports_an_unregistered_task(capsys):
-    main(["fit", *TASK, "--trainer.max_steps=2", "--trainer.callbacks=[]", "--checkpoint.every_n_train_steps=2", *QUIET])
+    main(
+        ["fit", *TASK, "--trainer.max_steps=2", "--trainer.callbacks=[]", "--checkpoint.every_n_train_steps=2", *QUIET]
+    )
     with pytest.raises(SystemExit) as refused:
         main(["validate", "--ckpt_path", "lightning_logs/version_0/checkpoints/last.ckpt", *QUIET])
-    assert refused.value.code == 2 and "my_tasks.LettersModule, which is neither lit_interp's nor registered" in capsys.readouterr().err
+    assert (
+        refused.value.code == 2
+        and "my_tasks.LettersModule, which is neither lit_interp's nor registered" in capsys.readouterr().err
+    )

@@ -16,7 +16,9 @@ class LettersDataModule(SyntheticDataModule):
     d_vocab = 26
     first_target_pos = 1
 
-    def __init__(self, n_ctx: int = 8, batch_size: int = 32, seed: int = 0, val_batches: int = 2, val_batch_size: int = 64):
+    def __init__(
+        self, n_ctx: int = 8, batch_size: int = 32, seed: int = 0, val_batches: int = 2, val_batch_size: int = 64
+    ):
         super().__init__(batch_size, seed, val_batches, val_batch_size)
         self.save_hyperparameters()
         self.n_ctx = n_ctx
@@ -39,14 +41,41 @@ def attention_to_vowels(context: AnalysisContext) -> tuple[dict, dict]:
 class LettersModule(PreviousTokenModule):
     """One attention-only layer; `analyses()` adds the vowel score to every snapshot and report."""
 
-    def __init__(self, n_ctx: int = 8, d_vocab: int = 26, first_target_pos: int = 1, d_model: int = 16, lr: float = 1e-3,
-                 weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), warmup_steps: int = 0,
-                 decay_steps: int = 0, min_lr_ratio: float = 0.0):
-        super().__init__(n_ctx, d_vocab, first_target_pos, lr=lr, weight_decay=weight_decay, betas=betas,
-                         warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio)
+    def __init__(
+        self,
+        n_ctx: int = 8,
+        d_vocab: int = 26,
+        first_target_pos: int = 1,
+        d_model: int = 16,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        decay_steps: int = 0,
+        min_lr_ratio: float = 0.0,
+    ):
+        super().__init__(
+            n_ctx,
+            d_vocab,
+            first_target_pos,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_steps=warmup_steps,
+            decay_steps=decay_steps,
+            min_lr_ratio=min_lr_ratio,
+        )
         self.save_hyperparameters()
-        self.model = build_hooked_transformer(n_layers=1, d_model=d_model, n_heads=1, d_head=d_model, n_ctx=n_ctx,
-                                              d_vocab=d_vocab, attn_only=True, normalization_type=None)
+        self.model = build_hooked_transformer(
+            n_layers=1,
+            d_model=d_model,
+            n_heads=1,
+            d_head=d_model,
+            n_ctx=n_ctx,
+            d_vocab=d_vocab,
+            attn_only=True,
+            normalization_type=None,
+        )
 
     def analyses(self) -> list[Analysis]:
         return [Analysis("vowel_attention", attention_to_vowels, applies=lambda context: context.token_task)]

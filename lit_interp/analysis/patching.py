@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +95,7 @@ def patch_heads(
             if torch.equal(clean_cache[name][:, :, head], corrupted_cache[name][:, :, head]):
                 continue  # the patched run is the corrupted run
 
-            def patch(z: torch.Tensor, hook, head: int = head) -> torch.Tensor:
+            def patch(z: torch.Tensor, hook, head: int = head, layer: int = layer, name: str = name) -> torch.Tensor:
                 return layer_head_vector_patch_setter(z.clone(), (layer, head), clean_cache[name])
 
             residual = corrupted_cache["resid_pre", layer]

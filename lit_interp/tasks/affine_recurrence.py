@@ -44,7 +44,8 @@ class AffineRecurrenceDataModule(SyntheticDataModule):
         require(order >= 1, f"order={order} must be >= 1")
         require(
             2 * order < seq_len - 1,
-            f"order={order} leaves no position to predict with seq_len={seq_len} (the loss starts at position 2*order); "
+            f"order={order} leaves no position to predict with seq_len={seq_len} (the loss starts at position "
+            "2*order); "
             f"set data.order <= {max((seq_len - 2) // 2, 0)} or data.seq_len >= {2 * order + 2}",
         )
         for name, (low, high) in {"coefficient_bounds": coefficient_bounds, "constant_bounds": constant_bounds}.items():
@@ -86,7 +87,9 @@ class VectorInputTransformer(HookedTransformer):
     """
 
     def input_to_embed(self, input: torch.Tensor, *args: Any, **kwargs: Any):
-        embed = self.hook_embed(einops.einsum(input, self.W_E, "batch pos d_vocab, d_vocab d_model -> batch pos d_model"))
+        embed = self.hook_embed(
+            einops.einsum(input, self.W_E, "batch pos d_vocab, d_vocab d_model -> batch pos d_model")
+        )
         positions = self.hook_pos_embed(self.pos_embed(input[..., 0]))
         return embed + positions, None, None, None
 
@@ -115,7 +118,12 @@ class AffineRecurrenceModule(TaskModule):
     ):
         super().__init__(
             n_ctx,
-            lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_steps=warmup_steps,
+            decay_steps=decay_steps,
+            min_lr_ratio=min_lr_ratio,
         )
         require(0 <= first_target_pos < n_ctx, f"first_target_pos={first_target_pos} must lie in [0, n_ctx={n_ctx})")
         self.save_hyperparameters()

@@ -19,7 +19,9 @@ from lit_interp.errors import ConfigError, require
 TRAIN_STREAM, VAL_STREAM, TEST_STREAM, PROBE_STREAM = 0, 1, 2, 3
 
 
-def batch_generator(seed: int, stream: int, rank: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+def batch_generator(
+    seed: int, stream: int, rank: int, index: int, device: torch.device | str = "cpu"
+) -> torch.Generator:
     """A generator whose state is a pure function of (seed, stream, rank, index)."""
     state = np.random.SeedSequence([seed, stream, rank, index]).generate_state(1, np.uint64)[0]
     generator = torch.Generator(device=device)
@@ -74,7 +76,9 @@ class SyntheticDataModule(pl.LightningDataModule):
         require(val_batch_size > 0, f"val_batch_size={val_batch_size} must be positive; set data.val_batch_size >= 1")
         require(seed >= 0, f"seed={seed} must be >= 0; set data.seed to a non-negative integer")
         for name, value in {"batch_size": batch_size, "val_batch_size": val_batch_size}.items():
-            require(value <= 2**20, f"{name}={value} is more sequences than one step can hold; set data.{name} <= {2**20}")
+            require(
+                value <= 2**20, f"{name}={value} is more sequences than one step can hold; set data.{name} <= {2**20}"
+            )
         self.batch_size = batch_size
         self.seed = seed
         self.val_batches = val_batches
@@ -85,7 +89,9 @@ class SyntheticDataModule(pl.LightningDataModule):
         """One batch drawn from `generator` (on the generator's device)."""
         raise NotImplementedError
 
-    def make_batch(self, stream: int, index: int, batch_size: int, device: torch.device | str = "cpu", rank: int = 0) -> torch.Tensor:
+    def make_batch(
+        self, stream: int, index: int, batch_size: int, device: torch.device | str = "cpu", rank: int = 0
+    ) -> torch.Tensor:
         """Training batches are drawn on the training device; validation, test and probe batches on the CPU
         and moved, so they are the same numbers on every device (a GPU run's snapshots reproduce on CPU)."""
         if stream == TRAIN_STREAM:
@@ -159,13 +165,19 @@ class TaskModule(pl.LightningModule):
         require(lr > 0, f"lr={lr} must be positive; set model.lr to e.g. 1e-3")
         require(weight_decay >= 0, f"weight_decay={weight_decay} must be >= 0; set model.weight_decay to e.g. 0.0")
         require(warmup_steps >= 0, f"warmup_steps={warmup_steps} must be >= 0; use 0 for no warmup")
-        require(decay_steps >= 0, f"decay_steps={decay_steps} must be >= 0; use 0 for a constant learning rate after warmup")
+        require(
+            decay_steps >= 0, f"decay_steps={decay_steps} must be >= 0; use 0 for a constant learning rate after warmup"
+        )
         require(
             decay_steps == 0 or decay_steps > warmup_steps,
-            f"decay_steps={decay_steps} must exceed warmup_steps={warmup_steps}; set model.decay_steps > model.warmup_steps or 0",
+            f"decay_steps={decay_steps} must exceed warmup_steps={warmup_steps}; set model.decay_steps > "
+            "model.warmup_steps or 0",
         )
         require(0 <= min_lr_ratio <= 1, f"min_lr_ratio={min_lr_ratio} must lie in [0, 1]; e.g. 0.0 to decay to zero")
-        require(len(betas) == 2 and all(0 <= b < 1 for b in betas), f"betas={list(betas)} must be two values in [0, 1); e.g. [0.9, 0.95]")
+        require(
+            len(betas) == 2 and all(0 <= b < 1 for b in betas),
+            f"betas={list(betas)} must be two values in [0, 1); e.g. [0.9, 0.95]",
+        )
 
     def model_input(self, batch: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -181,7 +193,7 @@ class TaskModule(pl.LightningModule):
         """The task's loss on a model output: what analysis ablations compare against."""
         raise NotImplementedError
 
-    def analyses(self) -> list["Analysis"]:  # noqa: F821 (lit_interp.analysis.registry imports this module)
+    def analyses(self) -> list[Analysis]:  # noqa: F821 (lit_interp.analysis.registry imports this module)
         """This task's own analyses (`lit_interp.analysis.registry.Analysis`), run beside the built-in ones."""
         return []
 
@@ -215,10 +227,17 @@ class TaskModule(pl.LightningModule):
     def configure_optimizers(self):
         hparams = self.hparams
         trainable = [p for p in self.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=hparams.lr, betas=tuple(hparams.betas), weight_decay=hparams.weight_decay)
+        optimizer = torch.optim.AdamW(
+            trainable, lr=hparams.lr, betas=tuple(hparams.betas), weight_decay=hparams.weight_decay
+        )
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer,
-            functools.partial(lr_multiplier, warmup_steps=hparams.warmup_steps, decay_steps=hparams.decay_steps, min_lr_ratio=hparams.min_lr_ratio),
+            functools.partial(
+                lr_multiplier,
+                warmup_steps=hparams.warmup_steps,
+                decay_steps=hparams.decay_steps,
+                min_lr_ratio=hparams.min_lr_ratio,
+            ),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
@@ -228,7 +247,11 @@ class TaskModule(pl.LightningModule):
             "module_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "world_size": trainer.world_size if trainer is not None else 1,
             # Each logger's own run, so a resumed run continues it (TensorBoard and CSV by directory).
-            "loggers": {type(logger).__name__: str(logger.version) for logger in (trainer.loggers if trainer else []) if logger.version is not None},
+            "loggers": {
+                type(logger).__name__: str(logger.version)
+                for logger in (trainer.loggers if trainer else [])
+                if logger.version is not None
+            },
         }
 
 
@@ -265,7 +288,9 @@ def step_memory_bytes(model: HookedTransformer, batch_size: int) -> int:
     """A rough upper estimate of one training step's activation memory (forward activations kept for backward)."""
     cfg = model.cfg
     per_token = 4 * cfg.d_model + cfg.d_vocab * 3
-    per_token += cfg.n_layers * (8 * cfg.d_model + 4 * cfg.n_heads * cfg.d_head + 3 * cfg.n_heads * cfg.n_ctx + 2 * (cfg.d_mlp or 0))
+    per_token += cfg.n_layers * (
+        8 * cfg.d_model + 4 * cfg.n_heads * cfg.d_head + 3 * cfg.n_heads * cfg.n_ctx + 2 * (cfg.d_mlp or 0)
+    )
     return 4 * 2 * batch_size * cfg.n_ctx * per_token
 
 
@@ -273,21 +298,33 @@ def check_fits_in_memory(model: HookedTransformer, batch_size: int, what: str = 
     from lit_interp.checkpoints import _memory_bytes
 
     needed = step_memory_bytes(model, batch_size)
-    require(needed <= _memory_bytes() // 2, f"{what}={batch_size} with n_ctx={model.cfg.n_ctx} needs about {needed / 2**30:.3g} GiB of "
-            f"activations per step, more than half this machine's memory; lower {what} or the context length")
+    require(
+        needed <= _memory_bytes() // 2,
+        f"{what}={batch_size} with n_ctx={model.cfg.n_ctx} needs about {needed / 2**30:.3g} GiB of "
+        f"activations per step, more than half this machine's memory; lower {what} or the context length",
+    )
 
 
-def build_hooked_transformer(model_class: type[HookedTransformer] = HookedTransformer, **config: Any) -> HookedTransformer:
+def build_hooked_transformer(
+    model_class: type[HookedTransformer] = HookedTransformer, **config: Any
+) -> HookedTransformer:
     """A freshly initialised HookedTransformer on CPU (Lightning moves it to the device)."""
     for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
         value = config.get(name)
         require(value is None or value >= 1, f"{name}={value} must be >= 1; set model.{name} to a positive size")
-    require(config.get("n_ctx", 1) <= 2**16, f"n_ctx={config.get('n_ctx')} is longer than lit_interp supports; use a context of at most {2**16}")
+    require(
+        config.get("n_ctx", 1) <= 2**16,
+        f"n_ctx={config.get('n_ctx')} is longer than lit_interp supports; use a context of at most {2**16}",
+    )
     from lit_interp.checkpoints import _memory_bytes, declared_parameters
 
     needed = 4 * declared_parameters(config)
-    require(needed <= _memory_bytes() // 2, f"the model's sizes ({ {k: config.get(k) for k in ('n_layers', 'd_model', 'n_heads', 'd_head', 'd_mlp', 'd_vocab')} }) "
-            f"need about {needed / 2**30:.3g} GiB, more than half this machine's memory; choose smaller sizes")
+    require(
+        needed <= _memory_bytes() // 2,
+        "the model's sizes "
+        f"({ {k: config.get(k) for k in ('n_layers', 'd_model', 'n_heads', 'd_head', 'd_mlp', 'd_vocab')} }) "
+        f"need about {needed / 2**30:.3g} GiB, more than half this machine's memory; choose smaller sizes",
+    )
     try:
         return model_class(HookedTransformerConfig(device="cpu", **config))
     except (AssertionError, ValueError) as error:

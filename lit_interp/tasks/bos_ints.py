@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from lit_interp.errors import require
-from lit_interp.tasks.base import PreviousTokenModule, SyntheticDataModule, build_hooked_transformer, zero_and_freeze_pos_embed
+from lit_interp.tasks.base import (
+    PreviousTokenModule,
+    SyntheticDataModule,
+    build_hooked_transformer,
+    zero_and_freeze_pos_embed,
+)
 
 
 class BosIntsDataModule(SyntheticDataModule):
@@ -25,16 +30,21 @@ class BosIntsDataModule(SyntheticDataModule):
     ):
         super().__init__(batch_size, seed, val_batches, val_batch_size)
         require(n_ctx >= 2, f"n_ctx={n_ctx} leaves nothing to predict; set data.n_ctx >= 2")
-        require(d_vocab >= 3, f"d_vocab={d_vocab} leaves fewer than two ordinary tokens beside BOS; set data.d_vocab >= 3")
+        require(
+            d_vocab >= 3, f"d_vocab={d_vocab} leaves fewer than two ordinary tokens beside BOS; set data.d_vocab >= 3"
+        )
         require(
             0 <= bos_token < d_vocab,
-            f"bos_token={bos_token} is outside the vocabulary [0, {d_vocab}); set data.bos_token in that range or data.d_vocab >= {bos_token + 1}",
+            f"bos_token={bos_token} is outside the vocabulary [0, {d_vocab}); set data.bos_token in that range "
+            f"or data.d_vocab >= {bos_token + 1}",
         )
         self.save_hyperparameters()
         self.n_ctx, self.d_vocab, self.bos_token = n_ctx, d_vocab, bos_token
 
     def generate(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
-        tokens = torch.randint(0, self.d_vocab - 1, (batch_size, self.n_ctx), generator=generator, device=generator.device)
+        tokens = torch.randint(
+            0, self.d_vocab - 1, (batch_size, self.n_ctx), generator=generator, device=generator.device
+        )
         tokens += (tokens >= self.bos_token).long()  # skip over the BOS id
         tokens[:, 0] = self.bos_token
         return tokens
@@ -65,10 +75,20 @@ class BosIntsModule(PreviousTokenModule):
         min_lr_ratio: float = 0.0,
     ):
         super().__init__(
-            n_ctx, d_vocab, first_target_pos,
-            lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio,
+            n_ctx,
+            d_vocab,
+            first_target_pos,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_steps=warmup_steps,
+            decay_steps=decay_steps,
+            min_lr_ratio=min_lr_ratio,
         )
-        require(attn_only or (d_mlp or 0) > 0, f"d_mlp={d_mlp} but attn_only=False needs MLPs; set model.d_mlp, e.g. 4 * d_model")
+        require(
+            attn_only or (d_mlp or 0) > 0,
+            f"d_mlp={d_mlp} but attn_only=False needs MLPs; set model.d_mlp, e.g. 4 * d_model",
+        )
         self.save_hyperparameters()
         self.model = build_hooked_transformer(
             n_layers=n_layers,

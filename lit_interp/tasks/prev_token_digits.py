@@ -16,7 +16,9 @@ class DigitsDataModule(SyntheticDataModule):
     d_vocab = len(DIGITS)
     first_target_pos = 1
 
-    def __init__(self, n_ctx: int = 10, batch_size: int = 64, seed: int = 0, val_batches: int = 4, val_batch_size: int = 512):
+    def __init__(
+        self, n_ctx: int = 10, batch_size: int = 64, seed: int = 0, val_batches: int = 4, val_batch_size: int = 512
+    ):
         super().__init__(batch_size, seed, val_batches, val_batch_size)
         require(n_ctx >= 2, f"n_ctx={n_ctx} leaves nothing to predict; set data.n_ctx >= 2")
         self.save_hyperparameters()
@@ -46,10 +48,20 @@ class PrevTokenDigitsModule(PreviousTokenModule):
         min_lr_ratio: float = 0.0,
     ):
         super().__init__(
-            n_ctx, d_vocab, first_target_pos,
-            lr=lr, weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps, decay_steps=decay_steps, min_lr_ratio=min_lr_ratio,
+            n_ctx,
+            d_vocab,
+            first_target_pos,
+            lr=lr,
+            weight_decay=weight_decay,
+            betas=betas,
+            warmup_steps=warmup_steps,
+            decay_steps=decay_steps,
+            min_lr_ratio=min_lr_ratio,
         )
-        require(d_head % 2 == 0, f"d_head={d_head} must be even: rotary embeddings rotate pairs of dimensions; set model.d_head to e.g. 8")
+        require(
+            d_head % 2 == 0,
+            f"d_head={d_head} must be even: rotary embeddings rotate pairs of dimensions; set model.d_head to e.g. 8",
+        )
         self.save_hyperparameters()
         self.model = build_hooked_transformer(
             n_layers=1,

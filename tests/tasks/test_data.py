@@ -58,7 +58,9 @@ def test_recurrence_follows_its_rule_and_is_normalised(order):
     # (c_1..c_k, d) by least squares and check every term is reproduced exactly.
     for sequence in vectors[:4]:
         steps = range(order, 14)
-        lagged = torch.stack([torch.stack([sequence[j - k] for k in range(1, order + 1)], -1) for j in steps])  # step d k
+        lagged = torch.stack(
+            [torch.stack([sequence[j - k] for k in range(1, order + 1)], -1) for j in steps]
+        )  # step d k
         system = torch.cat([lagged.reshape(-1, order), torch.eye(40, dtype=torch.double).repeat(len(steps), 1)], 1)
         targets = sequence[order:].reshape(-1, 1)
         solution = torch.linalg.lstsq(system, targets).solution

@@ -21,13 +21,17 @@ def tiny_digits():
 
 def tiny_bos_mlp():
     data = BosIntsDataModule(n_ctx=12, d_vocab=30, bos_token=0)
-    module = BosIntsModule(n_ctx=12, d_vocab=30, d_model=16, d_head=16, attn_only=False, d_mlp=32, normalization_type="LN")
+    module = BosIntsModule(
+        n_ctx=12, d_vocab=30, d_model=16, d_head=16, attn_only=False, d_mlp=32, normalization_type="LN"
+    )
     return module, data
 
 
 def tiny_recurrence():
     data = AffineRecurrenceDataModule(vector_dim=8, seq_len=10, order=2)
-    module = AffineRecurrenceModule(n_ctx=9, d_vocab=8, first_target_pos=4, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32)
+    module = AffineRecurrenceModule(
+        n_ctx=9, d_vocab=8, first_target_pos=4, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32
+    )
     return module, data
 
 
