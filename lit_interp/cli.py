@@ -91,7 +91,7 @@ def build_cli_class():
                                 "log_spaced": 12,
                                 "every_n_train_steps": 0,
                                 "sweep_every_n_snapshots": 12,
-                                "expensive_every_n_snapshots": 6,
+                                "expensive_every_n_snapshots": 12,
                                 "images_every_n_snapshots": 4,
                             },
                         },
