@@ -28,18 +28,36 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = Parser(prog="python -m lit_interp analyze", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = Parser(
+        prog="python -m lit_interp analyze",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--ckpt_path", type=Path, help="a .ckpt written by lit_interp fit")
     source.add_argument("--run", type=Path, help="a run directory, e.g. lightning_logs/version_0")
     source.add_argument("--runs", type=Path, nargs="+", help="a sweep directory or run directories: cross-run report")
-    parser.add_argument("--threshold", action="append", default=[], help="with --runs: SCORE=VALUE, e.g. prev_token_score=0.7")
+    parser.add_argument(
+        "--threshold", action="append", default=[], help="with --runs: SCORE=VALUE, e.g. prev_token_score=0.7"
+    )
     parser.add_argument("--out", type=Path, help="output directory (must be empty or absent unless --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files")
-    parser.add_argument("--probe_batch_size", type=int, help="sequences in the probe batch (default: the run's snapshots' size, else 256)")
-    parser.add_argument("--probe_index", type=int, default=0, help="which probe batch; 0 is the one the training snapshots use")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="write into a non-empty --out, replacing the report files"
+    )
+    parser.add_argument(
+        "--probe_batch_size",
+        type=int,
+        help="sequences in the probe batch (default: the run's snapshots' size, else 256)",
+    )
+    parser.add_argument(
+        "--probe_index", type=int, default=0, help="which probe batch; 0 is the one the training snapshots use"
+    )
     parser.add_argument("--device", default="cpu", help="torch device to analyse on (default cpu)")
-    parser.add_argument("--config", type=Path, help="with --ckpt_path: the run's config.yaml, to analyse a task defined outside lit_interp")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="with --ckpt_path: the run's config.yaml, to analyse a task defined outside lit_interp",
+    )
     parser.add_argument("--no_sweep_hooks", action="store_true", help="skip the per-hook mean-ablation sweep")
     return parser.parse_args(argv)
 
@@ -52,23 +70,35 @@ def import_class(name: str, base: type, what: str, path: Path, trusted: tuple[st
 
     if not re.fullmatch(r"\w+(\.\w+)+", name or "") or not is_trusted_class(name, trusted):
         raise ConfigError(
-            f"checkpoint {path} names {what} class {name!r}, which is neither lit_interp's nor registered; pass the run's config "
-            "with --config (e.g. lightning_logs/version_0/config.yaml) or register the package under the lit_interp.tasks entry point"
+            f"checkpoint {path} names {what} class {name!r}, which is neither lit_interp's nor registered; pass "
+            "the run's config "
+            "with --config (e.g. lightning_logs/version_0/config.yaml) or register the package under the "
+            "lit_interp.tasks entry point"
         )
     module_name, _, class_name = name.rpartition(".")
     try:
         found = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError):
-        raise ConfigError(f"checkpoint {path} names {what} class {name}, which cannot be imported here; install the package that defines it") from None
+        raise ConfigError(
+            f"checkpoint {path} names {what} class {name}, which cannot be imported here; install "
+            "the package that defines it"
+        ) from None
     if not (isinstance(found, type) and issubclass(found, base)):
-        raise ConfigError(f"checkpoint {path} names {name} as its {what}, which is not a {base.__name__}; pass a checkpoint from a lit_interp run")
+        raise ConfigError(
+            f"checkpoint {path} names {name} as its {what}, which is not a {base.__name__}; pass "
+            "a checkpoint from a lit_interp run"
+        )
     return found
 
 
 def snapshot_probe_size(checkpoint: dict[str, Any]) -> int | None:
     """The probe batch size of the run's AnalysisSnapshots, so analyze reproduces its snapshots by default."""
     for name, state in (checkpoint.get("callbacks") or {}).items():
-        size = state.get("probe_batch_size") if isinstance(state, dict) and str(name).startswith("AnalysisSnapshots") else None
+        size = (
+            state.get("probe_batch_size")
+            if isinstance(state, dict) and str(name).startswith("AnalysisSnapshots")
+            else None
+        )
         if isinstance(size, int) and size >= 1:
             return size
     return None
@@ -95,13 +125,20 @@ def config_classes(config: Path | None) -> tuple[str, ...]:
     try:
         values = yaml.safe_load(config.read_text()) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ConfigError(f"--config {config} cannot be read as YAML ({type(error).__name__}); pass the run's config.yaml") from None
-    names = [values.get(key, {}).get("class_path") if isinstance(values.get(key), dict) else None for key in ("model", "data")]
+        raise ConfigError(
+            f"--config {config} cannot be read as YAML ({type(error).__name__}); pass the run's config.yaml"
+        ) from None
+    names = [
+        values.get(key, {}).get("class_path") if isinstance(values.get(key), dict) else None
+        for key in ("model", "data")
+    ]
     return tuple(name for name in names if isinstance(name, str))
 
 
 def init_args(hyper_parameters: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in hyper_parameters.items() if not key.startswith("_")}  # drop _class_path, _instantiator
+    return {
+        key: value for key, value in hyper_parameters.items() if not key.startswith("_")
+    }  # drop _class_path, _instantiator
 
 
 def datamodule_class_name(checkpoint: dict[str, Any], module_class: type) -> str | None:
@@ -113,7 +150,11 @@ def datamodule_class_name(checkpoint: dict[str, Any], module_class: type) -> str
         return named
     task_file = sys.modules[module_class.__module__]
     for candidate in vars(task_file).values():
-        if isinstance(candidate, type) and issubclass(candidate, SyntheticDataModule) and candidate.__qualname__ in checkpoint:
+        if (
+            isinstance(candidate, type)
+            and issubclass(candidate, SyntheticDataModule)
+            and candidate.__qualname__ in checkpoint
+        ):
             return f"{candidate.__module__}.{candidate.__qualname__}"
     return None
 
@@ -125,17 +166,25 @@ def rebuild(checkpoint: dict[str, Any], path: Path, trusted: tuple[str, ...] = (
 
     name = checkpoints.checkpoint_module_class(checkpoint)
     if name is None or "hyper_parameters" not in checkpoint:
-        raise ConfigError(f"checkpoint {path} was not written by lit_interp (no module class or hyperparameters); pass a checkpoint from a lit_interp run")
+        raise ConfigError(
+            f"checkpoint {path} was not written by lit_interp (no module class or "
+            "hyperparameters); pass a checkpoint from a lit_interp run"
+        )
     module_class = import_class(name, TaskModule, "module", path, trusted)
     data_name = datamodule_class_name(checkpoint, module_class)
     if data_name is None or "datamodule_hyper_parameters" not in checkpoint:
-        raise ConfigError(f"checkpoint {path} does not record its datamodule; pass a checkpoint written by lit_interp fit")
+        raise ConfigError(
+            f"checkpoint {path} does not record its datamodule; pass a checkpoint written by lit_interp fit"
+        )
     datamodule_class = import_class(data_name, SyntheticDataModule, "datamodule", path, trusted)
     try:
         module = module_class(**init_args(checkpoint["hyper_parameters"]))
         datamodule = datamodule_class(**init_args(checkpoint["datamodule_hyper_parameters"]))
     except TypeError as error:
-        raise ConfigError(f"checkpoint {path} has hyperparameters {name} does not take ({error}); analyse it with the lit_interp version that trained it") from None
+        raise ConfigError(
+            f"checkpoint {path} has hyperparameters {name} does not take ({error}); analyse it "
+            "with the lit_interp version that trained it"
+        ) from None
     checkpoints.check_compatible(checkpoint, path, module)
     module.load_state_dict(checkpoint["state_dict"], strict=False)  # check_compatible has matched every weight
     return module, datamodule
@@ -167,7 +216,9 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     module.to(check_device(args.device))
     step = int(checkpoint.get("global_step", 0))
     probe_batch_size = args.probe_batch_size or snapshot_probe_size(checkpoint) or 256
-    summary, tensors = run_analysis(module, datamodule, step, probe_batch_size, args.probe_index, sweep_hooks=not args.no_sweep_hooks)
+    summary, tensors = run_analysis(
+        module, datamodule, step, probe_batch_size, args.probe_index, sweep_hooks=not args.no_sweep_hooks
+    )
     summary["checkpoint"] = str(path)
     page = checkpoint_report(summary, tensors, f"lit_interp analysis of {path.name}")
     out.mkdir(parents=True, exist_ok=True)  # everything is computed before anything is written

@@ -141,7 +141,9 @@ def compile_training_forward(pl_module) -> None:
 
     compiled = torch.compile(pl_module.model)
     eager_forward = pl_module.forward
-    pl_module.forward = lambda batch: compiled(pl_module.model_input(batch)) if pl_module.training else eager_forward(batch)
+    pl_module.forward = lambda batch: (
+        compiled(pl_module.model_input(batch)) if pl_module.training else eager_forward(batch)
+    )
 
 
 def lit_worker(args) -> dict:
@@ -149,7 +151,13 @@ def lit_worker(args) -> dict:
     from lit_interp.cli import run_cli
 
     SETTINGS.update(steps=args.steps, warmup_steps=args.warmup_steps, device=args.device, compile=args.compile)
-    cli_args = ["fit", "--config", args.config, f"--trainer.max_steps={args.steps + 10}", f"--trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}"]
+    cli_args = [
+        "fit",
+        "--config",
+        args.config,
+        f"--trainer.max_steps={args.steps + 10}",
+        f"--trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
+    ]
     if args.precision:
         cli_args.append(f"--trainer.precision={args.precision}")
     cli_args += [f"--{override}" for override in args.set]
@@ -178,8 +186,15 @@ def plain_worker(args) -> dict:
     config, data, task = build_task(args.config, args.set)
     model = task.model.to(args.device)
     hparams, trainer_config = task.hparams, config.get("trainer", {})
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hparams.lr, betas=tuple(hparams.betas), weight_decay=hparams.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_multiplier(step, hparams.warmup_steps, hparams.decay_steps, hparams.min_lr_ratio))
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=hparams.lr,
+        betas=tuple(hparams.betas),
+        weight_decay=hparams.weight_decay,
+    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_multiplier(step, hparams.warmup_steps, hparams.decay_steps, hparams.min_lr_ratio)
+    )
     clip = trainer_config.get("gradient_clip_val")
     log_every = trainer_config.get("log_every_n_steps", 25)
     generator = torch.Generator(device=args.device).manual_seed(data.seed)
@@ -246,12 +261,25 @@ def callback_share_worker(args) -> dict:
 
     AnalysisSnapshots.snapshot = timed_snapshot
     start = time.perf_counter()
-    cli = run_cli(["fit", "--config", args.config, "--trainer.enable_progress_bar=false", f"--trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
-                   *[f"--{override}" for override in args.set]])
+    cli = run_cli(
+        [
+            "fit",
+            "--config",
+            args.config,
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
+            *[f"--{override}" for override in args.set],
+        ]
+    )
     fit_s = time.perf_counter() - start
     written = sorted(Path(cli.trainer.log_dir, "analysis").glob("step_*.json"))
-    return {"fit_s": fit_s, "snapshot_s": sum(snapshot_seconds), "snapshots": len(written), "steps": cli.trainer.global_step,
-            "slowest_snapshot_s": max(snapshot_seconds, default=0.0)}
+    return {
+        "fit_s": fit_s,
+        "snapshot_s": sum(snapshot_seconds),
+        "snapshots": len(written),
+        "steps": cli.trainer.global_step,
+        "slowest_snapshot_s": max(snapshot_seconds, default=0.0),
+    }
 
 
 def run_worker(args) -> None:
@@ -266,9 +294,23 @@ def run_worker(args) -> None:
 # ---------------------------------------------------------------- parent: side by side, alternating
 
 
-def launch(worker: str, config: str, args, precision: str | None, compile_forward: bool, with_callbacks: bool = False) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--config", str(ROOT / "configs" / f"{config}.yaml"),
-               "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps), "--device", args.device]
+def launch(
+    worker: str, config: str, args, precision: str | None, compile_forward: bool, with_callbacks: bool = False
+) -> dict:
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        worker,
+        "--config",
+        str(ROOT / "configs" / f"{config}.yaml"),
+        "--steps",
+        str(args.steps),
+        "--warmup-steps",
+        str(args.warmup_steps),
+        "--device",
+        args.device,
+    ]
     command += ["--precision", precision] if precision else []
     command += ["--compile"] if compile_forward else []
     command += ["--with-callbacks"] if with_callbacks else []
@@ -279,7 +321,7 @@ def launch(worker: str, config: str, args, precision: str | None, compile_forwar
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     if done.returncode != 0 or not lines:
         sys.exit(f"{worker} worker failed on {config}:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len(RESULT_PREFIX):])
+    return json.loads(lines[-1][len(RESULT_PREFIX) :])
 
 
 def has_callbacks(config: str) -> bool:
@@ -296,12 +338,24 @@ def compare(config: str, args, precision: str | None, compile_forward: bool) -> 
         for variant in variants if repeat % 2 == 0 else variants[::-1]:
             worker = "plain" if variant == "plain" else "lit"
             runs[variant].append(launch(worker, config, args, precision, compile_forward, variant == "lit+callbacks"))
-            print(f"  {config} {precision or 'default'}{' compiled' if compile_forward else ''} {variant}: {runs[variant][-1]['steps_per_s']:.1f} steps/s", file=sys.stderr, flush=True)
-    medians = {variant: {key: statistics.median(run[key] for run in results) for key in ("steps_per_s", "first_step_s", "peak_mib", "data_share", "data_ms")}
-               for variant, results in runs.items()}
+            print(
+                f"  {config} {precision or 'default'}{' compiled' if compile_forward else ''} {variant}: "
+                f"{runs[variant][-1]['steps_per_s']:.1f} steps/s",
+                file=sys.stderr,
+                flush=True,
+            )
+    medians = {
+        variant: {
+            key: statistics.median(run[key] for run in results)
+            for key in ("steps_per_s", "first_step_s", "peak_mib", "data_share", "data_ms")
+        }
+        for variant, results in runs.items()
+    }
     medians["lit"]["validation_share"] = statistics.median(run["validation_share"] for run in runs["lit"])
     medians["lit"]["precision"] = runs["lit"][0]["precision"]
-    medians["ratios"] = [run_lit["steps_per_s"] / run_plain["steps_per_s"] for run_lit, run_plain in zip(runs["lit"], runs["plain"])]
+    medians["ratios"] = [
+        run_lit["steps_per_s"] / run_plain["steps_per_s"] for run_lit, run_plain in zip(runs["lit"], runs["plain"])
+    ]
     if "lit+callbacks" in runs:
         medians["callback_overhead"] = 1 - medians["lit+callbacks"]["steps_per_s"] / medians["lit"]["steps_per_s"]
     return medians
@@ -311,7 +365,9 @@ def items_per_step(config: str, overrides: list[str]) -> tuple[int, str]:
     """Tokens (vectors for the recurrence) the model reads per training step."""
     import yaml
 
-    data = apply_overrides(yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text()), overrides)["data"]["init_args"]
+    data = apply_overrides(yaml.safe_load((ROOT / "configs" / f"{config}.yaml").read_text()), overrides)["data"][
+        "init_args"
+    ]
     if config == "affine_recurrence":
         return data["batch_size"] * (data["seq_len"] - 1), "vectors"
     return data["batch_size"] * data["n_ctx"], "tokens"
@@ -325,14 +381,23 @@ def table_rows(config: str, label: str, medians: dict, overrides: list[str]) -> 
     overhead = f"{medians['callback_overhead']:.1%}" if "callback_overhead" in medians else "not measured"
     rows = []
     for name, run in (("lit_interp", lit), ("plain loop", plain)):
-        rows.append(f"| {config} | {label} | {name} | {run['steps_per_s']:.1f} | {run['steps_per_s'] * per_step:,.0f} {unit} | "
-                    f"{run['peak_mib']:.0f} | {run['first_step_s']:.2f} | {run['data_share']:.1%} ({run['data_ms']:.2f} ms) | "
-                    + (f"**{ratio:.3f}** ({spread}) | {lit['validation_share']:.1%} | {overhead} |" if name == "lit_interp" else " | | |"))
+        rows.append(
+            f"| {config} | {label} | {name} | {run['steps_per_s']:.1f} | "
+            f"{run['steps_per_s'] * per_step:,.0f} {unit} | "
+            f"{run['peak_mib']:.0f} | {run['first_step_s']:.2f} | {run['data_share']:.1%} "
+            f"({run['data_ms']:.2f} ms) | "
+            + (
+                f"**{ratio:.3f}** ({spread}) | {lit['validation_share']:.1%} | {overhead} |"
+                if name == "lit_interp"
+                else " | | |"
+            )
+        )
     return rows
 
 
 TABLE_HEADER = [
-    "| config | precision | trainer | steps/s | items/s | peak MiB | first step s | data gen share (ms/batch) | lit/plain steps/s (range) | val share | callbacks overhead |",
+    "| config | precision | trainer | steps/s | items/s | peak MiB | first step s | data gen share (ms/batch) | "
+    "lit/plain steps/s (range) | val share | callbacks overhead |",
     "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
 ]
 
@@ -358,14 +423,26 @@ def benchmark_table(args) -> list[str]:
 def time_to_quality(config: str, args) -> dict:
     """Wall time of `python -m lit_interp fit --config ...` until the seed's figure is reached."""
     metric, mode, threshold = QUALITY[config]
-    command = [sys.executable, "-m", "lit_interp", "fit", "--config", str(ROOT / "configs" / f"{config}.yaml"),
-               "--trainer.enable_progress_bar=false",
-               "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping", f"--trainer.callbacks.monitor={metric}",
-               f"--trainer.callbacks.mode={mode}", f"--trainer.callbacks.stopping_threshold={threshold * (1 - 1e-9) if mode == 'max' else threshold * (1 + 1e-9)}",
-               "--trainer.callbacks.patience=1000000", f"--trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}"]
+    command = [
+        sys.executable,
+        "-m",
+        "lit_interp",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / f"{config}.yaml"),
+        "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=lightning.pytorch.callbacks.EarlyStopping",
+        f"--trainer.callbacks.monitor={metric}",
+        f"--trainer.callbacks.mode={mode}",
+        f"--trainer.callbacks.stopping_threshold={threshold * (1 - 1e-9) if mode == 'max' else threshold * (1 + 1e-9)}",
+        "--trainer.callbacks.patience=1000000",
+        f"--trainer.accelerator={'gpu' if args.device == 'cuda' else 'cpu'}",
+    ]
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=run_dir, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        done = subprocess.run(
+            command, cwd=run_dir, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore")
+        )
         wall = time.perf_counter() - start
         if done.returncode != 0:
             sys.exit(f"fit failed on {config}:\n{done.stderr[-3000:]}")
@@ -402,15 +479,30 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats: a few minutes on CPU")
     parser.add_argument("--steps", type=int, help="training steps per run (default 60 quick, 200 full)")
-    parser.add_argument("--warmup-steps", type=int, help="steps left out of the timing window (default 10 quick, 20 full)")
+    parser.add_argument(
+        "--warmup-steps", type=int, help="steps left out of the timing window (default 10 quick, 20 full)"
+    )
     parser.add_argument("--repeats", type=int, help="alternating repeats per variant (default 3 quick, 5 full)")
-    parser.add_argument("--compile", action="store_true", help="CUDA only: also time a torch.compile'd training forward")
-    parser.add_argument("--skip-callbacks", action="store_true", help="leave out the run with the config's analysis callbacks")
-    parser.add_argument("--ttq", action="store_true", help="time to quality (whole process) instead of the steps/s table")
+    parser.add_argument(
+        "--compile", action="store_true", help="CUDA only: also time a torch.compile'd training forward"
+    )
+    parser.add_argument(
+        "--skip-callbacks", action="store_true", help="leave out the run with the config's analysis callbacks"
+    )
+    parser.add_argument(
+        "--ttq", action="store_true", help="time to quality (whole process) instead of the steps/s table"
+    )
     parser.add_argument("--ttq-repeats", type=int, default=1)
-    parser.add_argument("--callback-share", action="store_true", help="share of a full default-length fit spent in analysis snapshots")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override for both trainers, e.g. data.init_args.batch_size=1024 (repeatable)")
+    parser.add_argument(
+        "--callback-share", action="store_true", help="share of a full default-length fit spent in analysis snapshots"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for both trainers, e.g. data.init_args.batch_size=1024 (repeatable)",
+    )
     parser.add_argument("--json", type=Path, help="also write the raw results here")
     parser.add_argument("--worker", choices=["lit", "plain", "share"], help=argparse.SUPPRESS)
     parser.add_argument("--config", help=argparse.SUPPRESS)
@@ -424,25 +516,52 @@ def main() -> None:
         return run_worker(args)
     if args.compile and args.device != "cuda":
         parser.error("--compile is for --device cuda (compile's CPU backend is not what a researcher would run here)")
-    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load_average()}, {os.cpu_count()} CPUs", flush=True)
+    print(
+        f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load_average()}, {os.cpu_count()} CPUs",
+        flush=True,
+    )
     if args.ttq:
-        print("| config | seed's figure | wall s (whole process) | reached at step | value | load |\n|---|---|---:|---:|---:|---|")
+        print(
+            "| config | seed's figure | wall s (whole process) | reached at step | value | load "
+            "|\n|---|---|---:|---:|---:|---|"
+        )
         for config in args.configs:
             for _ in range(args.ttq_repeats):
                 result = time_to_quality(config, args)
-                comparison = "≥" if result["reached"] and QUALITY[config][1] == "max" else "≤" if result["reached"] else "NOT reached:"
-                print(f"| {config} | {result['metric']} {comparison} {result['threshold']} | {result['wall_s']:.1f} | {result['step']} | {result['value']:.5g} | {load_average()} |", flush=True)
+                comparison = (
+                    "≥"
+                    if result["reached"] and QUALITY[config][1] == "max"
+                    else "≤"
+                    if result["reached"]
+                    else "NOT reached:"
+                )
+                print(
+                    f"| {config} | {result['metric']} {comparison} {result['threshold']} | "
+                    f"{result['wall_s']:.1f} | {result['step']} | {result['value']:.5g} | {load_average()} |",
+                    flush=True,
+                )
         return
     if args.callback_share:
-        print("| config | steps | fit s | snapshots | in snapshots s (slowest) | share of fit | load |\n|---|---:|---:|---:|---:|---:|---|")
+        print(
+            "| config | steps | fit s | snapshots | in snapshots s (slowest) | share of fit | load "
+            "|\n|---|---:|---:|---:|---:|---:|---|"
+        )
         for config in args.configs:
             result = launch("share", config, args, None, False)
-            print(f"| {config} | {result['steps']} | {result['fit_s']:.1f} | {result['snapshots']} | {result['snapshot_s']:.2f} "
-                  f"({result['slowest_snapshot_s']:.2f}) | {result['snapshot_s'] / result['fit_s']:.1%} | {load_average()} |", flush=True)
+            print(
+                f"| {config} | {result['steps']} | {result['fit_s']:.1f} | {result['snapshots']} | "
+                f"{result['snapshot_s']:.2f} "
+                f"({result['slowest_snapshot_s']:.2f}) | {result['snapshot_s'] / result['fit_s']:.1%} | "
+                f"{load_average()} |",
+                flush=True,
+            )
         return
     help_times = help_wall_times()
     print(f"`python -m lit_interp --help`: median {statistics.median(help_times):.2f} s of {len(help_times)}")
-    print(f"{args.steps} steps per run, the first {args.warmup_steps} untimed, {args.repeats} alternating repeats; medians\n")
+    print(
+        f"{args.steps} steps per run, the first {args.warmup_steps} untimed, {args.repeats} alternating "
+        "repeats; medians\n"
+    )
     rows = benchmark_table(args)
     print("\n".join(rows))
     print(f"\n# load average at the end: {load_average()}")

@@ -25,8 +25,20 @@ def run(tmp_path_factory) -> Path:
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        main(["fit", "--config", str(CONFIG), "--trainer.max_steps=6", "--checkpoint.every_n_train_steps=3", "--trainer.enable_progress_bar=false",
-              "--trainer.num_sanity_val_steps=0", "--data.init_args.val_batch_size=8", "--model.init_args.d_model=16", "--model.init_args.d_head=16"])
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIG),
+                "--trainer.max_steps=6",
+                "--checkpoint.every_n_train_steps=3",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.num_sanity_val_steps=0",
+                "--data.init_args.val_batch_size=8",
+                "--model.init_args.d_model=16",
+                "--model.init_args.d_head=16",
+            ]
+        )
     finally:
         os.chdir(cwd)
     return root / "lightning_logs/version_0"
@@ -51,7 +63,9 @@ def test_checkpoint_report(run, tmp_path, capsys):
     assert summary["step"] == 6 and set(summary["heads"]) == {"L0H0", "L1H0"}
     # Same weights and the same probe batch as the training snapshot: the same numbers.
     assert summary["loss"] == pytest.approx(snapshot["loss"], rel=1e-5)
-    assert summary["heads"]["L1H0"]["prev_token_score"] == pytest.approx(snapshot["heads"]["L1H0"]["prev_token_score"], rel=1e-5)
+    assert summary["heads"]["L1H0"]["prev_token_score"] == pytest.approx(
+        snapshot["heads"]["L1H0"]["prev_token_score"], rel=1e-5
+    )
     tensors = load_file(out / "tensors.safetensors")
     assert tensors["attention_patterns"].shape == (2, 1, 10, 10) and tensors["ov_circuit.L0H0"].shape == (101, 101)
     page = (out / "report.html").read_text()
@@ -61,7 +75,9 @@ def test_checkpoint_report(run, tmp_path, capsys):
 
 
 def test_default_output_dirs(run, capsys):
-    code, _ = analyze(["--ckpt_path", str(run / "checkpoints/step_0000003.ckpt"), "--no_sweep_hooks", "--probe_batch_size=16"], capsys)
+    code, _ = analyze(
+        ["--ckpt_path", str(run / "checkpoints/step_0000003.ckpt"), "--no_sweep_hooks", "--probe_batch_size=16"], capsys
+    )
     assert code == 0 and (run / "checkpoints/analysis_step_0000003/report.html").is_file()
     assert "hooks" not in json.loads((run / "checkpoints/analysis_step_0000003/summary.json").read_text())
     code, _ = analyze(["--run", str(run)], capsys)
@@ -83,13 +99,25 @@ def test_direct_trainer_checkpoint_is_rebuilt_without_cli_class_paths(tmp_path, 
 
     from lit_interp.tasks.prev_token_digits import DigitsDataModule, PrevTokenDigitsModule
 
-    trainer = pl.Trainer(default_root_dir=tmp_path, max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)
+    trainer = pl.Trainer(
+        default_root_dir=tmp_path,
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
     trainer.fit(PrevTokenDigitsModule(d_model=16), DigitsDataModule(batch_size=8))
     trainer.save_checkpoint(tmp_path / "direct.ckpt")
-    code, err = analyze(["--ckpt_path", str(tmp_path / "direct.ckpt"), "--probe_batch_size=16", "--no_sweep_hooks"], capsys)
+    code, err = analyze(
+        ["--ckpt_path", str(tmp_path / "direct.ckpt"), "--probe_batch_size=16", "--no_sweep_hooks"], capsys
+    )
     assert code == 0, err
     tensors = load_file(tmp_path / "analysis_direct/tensors.safetensors")
-    assert any(name.startswith("rotary_similarity.q") for name in tensors) and any(name.startswith("rotary_similarity.rot_q") for name in tensors)
+    assert any(name.startswith("rotary_similarity.q") for name in tensors) and any(
+        name.startswith("rotary_similarity.rot_q") for name in tensors
+    )
     assert "Cosine similarity across positions" in (tmp_path / "analysis_direct/report.html").read_text()
 
 
@@ -106,7 +134,10 @@ def bad_checkpoints(tmp_path: Path, run: Path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "truncated.ckpt").write_bytes(good[: len(good) // 2])
     (tmp_path / "notes.ckpt").write_text("not a checkpoint\n")
     torch.save({"state_dict": {}, "hyper_parameters": {}}, tmp_path / "foreign.ckpt")
-    torch.save({"state_dict": {}, "lit_interp": {"module_class": "os.system"}, "hyper_parameters": {}}, tmp_path / "named_os.ckpt")
+    torch.save(
+        {"state_dict": {}, "lit_interp": {"module_class": "os.system"}, "hyper_parameters": {}},
+        tmp_path / "named_os.ckpt",
+    )
     torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": Payload(tmp_path / "pwned")}, tmp_path / "malicious.ckpt")
     return {
         "missing": (tmp_path / "absent.ckpt", "does not exist"),
@@ -123,7 +154,9 @@ def test_bad_checkpoints_are_refused_in_one_line_and_write_nothing(run, tmp_path
         out = tmp_path / f"out_{path.stem}"
         code, err = analyze(["--ckpt_path", str(path), "--out", str(out)], capsys)
         assert code == 2, case
-        assert err.startswith("lit_interp: error: ") and err.count("\n") == 1 and expected in err and str(path) in err, (case, err)
+        assert (
+            err.startswith("lit_interp: error: ") and err.count("\n") == 1 and expected in err and str(path) in err
+        ), (case, err)
         assert not out.exists(), case
     assert not (tmp_path / "pwned").exists()  # the pickled os.system never ran
     torch.save({"extra": Payload(tmp_path / "control")}, tmp_path / "control.ckpt")
@@ -146,7 +179,10 @@ def test_other_user_errors(run, tmp_path, capsys):
     }
     for case, (args, expected) in cases.items():
         code, err = analyze(args, capsys)
-        assert code == 2 and err.startswith("lit_interp: error: ") and err.count("\n") == 1 and expected in err, (case, err)
+        assert code == 2 and err.startswith("lit_interp: error: ") and err.count("\n") == 1 and expected in err, (
+            case,
+            err,
+        )
     assert sorted(p.name for p in occupied.iterdir()) == ["keep.txt"] and list(empty_run.iterdir()) == []
 
 
