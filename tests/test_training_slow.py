@@ -47,6 +47,8 @@ def test_seed_001_bos_ints_attn_only_layer_1_copies_the_previous_token():
     adversarial = snapshot["adversarial"]
     assert adversarial["no_bos_loss"] >= 20 * adversarial["clean_loss"], "position comes from BOS"
     assert adversarial["repeated_tokens_loss"] >= 5 * adversarial["clean_loss"], "repeated tokens confuse the counting"
+    terms = snapshot["term_importance"]  # seed 001: the direct and K+Q terms matter most
+    assert min(terms["direct"], terms["kq_comp"]) > max(terms["k_comp"], terms["q_comp"]), terms
 
 
 def test_seed_004_bos_ints_mlp_needs_its_embedding():
