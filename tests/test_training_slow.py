@@ -4,14 +4,11 @@ last analysis snapshot rediscovers what the seed notebook found by hand; DDP on 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-
 from conftest import CONFIGS, QUIET
+
 from lit_interp.cli import run_cli
 
 pytestmark = pytest.mark.slow
