@@ -107,8 +107,13 @@ class SyntheticDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return DataLoader(_FixedIndices(self.val_batches), batch_size=None)
 
+    def on_before_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
+        self._index = int(batch)  # read on the host, before the transfer: no device sync per step
+        return batch
+
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
-        index = int(batch)
+        index = self.__dict__.pop("_index", None)
+        index = int(batch) if index is None else index
         stage = self.trainer.state.stage if self.trainer is not None else None
         if stage == "train":
             self.next_train_index = index + 1
