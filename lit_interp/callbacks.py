@@ -123,6 +123,8 @@ class AnalysisSnapshots(Callback):
         self.run_dir: Path | None = None  # set in setup (all ranks) or by the CLI
         self._steps: list[int] = []
         self._warned = False
+        self._logged: set[int] = set()  # steps whose scalars this process has logged
+        self._attempted: set[int] = set()  # steps this process has analysed (or failed to)
 
     def cadence(self, trainer: pl.Trainer) -> int | None:
         """Our own every_n_train_steps, else that of the trainer's step-based ModelCheckpoint."""
@@ -205,13 +207,6 @@ class AnalysisSnapshots(Callback):
         except Exception as error:  # analysis must never stop training
             self._record_error(trainer, step, error)
 
-    @property
-    def _logged(self) -> set[int]:
-        return self.__dict__.setdefault("_logged_steps", set())
-
-    @property
-    def _attempted(self) -> set[int]:
-        return self.__dict__.setdefault("_attempted_steps", set())
 
     def _relog(self, trainer: pl.Trainer, step: int, final: bool) -> None:
         try:
