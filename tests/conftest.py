@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,14 @@ def run_lit_interp(*args: str) -> None:
 
 def tiny_fit(config: str, *args: str) -> None:
     run_lit_interp("fit", "--config", str(CONFIGS / f"{config}.yaml"), *TINY[config], *args)
+
+
+@contextlib.contextmanager
+def inside(directory: Path):
+    """Run in `directory` (module-scoped fixtures cannot use the autouse chdir), then come back."""
+    cwd = os.getcwd()
+    os.chdir(directory)
+    try:
+        yield directory
+    finally:
+        os.chdir(cwd)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import inside
 from safetensors.torch import load_file
 
 from lit_interp.cli import main
@@ -22,9 +23,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs/bos_ints_attn_only.yaml"
 def run(tmp_path_factory) -> Path:
     """A tiny bos_ints run trained through the CLI: checkpoints and snapshots at steps 3 and 6."""
     root = tmp_path_factory.mktemp("fit")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with inside(root):
         main(
             [
                 "fit",
@@ -39,8 +38,6 @@ def run(tmp_path_factory) -> Path:
                 "--model.init_args.d_head=16",
             ]
         )
-    finally:
-        os.chdir(cwd)
     return root / "lightning_logs/version_0"
 
 

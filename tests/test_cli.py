@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import CONFIGS, QUIET, TINY, run_lit_interp, tiny_fit
+from conftest import CONFIGS, QUIET, TINY, inside, run_lit_interp, tiny_fit
 
 from lit_interp.cli import run_cli
 
@@ -163,9 +162,7 @@ BAD_ARGS = [
 def two_runs(tmp_path_factory) -> Path:
     """A digits run (version_0) and a bos_ints run (version_1), trained once for every bad-input case."""
     root = tmp_path_factory.mktemp("two_runs")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with inside(root):
         tiny_fit(
             "prev_token_digits", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=2", "--trainer.callbacks=[]"
         )
@@ -176,8 +173,6 @@ def two_runs(tmp_path_factory) -> Path:
             "--model.init_args.d_head=8",
             "--trainer.callbacks=[]",
         )
-    finally:
-        os.chdir(cwd)
     return root / "lightning_logs"
 
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import re
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_fit
+from conftest import inside, tiny_fit
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from lit_interp import load
@@ -36,12 +35,8 @@ def notebook_example() -> str:
 def run_root(tmp_path_factory) -> Path:
     """A tiny digits run in lightning_logs/version_0: checkpoints at steps 1 and 2, analysis snapshots up to step 2."""
     root = tmp_path_factory.mktemp("notebook")
-    cwd = os.getcwd()
-    os.chdir(root)
-    try:
+    with inside(root):
         tiny_fit("prev_token_digits", "--trainer.max_steps=2", "--checkpoint.every_n_train_steps=1", *FAST)
-    finally:
-        os.chdir(cwd)
     return root
 
 
