@@ -207,7 +207,6 @@ class AnalysisSnapshots(Callback):
         except Exception as error:  # analysis must never stop training
             self._record_error(trainer, step, error)
 
-
     def _relog(self, trainer: pl.Trainer, step: int, final: bool) -> None:
         try:
             summary, tensors = read_snapshot(self.run_dir, step)

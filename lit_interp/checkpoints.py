@@ -17,6 +17,9 @@ from lit_interp.errors import ConfigError
 class StepCheckpoint(ModelCheckpoint):
     """ModelCheckpoint that also saves when training stops between two periodic saves, after the
     validation of its step, and (last.ckpt only) when the run is interrupted by Ctrl-C or SIGTERM.
+    The loggers are flushed before every save, and the save at the end of training comes after
+    everything else the run logs (the last snapshot, the final metrics), so a checkpoint at
+    `max_steps` is a finished run: resuming from it has nothing to replay or log again.
 
     With `every_n_train_steps`, Lightning saves nothing at `max_steps` unless it is a multiple; the
     final weights (and the resume position) would be lost. A periodic save at a step that also
@@ -44,6 +47,8 @@ class StepCheckpoint(ModelCheckpoint):
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._after_validation and not trainer.sanity_checking:
             self._after_validation = False
+            if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+                return  # the final save waits for on_train_end, after the run's summary is logged
             candidates = self._monitor_candidates(trainer)
             self._save_topk_checkpoint(trainer, candidates)
             self._save_last_checkpoint(trainer, candidates)
@@ -56,6 +61,14 @@ class StepCheckpoint(ModelCheckpoint):
         candidates = self._monitor_candidates(trainer)
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        # What was logged up to this checkpoint is on disk before the checkpoint is: a run killed
+        # after it and resumed from it neither loses nor repeats a logged point.
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.save()
+        super()._save_checkpoint(trainer, filepath)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException

@@ -45,8 +45,10 @@ def build_cli_class():
     import torch
     from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
     from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+    from lightning.pytorch.loggers import CSVLogger
 
     from lit_interp import checkpoints, rundir
+    from lit_interp import loggers as logging_utils
     from lit_interp.callbacks import AnalysisSnapshots, ThrottledProgressBar
     from lit_interp.guards import FiniteLossGuard, GracefulInterrupt
     from lit_interp.summary import RunSummary
@@ -209,6 +211,10 @@ def build_cli_class():
             for callback in created.callbacks:
                 if isinstance(callback, AnalysisSnapshots) and self.run_dir is not None:
                     callback.run_dir = self.run_dir
+            if self.subcommand == "fit" and checkpoint is not None and created.is_global_zero:
+                for logger in created.loggers:
+                    if isinstance(logger, CSVLogger):
+                        logging_utils.continue_csv_metrics(logger, purge_step(checkpoint, self.config.fit.trainer))
             return created
 
         def _before_run(self) -> None:
@@ -256,13 +262,20 @@ def place_loggers(trainer_config, run_dir: Path, checkpoint: dict | None) -> Non
             init_args.name = run_dir.parent.name
             init_args.version = run_dir.name
             if name == "TensorBoardLogger" and checkpoint is not None:
-                init_args.purge_step = int(checkpoint.get("global_step", 0))
+                init_args.purge_step = purge_step(checkpoint, trainer_config)
         elif init_args.get("save_dir") == "":  # inherited from the default logger: this logger's own default place
             init_args.save_dir = str(run_dir.parents[1] / ("mlruns" if name == "MLFlowLogger" else ""))
         if name in resumed and name == "MLFlowLogger":
             init_args.run_id = resumed[name]
         elif name in resumed and name == "WandbLogger":
             init_args.id = resumed[name]
+
+
+def purge_step(checkpoint: dict, trainer_config) -> int | None:
+    """The first step a resumed run logs again: its checkpoint's step, or None for a checkpoint at
+    max_steps (a finished run: the final save comes after everything it logs, and nothing replays)."""
+    step, max_steps = int(checkpoint.get("global_step", 0)), trainer_config.get("max_steps") or -1
+    return None if 0 < max_steps <= step else step
 
 
 def task_config_of(checkpoint: dict[str, Any]) -> dict[str, Any]:

@@ -106,3 +106,30 @@ def log_analysis(
             logger.experiment.add_custom_scalars(custom_scalar_layout(scalars))
     if tensors:
         log_images(loggers, analysis_images(tensors), step)
+
+
+def continue_csv_metrics(logger, purge_step: int | None) -> None:
+    """Resume a CSVLogger's `metrics.csv` instead of losing it: Lightning's writer deletes the file when
+    it opens an existing version. Rows logged before `purge_step` are kept (the replayed steps log
+    the rest again, as TensorBoard's `purge_step` does); `None` keeps every row (a finished run)."""
+    import csv
+    import warnings
+    from pathlib import Path
+
+    if logger._experiment is not None:
+        raise RuntimeError("continue_csv_metrics must run before the CSVLogger writes anything")
+    path = Path(logger.log_dir) / "metrics.csv"
+    rows: list[dict[str, Any]] = []
+    if path.is_file():
+        with open(path, newline="") as file:
+            for row in csv.DictReader(file):
+                kept = {key: value for key, value in row.items() if key is not None and value not in ("", None)}
+                step = kept.get("step")
+                if step is not None and (purge_step is None or int(float(step)) < purge_step):
+                    rows.append(kept)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*exists and is not empty.*")
+        writer = logger.experiment  # opens the version: Lightning deletes the old file here
+    writer.metrics[:0] = rows
+    if rows:
+        writer.save()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -18,6 +19,7 @@ from lightning.pytorch.callbacks import Callback
 from lit_interp.callbacks import snapshot_steps
 from lit_interp.checkpoints import AtomicCheckpointIO, CheckpointWriteError
 from lit_interp.cli import main, run_cli
+from lit_interp.runlogs import read_csv_metrics
 
 NO_ANALYSIS = ["--trainer.callbacks=[]"]
 
@@ -31,6 +33,12 @@ def scalars(run: Path, prefix: str = "") -> dict[str, list[tuple[int, float]]]:
         for tag in events.Tags()["scalars"]
         if tag.startswith(prefix)
     }
+
+
+def csv_rows(run: Path) -> list[tuple[int, tuple[str, ...]]]:
+    """Every row of metrics.csv as (step, the columns it fills): a duplicated or lost row shows."""
+    with open(run / "metrics.csv", newline="") as file:
+        return sorted((int(row["step"]), tuple(sorted(k for k, v in row.items() if v))) for row in csv.DictReader(file))
 
 
 def test_log_spaced_schedule_is_dense_early():
@@ -72,16 +80,18 @@ def test_config_interpolation_trains(tmp_path):
     assert cli.model.model.cfg.d_head == 16 and cli.trainer.global_step == 1
 
 
+TENSORBOARD_AND_CSV = (
+    '[{"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "."}},'
+    ' {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}]'
+)
+
+
 def test_csv_and_tensorboard_loggers_both_receive_the_analysis():
-    loggers = (
-        '[{"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "."}},'
-        ' {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}]'
-    )
     tiny_fit(
         "bos_ints_attn_only",
         "--trainer.max_steps=4",
         "--trainer.log_every_n_steps=2",
-        f"--trainer.logger={loggers}",
+        f"--trainer.logger={TENSORBOARD_AND_CSV}",
         "--trainer.callbacks.init_args.probe_batch_size=16",
         "--trainer.callbacks.init_args.log_spaced=0",
         "--trainer.callbacks.init_args.every_n_train_steps=2",
@@ -324,12 +334,15 @@ def test_tensorboard_of_a_resumed_run_equals_the_uninterrupted_one(tmp_path, mon
         "--trainer.callbacks.init_args.probe_batch_size=16",
         "--trainer.callbacks.init_args.log_spaced=6",
         "--trainer.max_steps=12",
+        f"--trainer.logger={TENSORBOARD_AND_CSV}",
     ]
     for name in ("straight", "killed"):
         (tmp_path / name).mkdir()
     monkeypatch.chdir(tmp_path / "straight")
     tiny_fit("bos_ints_attn_only", *args)
     straight = scalars(Path("lightning_logs/version_0"))
+    straight_csv = read_csv_metrics(Path("lightning_logs/version_0"))
+    straight_rows = csv_rows(Path("lightning_logs/version_0"))
     monkeypatch.chdir(tmp_path / "killed")
     with pytest.raises(ProcessKilled):
         tiny_fit("bos_ints_attn_only", *args, "--trainer.callbacks+=test_runs.CrashAfter")
@@ -346,3 +359,18 @@ def test_tensorboard_of_a_resumed_run_equals_the_uninterrupted_one(tmp_path, mon
             [value for _, value in values], rel=1e-5, nan_ok=True
         ), tag
     assert json.loads((run / "final_metrics.json").read_text())["step"] == 12
+    resumed_csv = read_csv_metrics(run)  # Lightning's CSVLogger alone would have deleted the killed run's rows
+    assert csv_rows(run) == straight_rows
+    assert set(resumed_csv) == set(straight_csv)
+    for tag, (steps, values) in straight_csv.items():
+        assert resumed_csv[tag][0] == steps, tag
+        assert resumed_csv[tag][1] == pytest.approx(values, rel=1e-5, nan_ok=True), tag
+    # The final checkpoint is written after everything the run logs, so a kill right after it loses
+    # nothing, and resuming from it (a finished run) leaves the logs as they are.
+    summary = (run / "final_metrics.json").stat().st_mtime_ns
+    assert (run / "checkpoints/last.ckpt").stat().st_mtime_ns >= summary
+    time.sleep(1.1)
+    tiny_fit("bos_ints_attn_only", *args, "--ckpt_path", "last")
+    assert scalars(run) == resumed
+    assert csv_rows(run) == straight_rows
+    assert (run / "final_metrics.json").stat().st_mtime_ns == summary
