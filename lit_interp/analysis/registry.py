@@ -11,7 +11,7 @@ import torch
 from transformer_lens import ActivationCache, HookedTransformer
 
 from lit_interp.analysis.losses import Task, is_token_task
-from lit_interp.analysis.weights import processed_copy
+from lit_interp.analysis.weights import processed_view
 
 Summary = dict[str, Any]
 Tensors = dict[str, torch.Tensor]
@@ -36,8 +36,9 @@ class AnalysisContext:
 
     @cached_property
     def processed(self) -> HookedTransformer:
-        """LayerNorm folded, writing weights centred, unembedding centred for token tasks only (`processed_copy`)."""
-        return processed_copy(self.model, center_unembed=self.token_task)
+        """LayerNorm folded, writing weights centred, unembedding centred for token tasks only (`processed_copy`),
+        refilled in place from the model's current weights at each snapshot (`processed_view`)."""
+        return processed_view(self.model, center_unembed=self.token_task)
 
     @property
     def token_task(self) -> bool:

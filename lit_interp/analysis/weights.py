@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import re
+import weakref
 
 import torch
 from transformer_lens import FactoredMatrix, HookedTransformer
+from transformer_lens.weight_processing import ProcessWeights
 
 # Norms with a learned scale (and LN's bias) to fold into the weights that read from them; the "Pre"
 # norms have none, and TransformerLens warns when asked to fold them.
@@ -33,16 +36,69 @@ def processed_copy(model: HookedTransformer, center_unembed: bool) -> HookedTran
     return processed
 
 
-def _fold_into(norm: torch.nn.Module, weights: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+def processed_view(model: HookedTransformer, center_unembed: bool) -> HookedTransformer:
+    """`processed_copy(model, center_unembed)`, kept and refilled in place on every call for the same `model`.
+
+    For snapshots of a model that keeps training: the first call makes the processed copy, later
+    calls load `model`'s current weights into it, processed, without another deep copy of the
+    module tree. The result is valid until the next call for the same model; use `processed_copy`
+    for one to keep.
+    """
+    key = (bool(center_unembed), model.cfg.device, str(model.W_E.device))
+    cached = _VIEWS.get(model)
+    if cached is None or cached[0] != key:
+        processed = processed_copy(model, center_unembed)
+        _VIEWS[model] = (key, processed)
+        return processed
+    processed = cached[1]
+    state = {name: tensor.detach().float().clone() for name, tensor in model.state_dict().items()}
+    foldable = model.cfg.normalization_type in FOLDABLE_NORMS
+    if foldable:
+        _fold_norm_scales_of_state(state, model.cfg)
+    state = ProcessWeights.process_weights(
+        model.fill_missing_keys(state),
+        processed.cfg,
+        fold_ln=foldable,
+        center_writing_weights=True,
+        center_unembed=center_unembed,
+        fold_value_biases=True,
+    )
+    # The folded norms' w and b stay in the state dict (1 and 0); the processed copy has no such parameters.
+    loaded = processed.load_state_dict(state, strict=False)
+    unexpected = [name for name in loaded.unexpected_keys if not re.search(r"(^|\.)(ln1|ln2|ln_final)\.[wb]$", name)]
+    if loaded.missing_keys or unexpected:
+        raise RuntimeError(
+            f"processed view of {model.cfg.model_name}: missing {loaded.missing_keys}, unexpected {unexpected}"
+        )
+    return processed
+
+
+_VIEWS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _fold_into(
+    scale: torch.Tensor, bias: torch.Tensor | None, weights: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
     """Fold a norm's scale (and bias) into the (W [.. d_model out], b [.. out]) pairs reading it; leave it 1 (and 0)."""
-    bias = getattr(norm, "b", None)
     for W, b in weights:
         if bias is not None:
             b.add_(torch.einsum("d,...do->...o", bias, W))
-        W.mul_(norm.w[:, None])
-    norm.w.fill_(1.0)
+        W.mul_(scale[:, None])
+    scale.fill_(1.0)
     if bias is not None:
         bias.zero_()
+
+
+def _norm_readers(cfg) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Each norm (by its state-dict prefix) and the (W, b) names of the weights that read from it."""
+    readers = []
+    for layer in range(cfg.n_layers):
+        attn = f"blocks.{layer}.attn"
+        readers.append((f"blocks.{layer}.ln1", [(f"{attn}.W_{x}", f"{attn}.b_{x}") for x in "QKV"]))
+        if not cfg.attn_only:
+            readers.append((f"blocks.{layer}.ln2", [(f"blocks.{layer}.mlp.W_in", f"blocks.{layer}.mlp.b_in")]))
+    readers.append(("ln_final", [("unembed.W_U", "unembed.b_U")]))
+    return readers
 
 
 @torch.no_grad()
@@ -54,12 +110,14 @@ def _fold_norm_scales(model: HookedTransformer) -> None:
     norms of 1 and 0 to fold, which any axis gets right. It still centres the reading weights and
     turns LN into LNPre.
     """
-    for block in model.blocks:
-        attn = block.attn
-        _fold_into(block.ln1, [(attn.W_Q, attn.b_Q), (attn.W_K, attn.b_K), (attn.W_V, attn.b_V)])
-        if not model.cfg.attn_only:
-            _fold_into(block.ln2, [(block.mlp.W_in, block.mlp.b_in)])
-    _fold_into(model.ln_final, [(model.unembed.W_U, model.unembed.b_U)])
+    parameters = dict(model.named_parameters())
+    _fold_norm_scales_of_state(parameters, model.cfg)
+
+
+def _fold_norm_scales_of_state(state: dict[str, torch.Tensor], cfg) -> None:
+    """`_fold_norm_scales` on a state dict (or a dict of the parameters themselves), in place."""
+    for norm, readers in _norm_readers(cfg):
+        _fold_into(state[f"{norm}.w"], state.get(f"{norm}.b"), [(state[W], state[b]) for W, b in readers])
 
 
 def finite_matrices(matrices: torch.Tensor) -> torch.Tensor:

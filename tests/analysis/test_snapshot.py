@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lit_interp.analysis import run_analysis
-from lit_interp.analysis.weights import processed_copy
+from lit_interp.analysis.weights import processed_copy, processed_view
 
 from .conftest import TASKS, tiny_task
 
@@ -140,8 +140,11 @@ def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
     module, data = tiny_task(task)
     full, full_tensors = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False)
     cheap, cheap_tensors = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False, expensive=False)
-    assert set(full) - set(cheap) == {"patching", "backup"}
-    assert set(full_tensors) - set(cheap_tensors) == EXPENSIVE_TENSORS
+    adversarial = "adversarial" in EXPECTED[task]["sections"]
+    assert set(full) - set(cheap) == {"patching", "backup"} | ({"adversarial"} if adversarial else set())
+    adversarial_tensors = {name for name in full_tensors if name.startswith("adversarial_")}
+    assert bool(adversarial_tensors) == adversarial
+    assert set(full_tensors) - set(cheap_tensors) == EXPENSIVE_TENSORS | adversarial_tensors
     for label, scores in cheap["heads"].items():
         assert {
             name: value for name, value in full["heads"][label].items() if name not in EXPENSIVE_HEAD_KEYS
@@ -167,7 +170,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, sys.argv[1])
 from analysis.conftest import TASKS, tiny_task
 from lit_interp.analysis import run_analysis
-from lit_interp.analysis.weights import processed_copy
+from lit_interp.analysis.weights import processed_copy, processed_view
 from lit_interp.analysis.circuits import composition_scores, eigenvalue_scores, head_singular_values
 for task in TASKS:
     module, data = tiny_task(task)
@@ -294,3 +297,21 @@ def test_summary_attributions_add_up_to_the_output_less_biases(task):
         correct = output.gather(-1, targets[..., None])[..., 0]
         expected = (correct - output.mean(-1) - (b_U[targets] - b_U.mean())).mean()
     assert total == pytest.approx(expected.item(), rel=1e-4, abs=1e-4)
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_the_processed_view_refilled_after_training_equals_a_fresh_processed_copy(task):
+    module, _ = tiny_task(task)
+    center_unembed = task != "affine_recurrence"
+    model = module.model
+    first = processed_view(model, center_unembed)
+    for _ in range(2):  # the weights move, LayerNorm scales far from 1: the view must follow, folded
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                parameter.copy_(torch.rand_like(parameter) * 3 + 0.2 if name.endswith(".w") else parameter + 0.3)
+        view = processed_view(model, center_unembed)
+        assert view is first
+        fresh = processed_copy(model, center_unembed).state_dict()
+        assert view.state_dict().keys() == fresh.keys()
+        for name, tensor in view.state_dict().items():
+            assert torch.equal(tensor, fresh[name]), name
