@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -12,8 +15,9 @@ import pytest
 import torch
 import yaml
 from conftest import CONFIGS, QUIET, TINY, inside, run_lit_interp, tiny_fit
+from lightning.pytorch.callbacks import Callback
 
-from lit_interp.cli import run_cli
+from lit_interp.cli import run_cli, startup_done
 
 CONFIG_NAMES = sorted(TINY)
 
@@ -235,3 +239,44 @@ def test_module_entry_point_reports_errors_with_exit_code_2():
         result.stderr.strip().splitlines()[-1]
         == "lit_interp: error: batch_size=-3 must be positive; set data.batch_size >= 1"
     )
+
+
+class GarbageCollectorProbe(Callback):
+    """Writes the collector's state at the start of training to gc_state.json."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        Path("gc_state.json").write_text(json.dumps({"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}))
+
+
+def test_the_entry_point_trains_with_the_collector_on_and_the_start_up_objects_frozen(tmp_path):
+    """`python -m lit_interp` starts with the collector off (start-up builds ~0.5M long-lived objects);
+    training must run with it back on, and those objects frozen so no full collection walks them."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lit_interp",
+            "fit",
+            "--config",
+            str(CONFIGS / "prev_token_digits.yaml"),
+            *TINY["prev_token_digits"],
+            *QUIET,
+            "--trainer.max_steps=1",
+            "--trainer.callbacks=[]",
+            "--trainer.callbacks+=test_cli.GarbageCollectorProbe",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": f"{Path(__file__).parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    state = json.loads((tmp_path / "gc_state.json").read_text())
+    assert state["enabled"] and state["frozen"] > 100_000
+
+
+def test_in_process_callers_keep_their_collector_untouched():
+    frozen = gc.get_freeze_count()
+    startup_done()
+    assert gc.isenabled() and gc.get_freeze_count() == frozen
