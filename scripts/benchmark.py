@@ -245,8 +245,8 @@ def data_generation_cost(data, device: str, steps_per_s: float, batches: int = 3
 
 
 def callback_share_worker(args) -> dict:
-    """A full `fit` of the config as shipped; seconds inside AnalysisSnapshots.snapshot over the fit's."""
-    from lit_interp.callbacks import AnalysisSnapshots
+    """A full `fit` of the config as shipped; seconds inside AnalysisSnapshots.snapshot and TrainingDynamics' hooks."""
+    from lit_interp.callbacks import AnalysisSnapshots, TrainingDynamics
     from lit_interp.cli import run_cli
 
     snapshot_seconds: list[float] = []
@@ -260,6 +260,18 @@ def callback_share_worker(args) -> dict:
         snapshot_seconds.append(time.perf_counter() - start)
 
     AnalysisSnapshots.snapshot = timed_snapshot
+    dynamics_seconds = [0.0]
+
+    def timed(hook):
+        def wrapper(self, trainer, *rest, **kwargs):
+            start = time.perf_counter()
+            hook(self, trainer, *rest, **kwargs)
+            dynamics_seconds[0] += time.perf_counter() - start
+
+        return wrapper
+
+    for name in ("on_train_start", "on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end"):
+        setattr(TrainingDynamics, name, timed(getattr(TrainingDynamics, name)))
     start = time.perf_counter()
     cli = run_cli(
         [
@@ -276,14 +288,20 @@ def callback_share_worker(args) -> dict:
     return {
         "fit_s": fit_s,
         "snapshot_s": sum(snapshot_seconds),
+        "dynamics_s": dynamics_seconds[0],
         "snapshots": len(written),
         "steps": cli.trainer.global_step,
         "slowest_snapshot_s": max(snapshot_seconds, default=0.0),
+        "snapshot_seconds": [round(seconds, 4) for seconds in snapshot_seconds],
     }
 
 
 def run_worker(args) -> None:
+    import gc
+
     import __main__
+
+    gc.disable()  # as `python -m lit_interp` starts (lit_interp/__main__.py); the CLI turns it back on
 
     __main__.StepTimer = make_step_timer()
     workers = {"lit": lit_worker, "plain": plain_worker, "share": callback_share_worker}
@@ -542,17 +560,23 @@ def main() -> None:
                 )
         return
     if args.callback_share:
+        repeats = args.repeats or 1
         print(
-            "| config | steps | fit s | snapshots | in snapshots s (slowest) | share of fit | load "
-            "|\n|---|---:|---:|---:|---:|---:|---|"
+            f"{repeats} run(s) per config; medians (and the range of the share)\n\n"
+            "| config | steps | fit s | snapshots | in snapshots s (slowest) | in TrainingDynamics s | "
+            "callbacks' share of fit (range) | load |\n|---|---:|---:|---:|---:|---:|---:|---|"
         )
         for config in args.configs:
-            result = launch("share", config, args, None, False)
+            results = [launch("share", config, args, None, False) for _ in range(repeats)]
+            shares = [(r["snapshot_s"] + r["dynamics_s"]) / r["fit_s"] for r in results]
+
+            def median(key: str, results: list[dict] = results) -> float:
+                return statistics.median(r[key] for r in results)
+
             print(
-                f"| {config} | {result['steps']} | {result['fit_s']:.1f} | {result['snapshots']} | "
-                f"{result['snapshot_s']:.2f} "
-                f"({result['slowest_snapshot_s']:.2f}) | {result['snapshot_s'] / result['fit_s']:.1%} | "
-                f"{load_average()} |",
+                f"| {config} | {results[0]['steps']} | {median('fit_s'):.1f} | {results[0]['snapshots']} | "
+                f"{median('snapshot_s'):.2f} ({median('slowest_snapshot_s'):.2f}) | {median('dynamics_s'):.2f} | "
+                f"{statistics.median(shares):.1%} ({min(shares):.1%}-{max(shares):.1%}) | {load_average()} |",
                 flush=True,
             )
         return

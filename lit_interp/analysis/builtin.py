@@ -281,7 +281,6 @@ BUILTIN_ANALYSES = [
         kq_composition,
         applies=lambda context: context.model.cfg.attn_only and context.model.cfg.n_layers >= 2,
     ),
-    Analysis("adversarial", adversarial, applies=lambda context: context.token_task),
     Analysis("term_importance", terms, applies=lambda context: supports_term_importance(context.model)),
     Analysis("neurons", neurons, applies=lambda context: not context.model.cfg.attn_only),
     Analysis("recurrence_loss", recurrence_loss, applies=_is_recurrence),
@@ -289,6 +288,8 @@ BUILTIN_ANALYSES = [
     Analysis("hook_sweep", hook_sweep, applies=lambda context: context.sweep_hooks),
     # One partial forward pass per head and mode: most of a snapshot's cost on the larger configs.
     Analysis("head_ablation", head_ablation, expensive=True),
+    # Two forward passes on constructed inputs (like patching): a robustness check, not a training signal.
+    Analysis("adversarial", adversarial, applies=lambda context: context.token_task, expensive=True),
     Analysis("patching", patching, applies=_patchable, expensive=True),
     Analysis("backup_heads", backup, expensive=True),
     Analysis("parameter_probes", probes, applies=_is_recurrence, expensive=True),
