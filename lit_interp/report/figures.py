@@ -370,4 +370,7 @@ def layout(figure: go.Figure, title: str | None = None, height: int = 400, width
     )
     figure.update_xaxes(showgrid=False, zeroline=False, automargin=True)
     figure.update_yaxes(showgrid=False, zeroline=False, automargin=True)
+    # Tiny scores as 4e-10, not plotly's SI "400p", which reads as a unit; log axes keep their powers.
+    figure.for_each_xaxis(lambda axis: axis.update(exponentformat="e") if axis.type != "log" else None)
+    figure.for_each_yaxis(lambda axis: axis.update(exponentformat="e") if axis.type != "log" else None)
     return figure
