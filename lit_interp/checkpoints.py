@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from lit_interp.errors import ConfigError
+from lit_interp.memory import declared_parameters, require_fits
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -215,21 +216,6 @@ def version_of(path: Path, root: Path) -> int | None:
 SIZE_KEYS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "seq_len", "vector_dim")
 
 
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 2**36
-
-
-def declared_parameters(hparams: dict[str, Any]) -> int:
-    """An upper estimate of the parameter count a checkpoint's hyperparameters build."""
-    get = lambda key, default=1: hparams.get(key) if isinstance(hparams.get(key), int) else default  # noqa: E731
-    d_model, d_attn = get("d_model"), get("n_heads") * get("d_head")
-    per_layer = 4 * d_model * d_attn + 2 * d_model * get("d_mlp", 4 * d_model)
-    return get("n_layers") * per_layer + 2 * get("d_vocab") * d_model + get("n_ctx") * d_model
-
-
 def validate_schema(checkpoint: dict[str, Any], path: str | Path) -> None:
     """Refuse a checkpoint whose lit_interp fields are malformed, or whose declared model is too large to build."""
     meta = checkpoint.get("lit_interp")
@@ -253,13 +239,9 @@ def validate_schema(checkpoint: dict[str, Any], path: str | Path) -> None:
                     "checkpoint from a lit_interp run"
                 )
     hparams = {**checkpoint.get("datamodule_hyper_parameters", {}), **checkpoint.get("hyper_parameters", {})}
-    needed = 4 * declared_parameters(hparams)
-    if needed > _memory_bytes() // 2:
-        raise ConfigError(
-            f"checkpoint {path} declares a model of about {needed / 2**30:.3g} GiB, more than half this "
-            "machine's memory "
-            f"({_memory_bytes() / 2**30:.3g} GiB); analyse it on a larger machine"
-        )
+    require_fits(
+        4 * declared_parameters(hparams), f"the model checkpoint {path} declares", "analyse it on a larger machine"
+    )
 
 
 def check_same_world_size(checkpoint: dict[str, Any], path: str | Path, world_size: int) -> None:

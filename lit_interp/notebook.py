@@ -14,7 +14,7 @@ from transformer_lens import HookedTransformer
 from lit_interp.analyze import rebuild
 from lit_interp.checkpoints import load_checkpoint
 from lit_interp.errors import ConfigError
-from lit_interp.tasks.base import PROBE_STREAM, SyntheticDataModule, TaskModule
+from lit_interp.tasks.base import Stream, SyntheticDataModule, TaskModule
 
 if TYPE_CHECKING:
     import pandas
@@ -43,7 +43,7 @@ class Run:
         size = self.snapshot_probe_batch_size if size is None else size
         if size < 1:
             raise ConfigError(f"probe batch size={size} must be >= 1")
-        return self.datamodule.make_batch(PROBE_STREAM, index, size, device=self.module.device)
+        return self.datamodule.make_batch(Stream.PROBE, index, size, device=self.module.device)
 
     def head_scores(self) -> pandas.DataFrame:
         """Every snapshot's per-head scores: one row per (step, head), one column per score."""

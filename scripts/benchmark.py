@@ -232,13 +232,13 @@ def plain_worker(args) -> dict:
 
 def data_generation_cost(data, device: str, steps_per_s: float, batches: int = 30) -> dict:
     """What lit_interp pays per step to build a training batch on the device (fresh seeded generator included)."""
-    from lit_interp.tasks.base import TRAIN_STREAM
+    from lit_interp.tasks.base import Stream
 
-    data.make_batch(TRAIN_STREAM, 0, data.batch_size, device)
+    data.make_batch(Stream.TRAIN, 0, data.batch_size, device)
     synchronize(device)
     start = time.perf_counter()
     for index in range(1, batches + 1):
-        data.make_batch(TRAIN_STREAM, index, data.batch_size, device)
+        data.make_batch(Stream.TRAIN, index, data.batch_size, device)
     synchronize(device)
     seconds = (time.perf_counter() - start) / batches
     return {"data_ms": seconds * 1000, "data_share": seconds * steps_per_s}

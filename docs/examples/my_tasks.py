@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lit_interp.analysis.registry import Analysis, AnalysisContext
@@ -47,25 +49,9 @@ class LettersModule(PreviousTokenModule):
         d_vocab: int = 26,
         first_target_pos: int = 1,
         d_model: int = 16,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        decay_steps: int = 0,
-        min_lr_ratio: float = 0.0,
+        **optimizer_args: Any,
     ):
-        super().__init__(
-            n_ctx,
-            d_vocab,
-            first_target_pos,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            decay_steps=decay_steps,
-            min_lr_ratio=min_lr_ratio,
-        )
-        self.save_hyperparameters()
+        super().__init__(n_ctx, d_vocab, first_target_pos, **optimizer_args)
         self.model = build_hooked_transformer(
             n_layers=1,
             d_model=d_model,

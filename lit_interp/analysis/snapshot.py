@@ -15,7 +15,7 @@ from lit_interp.analysis.builtin import BUILTIN_ANALYSES
 from lit_interp.analysis.losses import Task
 from lit_interp.analysis.registry import Analysis, AnalysisContext, run_registered
 from lit_interp.errors import require
-from lit_interp.tasks.base import PROBE_STREAM, SyntheticDataModule, TaskModule
+from lit_interp.tasks.base import Stream, SyntheticDataModule, TaskModule
 
 
 def run_analysis(
@@ -40,7 +40,7 @@ def run_analysis(
     each its own storage.
     """
     require(probe_batch_size >= 1, f"probe_batch_size={probe_batch_size} must be >= 1")
-    batch = datamodule.make_batch(PROBE_STREAM, probe_index, probe_batch_size, device=module.device)
+    batch = datamodule.make_batch(Stream.PROBE, probe_index, probe_batch_size, device=module.device)
     analyses = BUILTIN_ANALYSES + list(getattr(module, "analyses", lambda: [])())
     with _read_only(module) as model:
         summary, tensors = analyse(model, module, datamodule, batch, step, analyses, sweep_hooks, expensive)

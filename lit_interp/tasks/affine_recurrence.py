@@ -109,24 +109,10 @@ class AffineRecurrenceModule(TaskModule):
         d_mlp: int = 512,
         act_fn: str = "gelu_new",
         normalization_type: str | None = "LN",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 100,
-        decay_steps: int = 0,
-        min_lr_ratio: float = 0.0,
+        **optimizer_args: Any,
     ):
-        super().__init__(
-            n_ctx,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            decay_steps=decay_steps,
-            min_lr_ratio=min_lr_ratio,
-        )
+        super().__init__(n_ctx, **optimizer_args)
         require(0 <= first_target_pos < n_ctx, f"first_target_pos={first_target_pos} must lie in [0, n_ctx={n_ctx})")
-        self.save_hyperparameters()
         self.model = build_hooked_transformer(
             VectorInputTransformer,
             n_layers=n_layers,

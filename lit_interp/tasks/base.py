@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import math
 from typing import Any
@@ -15,15 +16,23 @@ from torchmetrics.classification import MulticlassAccuracy
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from lit_interp.errors import ConfigError, require
+from lit_interp.memory import declared_parameters, require_batch_fits, require_fits
 
-TRAIN_STREAM, VAL_STREAM, TEST_STREAM, PROBE_STREAM = 0, 1, 2, 3
+
+class Stream(enum.IntEnum):
+    """The independent data streams of a task: batch i of each is seeded from (seed, stream, rank, i)."""
+
+    TRAIN = 0
+    VAL = 1
+    TEST = 2
+    PROBE = 3  # the analysis snapshots' fixed probe batches, never trained on
 
 
 def batch_generator(
-    seed: int, stream: int, rank: int, index: int, device: torch.device | str = "cpu"
+    seed: int, stream: Stream, rank: int, index: int, device: torch.device | str = "cpu"
 ) -> torch.Generator:
     """A generator whose state is a pure function of (seed, stream, rank, index)."""
-    state = np.random.SeedSequence([seed, stream, rank, index]).generate_state(1, np.uint64)[0]
+    state = np.random.SeedSequence([seed, int(stream), rank, index]).generate_state(1, np.uint64)[0]
     generator = torch.Generator(device=device)
     generator.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
     return generator
@@ -90,11 +99,11 @@ class SyntheticDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     def make_batch(
-        self, stream: int, index: int, batch_size: int, device: torch.device | str = "cpu", rank: int = 0
+        self, stream: Stream, index: int, batch_size: int, device: torch.device | str = "cpu", rank: int = 0
     ) -> torch.Tensor:
         """Training batches are drawn on the training device; validation, test and probe batches on the CPU
         and moved, so they are the same numbers on every device (a GPU run's snapshots reproduce on CPU)."""
-        if stream == TRAIN_STREAM:
+        if stream == Stream.TRAIN:
             return self.generate(batch_generator(self.seed, stream, rank, index, device), batch_size)
         return self.generate(batch_generator(self.seed, stream, rank, index, "cpu"), batch_size).to(device)
 
@@ -117,8 +126,8 @@ class SyntheticDataModule(pl.LightningDataModule):
         stage = self.trainer.state.stage if self.trainer is not None else None
         if stage == "train":
             self.next_train_index = index + 1
-            return self.make_batch(TRAIN_STREAM, index, self.batch_size, batch.device, self.trainer.global_rank)
-        stream = TEST_STREAM if stage == "test" else VAL_STREAM
+            return self.make_batch(Stream.TRAIN, index, self.batch_size, batch.device, self.trainer.global_rank)
+        stream = Stream.TEST if stage == "test" else Stream.VAL
         return self.make_batch(stream, index, self.val_batch_size, batch.device)
 
     def state_dict(self) -> dict[str, Any]:
@@ -148,7 +157,8 @@ def lr_multiplier(step: int, warmup_steps: int, decay_steps: int = 0, min_lr_rat
 class TaskModule(pl.LightningModule):
     """A LightningModule owning a `HookedTransformer` (`self.model`) and its AdamW recipe.
 
-    A task subclass calls `save_hyperparameters()`, assigns `self.model`, and defines
+    A task subclass takes its own constructor arguments plus `**optimizer_args` (passed on here),
+    assigns `self.model`, and defines
     `model_input`, `targets`, `loss` and `loss_and_metrics`; train, validation and test share
     `shared_step`.
     """
@@ -158,13 +168,15 @@ class TaskModule(pl.LightningModule):
     def __init__(
         self,
         n_ctx: int,
-        lr: float,
-        weight_decay: float,
-        betas: tuple[float, float],
-        warmup_steps: int,
-        decay_steps: int,
-        min_lr_ratio: float,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_steps: int = 0,
+        decay_steps: int = 0,
+        min_lr_ratio: float = 0.0,
     ):
+        """The optimizer recipe lives here once: a task's constructor takes its own arguments and passes
+        `**optimizer_args` on (jsonargparse follows them, so configs and --print_config list every one)."""
         super().__init__()
         require(n_ctx >= 2, f"n_ctx={n_ctx} leaves nothing to predict; set a context length >= 2")
         require(lr > 0, f"lr={lr} must be positive; set model.lr to e.g. 1e-3")
@@ -183,6 +195,9 @@ class TaskModule(pl.LightningModule):
             len(betas) == 2 and all(0 <= b < 1 for b in betas),
             f"betas={list(betas)} must be two values in [0, 1); e.g. [0.9, 0.95]",
         )
+        # Every constructor argument of the whole class chain, the recipe's defaults included; a subclass
+        # calling save_hyperparameters() again only adds to them (Lightning updates hparams).
+        self.save_hyperparameters()
 
     def model_input(self, batch: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -264,6 +279,7 @@ class PreviousTokenModule(TaskModule):
     """Token tasks: cross-entropy on predicting the previous token, accuracy on validation."""
 
     def __init__(self, n_ctx: int, d_vocab: int, first_target_pos: int, **optimizer_args: Any):
+        """`optimizer_args`: TaskModule's recipe (lr, weight_decay, betas, warmup_steps, decay_steps, min_lr_ratio)."""
         super().__init__(n_ctx, **optimizer_args)
         require(d_vocab >= 2, f"d_vocab={d_vocab} must be >= 2")
         require(1 <= first_target_pos < n_ctx, f"first_target_pos={first_target_pos} must lie in [1, n_ctx={n_ctx})")
@@ -289,25 +305,9 @@ class PreviousTokenModule(TaskModule):
         return loss
 
 
-def step_memory_bytes(model: HookedTransformer, batch_size: int) -> int:
-    """A rough upper estimate of one training step's activation memory (forward activations kept for backward)."""
-    cfg = model.cfg
-    per_token = 4 * cfg.d_model + cfg.d_vocab * 3
-    per_token += cfg.n_layers * (
-        8 * cfg.d_model + 4 * cfg.n_heads * cfg.d_head + 3 * cfg.n_heads * cfg.n_ctx + 2 * (cfg.d_mlp or 0)
-    )
-    return 4 * 2 * batch_size * cfg.n_ctx * per_token
-
-
 def check_fits_in_memory(model: HookedTransformer, batch_size: int, what: str = "data.batch_size") -> None:
-    from lit_interp.checkpoints import _memory_bytes
-
-    needed = step_memory_bytes(model, batch_size)
-    require(
-        needed <= _memory_bytes() // 2,
-        f"{what}={batch_size} with n_ctx={model.cfg.n_ctx} needs about {needed / 2**30:.3g} GiB of "
-        f"activations per step, more than half this machine's memory; lower {what} or the context length",
-    )
+    """One training step of `batch_size` sequences through `model` must fit in this machine's memory."""
+    require_batch_fits(model.cfg, batch_size, what)
 
 
 def build_hooked_transformer(
@@ -321,15 +321,8 @@ def build_hooked_transformer(
         config.get("n_ctx", 1) <= 2**16,
         f"n_ctx={config.get('n_ctx')} is longer than lit_interp supports; use a context of at most {2**16}",
     )
-    from lit_interp.checkpoints import _memory_bytes, declared_parameters
-
-    needed = 4 * declared_parameters(config)
-    require(
-        needed <= _memory_bytes() // 2,
-        "the model's sizes "
-        f"({ {k: config.get(k) for k in ('n_layers', 'd_model', 'n_heads', 'd_head', 'd_mlp', 'd_vocab')} }) "
-        f"need about {needed / 2**30:.3g} GiB, more than half this machine's memory; choose smaller sizes",
-    )
+    sizes = {key: config.get(key) for key in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab")}
+    require_fits(4 * declared_parameters(config), f"a model of sizes {sizes}", "choose smaller sizes")
     try:
         return model_class(HookedTransformerConfig(device="cpu", **config))
     except (AssertionError, ValueError) as error:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lit_interp.errors import require
@@ -67,29 +69,13 @@ class BosIntsModule(PreviousTokenModule):
         act_fn: str = "relu",
         normalization_type: str | None = None,
         positional_embeddings: bool = False,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        decay_steps: int = 0,
-        min_lr_ratio: float = 0.0,
+        **optimizer_args: Any,
     ):
-        super().__init__(
-            n_ctx,
-            d_vocab,
-            first_target_pos,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            decay_steps=decay_steps,
-            min_lr_ratio=min_lr_ratio,
-        )
+        super().__init__(n_ctx, d_vocab, first_target_pos, **optimizer_args)
         require(
             attn_only or (d_mlp or 0) > 0,
             f"d_mlp={d_mlp} but attn_only=False needs MLPs; set model.d_mlp, e.g. 4 * d_model",
         )
-        self.save_hyperparameters()
         self.model = build_hooked_transformer(
             n_layers=n_layers,
             d_model=d_model,

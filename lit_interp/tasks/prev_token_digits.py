@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from lit_interp.errors import require
@@ -40,29 +42,13 @@ class PrevTokenDigitsModule(PreviousTokenModule):
         n_heads: int = 1,
         d_head: int = 8,
         normalization_type: str | None = "LNPre",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        warmup_steps: int = 0,
-        decay_steps: int = 0,
-        min_lr_ratio: float = 0.0,
+        **optimizer_args: Any,
     ):
-        super().__init__(
-            n_ctx,
-            d_vocab,
-            first_target_pos,
-            lr=lr,
-            weight_decay=weight_decay,
-            betas=betas,
-            warmup_steps=warmup_steps,
-            decay_steps=decay_steps,
-            min_lr_ratio=min_lr_ratio,
-        )
+        super().__init__(n_ctx, d_vocab, first_target_pos, **optimizer_args)
         require(
             d_head % 2 == 0,
             f"d_head={d_head} must be even: rotary embeddings rotate pairs of dimensions; set model.d_head to e.g. 8",
         )
-        self.save_hyperparameters()
         self.model = build_hooked_transformer(
             n_layers=1,
             d_model=d_model,

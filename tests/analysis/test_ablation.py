@@ -10,13 +10,14 @@ import torch
 from lit_interp.analysis import losses as losses_module
 from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses, sweep_hook_names
 from lit_interp.analysis.losses import edited_losses, first_layer_reached, task_loss
+from lit_interp.tasks.base import Stream
 
 from .conftest import tiny_task
 
 
 def test_zero_ablating_a_head_equals_removing_its_output_weights():
     module, data = tiny_task("affine_recurrence")
-    batch = data.make_batch(3, 0, 8)
+    batch = data.make_batch(Stream.PROBE, 0, 8)
     losses = head_ablation_losses(module.model, module, batch, "zero")
     assert losses.shape == (2, 2)
     for layer, head in [(0, 1), (1, 0)]:
@@ -28,7 +29,7 @@ def test_zero_ablating_a_head_equals_removing_its_output_weights():
 
 def test_mean_ablation_on_one_sequence_changes_nothing():
     module, data = tiny_task("bos_ints_attn_only")
-    batch = data.make_batch(3, 0, 1)  # the batch mean of one sequence is that sequence
+    batch = data.make_batch(Stream.PROBE, 0, 1)  # the batch mean of one sequence is that sequence
     clean = task_loss(module.model, module, batch)
     torch.testing.assert_close(head_ablation_losses(module.model, module, batch, "mean"), torch.full((2, 1), clean))
     assert all(
@@ -39,14 +40,14 @@ def test_mean_ablation_on_one_sequence_changes_nothing():
 
 def test_mean_ablation_differs_from_zero_ablation():
     module, data = tiny_task("bos_ints_attn_only")
-    batch = data.make_batch(3, 0, 8)
+    batch = data.make_batch(Stream.PROBE, 0, 8)
     zero, mean = (head_ablation_losses(module.model, module, batch, mode) for mode in ("zero", "mean"))
     assert not torch.allclose(zero, mean)
 
 
 def test_sweep_covers_every_hook_in_forward_order_but_positional_embedding():
     module, data = tiny_task("bos_ints_mlp")
-    names = sweep_hook_names(module.model, module, data.make_batch(3, 0, 2))
+    names = sweep_hook_names(module.model, module, data.make_batch(Stream.PROBE, 0, 2))
     assert names[0] == "hook_embed" and "hook_pos_embed" not in names
     assert names.index("blocks.0.mlp.hook_post") < names.index("blocks.1.attn.hook_pattern")
     assert {"blocks.1.ln2.hook_scale", "blocks.0.attn.hook_z", "ln_final.hook_normalized"} <= set(names)
@@ -54,7 +55,7 @@ def test_sweep_covers_every_hook_in_forward_order_but_positional_embedding():
 
 def test_mean_ablating_the_embedding_changes_the_loss():
     module, data = tiny_task("bos_ints_mlp")
-    batch = data.make_batch(3, 0, 8)
+    batch = data.make_batch(Stream.PROBE, 0, 8)
     clean = task_loss(module.model, module, batch)
     losses = hook_mean_ablation_losses(module.model, module, batch)
     assert losses["hook_embed"] != pytest.approx(clean, rel=1e-3)
@@ -68,7 +69,7 @@ def test_mean_ablating_the_embedding_changes_the_loss():
 @pytest.mark.parametrize("task", ["bos_ints_mlp", "affine_recurrence"])
 def test_resuming_from_the_clean_cache_gives_the_same_losses(task):
     module, data = tiny_task(task)
-    batch = data.make_batch(3, 0, 8)
+    batch = data.make_batch(Stream.PROBE, 0, 8)
     _, cache = module.model.run_with_cache(module.model_input(batch))
     for mode in ("zero", "mean"):
         torch.testing.assert_close(
@@ -93,7 +94,7 @@ def test_each_hook_resumes_at_the_block_it_fires_in():
 
 def test_stacked_edits_each_see_only_their_own_clean_copy(monkeypatch):
     module, data = tiny_task("bos_ints_mlp")
-    batch = data.make_batch(3, 0, 4)
+    batch = data.make_batch(Stream.PROBE, 0, 4)
     edits = [
         ("hook_embed", lambda x: x * 0),
         ("blocks.0.hook_mlp_out", lambda x: x.mean(0, keepdim=True).expand_as(x)),

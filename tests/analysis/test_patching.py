@@ -12,6 +12,7 @@ from lit_interp.analysis.patching import (
     patch_heads,
     patch_residual,
 )
+from lit_interp.tasks.base import Stream
 
 from .conftest import tiny_task
 
@@ -29,7 +30,7 @@ def test_corruption_replaces_only_the_input_the_last_answer_comes_from():
 @pytest.mark.parametrize("task", ["bos_ints_mlp", "affine_recurrence"])
 def test_patching_the_changed_input_restores_the_clean_run_and_others_change_nothing(task):
     module, data = tiny_task(task)
-    batch = data.make_batch(3, 0, 8)
+    batch = data.make_batch(Stream.PROBE, 0, 8)
     _, clean_cache = module.model.run_with_cache(module.model_input(batch))
     losses, tensors = activation_patching(module.model, module, batch, clean_cache, getattr(data, "bos_token", None))
     assert losses["clean_last_position_loss"] != pytest.approx(losses["corrupted_last_position_loss"])
@@ -47,7 +48,7 @@ def test_patching_the_changed_input_restores_the_clean_run_and_others_change_not
 
 def test_clean_into_clean_scores_one_and_corrupted_into_corrupted_zero():
     module, data = tiny_task("bos_ints_attn_only")
-    batch = data.make_batch(3, 0, 8)
+    batch = data.make_batch(Stream.PROBE, 0, 8)
     metric = last_position_loss(module, batch)
     clean_output, clean_cache = module.model.run_with_cache(batch)
     corrupted_output, corrupted_cache = module.model.run_with_cache(corrupt_previous(batch, data.bos_token, 101))

@@ -7,6 +7,7 @@ import torch
 
 from lit_interp.analysis import run_analysis
 from lit_interp.analysis.registry import Analysis, head_fragment, layer_fragment, merge, per_head
+from lit_interp.tasks.base import Stream
 from lit_interp.tasks.bos_ints import BosIntsModule
 
 from .conftest import tiny_task
@@ -42,7 +43,7 @@ def test_a_task_adds_its_own_analyses_without_editing_the_snapshot_code():
         summary, tensors = run_analysis(module, data, step=3, probe_batch_size=8, sweep_hooks=False)
     finally:
         torch.set_float32_matmul_precision("highest")
-    batch = data.make_batch(3, 0, 8)
+    batch = data.make_batch(Stream.PROBE, 0, 8)
     assert summary["my_task"]["logit_norm"] == pytest.approx(module.model(batch).norm(dim=-1).mean().item(), rel=1e-5)
     torch.testing.assert_close(tensors["my_task_logits"], module.model(batch)[0])
     assert summary["my_task_costly"] == {"value": 1.0}

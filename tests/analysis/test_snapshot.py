@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from lit_interp.analysis import run_analysis
 from lit_interp.analysis.weights import processed_copy, processed_view
+from lit_interp.tasks.base import Stream
 
 from .conftest import TASKS, tiny_task
 
@@ -157,7 +158,7 @@ def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
 def test_example_tensors_hold_the_first_probe_sequences_and_their_own_patterns():
     module, data = tiny_task("bos_ints_attn_only")
     _, tensors = run_analysis(module, data, step=0, probe_batch_size=12, sweep_hooks=False, expensive=False)
-    batch = data.make_batch(3, 0, 12)
+    batch = data.make_batch(Stream.PROBE, 0, 12)
     assert torch.equal(tensors["example_inputs"], batch[:8].float())
     _, cache = module.model.run_with_cache(batch[:8])
     torch.testing.assert_close(tensors["example_attention_patterns"][:, 1], cache["pattern", 1])
@@ -235,7 +236,7 @@ def test_analysis_leaves_weights_modes_grads_and_global_rng_untouched(task):
     module, data = tiny_task(task)
     module.train()
     module.model.blocks[0].eval()  # a mixed state must come back as it was, not as all-train
-    module.model(module.model_input(data.make_batch(0, 0, 2))).float().sum().backward()
+    module.model(module.model_input(data.make_batch(Stream.TRAIN, 0, 2))).float().sum().backward()
     weights = {name: tensor.clone() for name, tensor in module.state_dict().items()}
     grads = {
         name: parameter.grad.clone() for name, parameter in module.named_parameters() if parameter.grad is not None
@@ -287,7 +288,7 @@ def test_summary_attributions_add_up_to_the_output_less_biases(task):
     total = sum(scores["direct_attribution"] for scores in summary["heads"].values())
     total += sum(values.get("mlp_direct_attribution", 0.0) for values in summary["layers"].values())
     total += sum(summary["direct_attribution"].values())
-    batch = data.make_batch(3, 0, 8)
+    batch = data.make_batch(Stream.PROBE, 0, 8)
     first, targets = module.hparams.first_target_pos, module.targets(batch)
     output = module.model(module.model_input(batch))[:, first:]
     b_U = processed_copy(module.model, center_unembed=task != "affine_recurrence").b_U

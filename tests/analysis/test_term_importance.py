@@ -7,6 +7,7 @@ import torch
 
 from lit_interp.analysis.losses import task_loss
 from lit_interp.analysis.term_importance import TERMS, attention_score_terms, supports_term_importance, term_importance
+from lit_interp.tasks.base import Stream
 from lit_interp.tasks.bos_ints import BosIntsModule
 
 from .conftest import hooked, tiny_task
@@ -59,7 +60,7 @@ def test_mismatched_scores_raise_with_the_error():
 def test_removing_every_term_at_once_equals_zero_scores_and_each_term_moves_the_loss():
     module, data = tiny_task("bos_ints_attn_only")
     with_random_biases(module.model)
-    batch = data.make_batch(3, 0, 8)
+    batch = data.make_batch(Stream.PROBE, 0, 8)
     _, cache = module.model.run_with_cache(batch)
     losses, mean_terms = term_importance(module.model, module, batch, cache, layer=1)
     assert list(losses) == list(TERMS) and all(term.shape == (1, 10, 10) for term in mean_terms.values())

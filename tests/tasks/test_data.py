@@ -7,7 +7,7 @@ import torch
 
 from lit_interp.errors import ConfigError
 from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule
-from lit_interp.tasks.base import PROBE_STREAM, TRAIN_STREAM, VAL_STREAM
+from lit_interp.tasks.base import Stream
 from lit_interp.tasks.bos_ints import BosIntsDataModule
 from lit_interp.tasks.prev_token_digits import DigitsDataModule
 
@@ -18,29 +18,29 @@ DATAMODULES = [DigitsDataModule, BosIntsDataModule, AffineRecurrenceDataModule]
 def test_batches_are_a_pure_function_of_seed_rank_and_index(datamodule_class):
     data = datamodule_class(seed=3)
     again = datamodule_class(seed=3)
-    batch = data.make_batch(TRAIN_STREAM, 7, 8, rank=1)
-    assert torch.equal(batch, again.make_batch(TRAIN_STREAM, 7, 8, rank=1))
-    assert not torch.equal(batch, data.make_batch(TRAIN_STREAM, 7, 8, rank=0)), "DDP ranks must see different data"
-    assert not torch.equal(batch, data.make_batch(TRAIN_STREAM, 8, 8, rank=1)), "consecutive steps must differ"
-    assert not torch.equal(batch, data.make_batch(VAL_STREAM, 7, 8, rank=1)), "validation is seeded separately"
-    assert not torch.equal(batch, datamodule_class(seed=4).make_batch(TRAIN_STREAM, 7, 8, rank=1))
+    batch = data.make_batch(Stream.TRAIN, 7, 8, rank=1)
+    assert torch.equal(batch, again.make_batch(Stream.TRAIN, 7, 8, rank=1))
+    assert not torch.equal(batch, data.make_batch(Stream.TRAIN, 7, 8, rank=0)), "DDP ranks must see different data"
+    assert not torch.equal(batch, data.make_batch(Stream.TRAIN, 8, 8, rank=1)), "consecutive steps must differ"
+    assert not torch.equal(batch, data.make_batch(Stream.VAL, 7, 8, rank=1)), "validation is seeded separately"
+    assert not torch.equal(batch, datamodule_class(seed=4).make_batch(Stream.TRAIN, 7, 8, rank=1))
 
 
 def test_generation_leaves_the_global_rng_alone():
     state = torch.get_rng_state()
-    BosIntsDataModule().make_batch(TRAIN_STREAM, 0, 16)
+    BosIntsDataModule().make_batch(Stream.TRAIN, 0, 16)
     assert torch.equal(state, torch.get_rng_state())
 
 
 def test_digit_strings_use_the_ten_digits():
-    tokens = DigitsDataModule(n_ctx=12).make_batch(TRAIN_STREAM, 0, 512)
+    tokens = DigitsDataModule(n_ctx=12).make_batch(Stream.TRAIN, 0, 512)
     assert tokens.shape == (512, 12) and tokens.dtype == torch.long
     assert set(tokens.unique().tolist()) == set(range(10))
 
 
 @pytest.mark.parametrize("bos_token, d_vocab", [(100, 101), (0, 300)])
 def test_bos_ints_start_with_bos_and_never_repeat_it(bos_token, d_vocab):
-    tokens = BosIntsDataModule(n_ctx=50, d_vocab=d_vocab, bos_token=bos_token).make_batch(TRAIN_STREAM, 0, 256)
+    tokens = BosIntsDataModule(n_ctx=50, d_vocab=d_vocab, bos_token=bos_token).make_batch(Stream.TRAIN, 0, 256)
     assert (tokens[:, 0] == bos_token).all()
     body = tokens[:, 1:]
     assert (body != bos_token).all()
@@ -50,7 +50,7 @@ def test_bos_ints_start_with_bos_and_never_repeat_it(bos_token, d_vocab):
 @pytest.mark.parametrize("order", [1, 2])
 def test_recurrence_follows_its_rule_and_is_normalised(order):
     data = AffineRecurrenceDataModule(order=order, seq_len=14, coefficient_bounds=(-0.9, 0.9))
-    vectors = data.make_batch(PROBE_STREAM, 0, 64).double()
+    vectors = data.make_batch(Stream.PROBE, 0, 64).double()
     assert vectors.shape == (64, 14, 40)
     norms = vectors.norm(dim=-1).amax(dim=1)
     assert ((norms >= 1 - 1e-5) & (norms <= 2 + 1e-5)).all(), "largest norm per sequence is the cap in (1, 2)"

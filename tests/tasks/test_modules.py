@@ -10,7 +10,7 @@ from transformer_lens import HookedTransformer
 
 from lit_interp.errors import ConfigError
 from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule, AffineRecurrenceModule
-from lit_interp.tasks.base import TRAIN_STREAM
+from lit_interp.tasks.base import Stream
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
 from lit_interp.tasks.prev_token_digits import DigitsDataModule, PrevTokenDigitsModule
 
@@ -39,7 +39,7 @@ def tiny_recurrence():
 def test_module_exposes_a_hooked_transformer_and_a_trainable_loss(build):
     module, data = build()
     assert isinstance(module.model, HookedTransformer)
-    batch = data.make_batch(TRAIN_STREAM, 0, 8)
+    batch = data.make_batch(Stream.TRAIN, 0, 8)
     loss = module.loss(module(batch), batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
@@ -50,7 +50,7 @@ def test_module_exposes_a_hooked_transformer_and_a_trainable_loss(build):
 
 def test_previous_token_loss_scores_only_positions_with_a_previous_token():
     module, data = tiny_digits()
-    tokens = data.make_batch(TRAIN_STREAM, 0, 4)
+    tokens = data.make_batch(Stream.TRAIN, 0, 4)
     perfect = torch.full((4, data.n_ctx, 10), -30.0)
     perfect[:, 1:].scatter_(-1, tokens[:, :-1, None], 30.0)  # position 0 is left wrong on purpose
     assert module.loss(perfect, tokens) < 1e-6
@@ -58,7 +58,7 @@ def test_previous_token_loss_scores_only_positions_with_a_previous_token():
 
 def test_recurrence_loss_starts_at_twice_the_order():
     module, data = tiny_recurrence()
-    vectors = data.make_batch(TRAIN_STREAM, 0, 4)
+    vectors = data.make_batch(Stream.TRAIN, 0, 4)
     output = torch.zeros(4, data.n_ctx, data.d_vocab)
     output[:, 4:] = vectors[:, 5:]
     assert module.loss(output, vectors) == 0
@@ -68,7 +68,7 @@ def test_recurrence_loss_starts_at_twice_the_order():
 
 def test_recurrence_model_reads_vectors_through_w_e():
     module, data = tiny_recurrence()
-    vectors = data.make_batch(TRAIN_STREAM, 0, 2)
+    vectors = data.make_batch(Stream.TRAIN, 0, 2)
     _, cache = module.model.run_with_cache(module.model_input(vectors))
     expected = module.model_input(vectors) @ module.model.W_E
     assert torch.allclose(cache["hook_embed"], expected, atol=1e-6)
