@@ -14,7 +14,7 @@ from lit_interp.errors import ConfigError
 
 DESCRIPTION = """Analyse a checkpoint, or report how a run's analysis snapshots changed over training.
 
-  --ckpt_path FILE  rebuild the model from FILE's hyperparameters (no config needed), analyse a
+  --ckpt_path FILE  rebuild the model from FILE's hyperparameters (no config needed), analyze a
                     probe batch, write OUT/summary.json, OUT/tensors.safetensors, OUT/report.html;
                     OUT defaults to analysis_<checkpoint name>/ beside FILE
   --run DIR         read DIR/analysis/step_*.json (written by the AnalysisSnapshots callback during
@@ -52,13 +52,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--probe_index", type=int, default=0, help="which probe batch; 0 is the one the training snapshots use"
     )
-    parser.add_argument("--device", default="cpu", help="torch device to analyse on (default cpu)")
+    parser.add_argument("--device", default="cpu", help="torch device to analyze on (default cpu)")
     parser.add_argument(
         "--config",
         type=Path,
-        help="with --ckpt_path: the run's config.yaml, to analyse a task defined outside lit_interp",
+        help="with --ckpt_path: the run's config.yaml, to analyze a task defined outside lit_interp",
     )
-    parser.add_argument("--no_sweep_hooks", action="store_true", help="skip the per-hook mean-ablation sweep")
+    parser.add_argument(
+        "--no_hook_mean_ablation", action="store_true", help="skip the mean ablation of every hook, one at a time"
+    )
+    parser.add_argument("--no_sweep_hooks", action="store_true", help=argparse.SUPPRESS)  # its deprecated name
     return parser.parse_args(argv)
 
 
@@ -182,7 +185,7 @@ def rebuild(checkpoint: dict[str, Any], path: Path, trusted: tuple[str, ...] = (
         datamodule = datamodule_class(**init_args(checkpoint["datamodule_hyper_parameters"]))
     except TypeError as error:
         raise ConfigError(
-            f"checkpoint {path} has hyperparameters {name} does not take ({error}); analyse it "
+            f"checkpoint {path} has hyperparameters {name} does not take ({error}); analyze it "
             "with the lit_interp version that trained it"
         ) from None
     checkpoints.check_compatible(checkpoint, path, module)
@@ -217,7 +220,12 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     step = int(checkpoint.get("global_step", 0))
     probe_batch_size = args.probe_batch_size or snapshot_probe_size(checkpoint) or 256
     summary, tensors = run_analysis(
-        module, datamodule, step, probe_batch_size, args.probe_index, sweep_hooks=not args.no_sweep_hooks
+        module,
+        datamodule,
+        step,
+        probe_batch_size,
+        args.probe_index,
+        hook_mean_ablation=not (args.no_hook_mean_ablation or args.no_sweep_hooks),
     )
     summary["checkpoint"] = str(path)
     page = checkpoint_report(summary, tensors, f"lit_interp analysis of {path.name}")

@@ -89,13 +89,24 @@ class AnalysisSnapshots(Callback):
         every_n_train_steps: int | None = None,
         log_spaced: int = 0,
         probe_batch_size: int = 256,
-        sweep_hooks: bool = True,
-        sweep_every_n_snapshots: int = 1,
+        hook_mean_ablation: bool = True,
+        hook_mean_ablation_every_n_snapshots: int = 1,
         expensive_every_n_snapshots: int = 1,
         log_images: bool = True,
         images_every_n_snapshots: int = 1,
+        sweep_hooks: bool | None = None,
+        sweep_every_n_snapshots: int | None = None,
     ):
+        """`sweep_hooks` and `sweep_every_n_snapshots` are the deprecated names of `hook_mean_ablation` and
+        `hook_mean_ablation_every_n_snapshots` (a warning; "sweep" is the Optuna command)."""
         super().__init__()
+        hook_mean_ablation = _renamed("sweep_hooks", sweep_hooks, "hook_mean_ablation", hook_mean_ablation)
+        hook_mean_ablation_every_n_snapshots = _renamed(
+            "sweep_every_n_snapshots",
+            sweep_every_n_snapshots,
+            "hook_mean_ablation_every_n_snapshots",
+            hook_mean_ablation_every_n_snapshots,
+        )
         require(
             every_n_train_steps is None or every_n_train_steps >= 0,
             f"every_n_train_steps={every_n_train_steps} must be >= 0; 0 for no fixed cadence, null to follow "
@@ -107,7 +118,7 @@ class AnalysisSnapshots(Callback):
         )
         require(probe_batch_size >= 1, f"probe_batch_size={probe_batch_size} must be >= 1")
         for name, value in {
-            "sweep_every_n_snapshots": sweep_every_n_snapshots,
+            "hook_mean_ablation_every_n_snapshots": hook_mean_ablation_every_n_snapshots,
             "images_every_n_snapshots": images_every_n_snapshots,
             "expensive_every_n_snapshots": expensive_every_n_snapshots,
         }.items():
@@ -115,8 +126,8 @@ class AnalysisSnapshots(Callback):
         self.every_n_train_steps = every_n_train_steps
         self.log_spaced = log_spaced
         self.probe_batch_size = probe_batch_size
-        self.sweep_hooks = sweep_hooks
-        self.sweep_every_n_snapshots = sweep_every_n_snapshots
+        self.hook_mean_ablation = hook_mean_ablation
+        self.hook_mean_ablation_every_n_snapshots = hook_mean_ablation_every_n_snapshots
         self.expensive_every_n_snapshots = expensive_every_n_snapshots
         self.log_images = log_images
         self.images_every_n_snapshots = images_every_n_snapshots
@@ -124,7 +135,7 @@ class AnalysisSnapshots(Callback):
         self._steps: list[int] = []
         self._warned = False
         self._logged: set[int] = set()  # steps whose scalars this process has logged
-        self._attempted: set[int] = set()  # steps this process has analysed (or failed to)
+        self._attempted: set[int] = set()  # steps this process has analyzed (or failed to)
 
     def cadence(self, trainer: pl.Trainer) -> int | None:
         """Our own every_n_train_steps, else that of the trainer's step-based ModelCheckpoint."""
@@ -190,7 +201,7 @@ class AnalysisSnapshots(Callback):
         from lit_interp.analysis import snapshot as analysis
 
         expensive = self.is_kth(trainer, self.expensive_every_n_snapshots, final)
-        sweep = self.sweep_hooks and self.is_kth(trainer, self.sweep_every_n_snapshots, final)
+        hooks = self.hook_mean_ablation and self.is_kth(trainer, self.hook_mean_ablation_every_n_snapshots, final)
         try:
             summary, tensors = analysis.run_analysis(
                 pl_module,
@@ -198,7 +209,7 @@ class AnalysisSnapshots(Callback):
                 step,
                 probe_batch_size=self.probe_batch_size,
                 probe_index=0,
-                sweep_hooks=sweep,
+                hook_mean_ablation=hooks,
                 expensive=expensive,
             )
             if trainer.is_global_zero:
@@ -239,6 +250,14 @@ class AnalysisSnapshots(Callback):
             rank_zero_warn(
                 f"analysis failed at step {step} ({type(error).__name__}: {error}); training goes on, details in {log}"
             )
+
+
+def _renamed(old_name: str, old_value: Any, new_name: str, new_value: Any) -> Any:
+    """The value of a renamed argument: the deprecated one when given (with a warning), else the new one."""
+    if old_value is None:
+        return new_value
+    rank_zero_warn(f"AnalysisSnapshots: {old_name} is deprecated; write {new_name}: {json.dumps(old_value)}")
+    return old_value
 
 
 def _parameter_group(name: str) -> str:

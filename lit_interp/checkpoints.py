@@ -240,7 +240,7 @@ def validate_schema(checkpoint: dict[str, Any], path: str | Path) -> None:
                 )
     hparams = {**checkpoint.get("datamodule_hyper_parameters", {}), **checkpoint.get("hyper_parameters", {})}
     require_fits(
-        4 * declared_parameters(hparams), f"the model checkpoint {path} declares", "analyse it on a larger machine"
+        4 * declared_parameters(hparams), f"the model checkpoint {path} declares", "analyze it on a larger machine"
     )
 
 

@@ -93,7 +93,7 @@ def build_cli_class():
                                 "probe_batch_size": 32,
                                 "log_spaced": 10,
                                 "every_n_train_steps": 0,
-                                "sweep_every_n_snapshots": 10,
+                                "hook_mean_ablation_every_n_snapshots": 10,
                                 "expensive_every_n_snapshots": 10,
                                 "images_every_n_snapshots": 5,
                             },

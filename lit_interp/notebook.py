@@ -50,7 +50,7 @@ class Run:
         return head_score_table(self.snapshots)
 
     def analyze(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """`run_analysis` at this checkpoint's step; kwargs as run_analysis's (probe_batch_size, sweep_hooks, ...)."""
+        """`run_analysis` at this checkpoint's step; kwargs as run_analysis's (probe_batch_size, expensive, ...)."""
         from lit_interp.analysis.snapshot import run_analysis
 
         kwargs.setdefault("probe_batch_size", self.snapshot_probe_batch_size)

@@ -73,7 +73,8 @@ def test_checkpoint_report(run, tmp_path, capsys):
 
 def test_default_output_dirs(run, capsys):
     code, _ = analyze(
-        ["--ckpt_path", str(run / "checkpoints/step_0000003.ckpt"), "--no_sweep_hooks", "--probe_batch_size=16"], capsys
+        ["--ckpt_path", str(run / "checkpoints/step_0000003.ckpt"), "--no_hook_mean_ablation", "--probe_batch_size=16"],
+        capsys,
     )
     assert code == 0 and (run / "checkpoints/analysis_step_0000003/report.html").is_file()
     assert "hooks" not in json.loads((run / "checkpoints/analysis_step_0000003/summary.json").read_text())
@@ -108,7 +109,7 @@ def test_direct_trainer_checkpoint_is_rebuilt_without_cli_class_paths(tmp_path, 
     trainer.fit(PrevTokenDigitsModule(d_model=16), DigitsDataModule(batch_size=8))
     trainer.save_checkpoint(tmp_path / "direct.ckpt")
     code, err = analyze(
-        ["--ckpt_path", str(tmp_path / "direct.ckpt"), "--probe_batch_size=16", "--no_sweep_hooks"], capsys
+        ["--ckpt_path", str(tmp_path / "direct.ckpt"), "--probe_batch_size=16", "--no_hook_mean_ablation"], capsys
     )
     assert code == 0, err
     tensors = load_file(tmp_path / "analysis_direct/tensors.safetensors")

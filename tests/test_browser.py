@@ -70,7 +70,7 @@ def reports(tmp_path_factory) -> dict[str, Path]:
             "--out",
             str(root / "checkpoint"),
             "--probe_batch_size=16",
-            "--no_sweep_hooks",
+            "--no_hook_mean_ablation",
         ]
     )
     # Shapes the tiny run lacks: circuits downsampled into labelled blocks, many heads, a 3-D tensor.

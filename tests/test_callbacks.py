@@ -106,10 +106,10 @@ def test_tensorboard_scalars_and_images(tmp_path):
 
 def test_training_is_bit_identical_with_and_without_analysis(tmp_path):
     _, plain = fit(tmp_path / "plain", max_steps=12, callbacks=[], every=3)
-    _, analysed = fit(tmp_path / "analysed", max_steps=12, callbacks=[AnalysisSnapshots(probe_batch_size=32)], every=3)
-    assert len(list((tmp_path / "analysed/lightning_logs/version_0/analysis").glob("*.json"))) == 4
+    _, analyzed = fit(tmp_path / "analyzed", max_steps=12, callbacks=[AnalysisSnapshots(probe_batch_size=32)], every=3)
+    assert len(list((tmp_path / "analyzed/lightning_logs/version_0/analysis").glob("*.json"))) == 4
     for name, tensor in plain.state_dict().items():
-        assert torch.equal(tensor, analysed.state_dict()[name]), name
+        assert torch.equal(tensor, analyzed.state_dict()[name]), name
 
 
 def test_resume_neither_repeats_nor_loses_a_snapshot(tmp_path, counted_analysis):
@@ -133,7 +133,7 @@ def test_sweep_and_images_every_k_snapshots_and_at_the_end(tmp_path, counted_ana
     image_steps = []
     monkeypatch.setattr(loggers_module, "log_images", lambda loggers, images, step: image_steps.append(step))
     snapshots = AnalysisSnapshots(
-        every_n_train_steps=2, probe_batch_size=16, sweep_every_n_snapshots=2, images_every_n_snapshots=2
+        every_n_train_steps=2, probe_batch_size=16, hook_mean_ablation_every_n_snapshots=2, images_every_n_snapshots=2
     )
     fit(tmp_path, max_steps=7, callbacks=[snapshots])
     analysis = tmp_path / "lightning_logs/version_0/analysis"

@@ -60,10 +60,10 @@ def test_notebook_example_runs_as_written(run_root, monkeypatch):
         assert (row["step"], row["layer"], row["head"], row["label"]) == (snapshot["step"], 0, 0, "L0H0")
         for name, value in snapshot["heads"]["L0H0"].items():
             assert row[name] == value or (math.isnan(row[name]) and math.isnan(value)), name
-    # The example's probe batch is the one the last snapshot analysed: the same score, recomputed here.
+    # The example's probe batch is the one the last snapshot analyzed: the same score, recomputed here.
     recomputed = previous_token_scores(namespace["patterns"])[0, 0].item()
     assert recomputed == pytest.approx(run.snapshots[-1]["heads"]["L0H0"]["prev_token_score"], rel=1e-5)
-    summary, tensors = run.analyze(sweep_hooks=False)
+    summary, tensors = run.analyze(hook_mean_ablation=False)
     assert summary["step"] == 2 and summary["loss"] == pytest.approx(run.snapshots[-1]["loss"], rel=1e-5)
     assert tensors["attention_patterns"].shape == (1, 1, 10, 10)
 

@@ -24,7 +24,7 @@ from lit_interp.sweep_pruning import OptunaPruning
 
 CONFIG = str(CONFIGS / "prev_token_digits.yaml")
 # 4 steps, validation and a checkpoint every 2, small analysis snapshots: a trial is mostly process start-up.
-SNAPSHOTS = {"every_n_train_steps": 2, "probe_batch_size": 8, "sweep_hooks": False, "log_images": False}
+SNAPSHOTS = {"every_n_train_steps": 2, "probe_batch_size": 8, "hook_mean_ablation": False, "log_images": False}
 SHORT = [
     *TINY["prev_token_digits"],
     "--trainer.max_steps=4",

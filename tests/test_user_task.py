@@ -1,4 +1,4 @@
-"""A task defined outside lit_interp (docs/examples/my_tasks.py) trains, resumes and is analysed with its analysis."""
+"""A task defined outside lit_interp (docs/examples/my_tasks.py) trains, resumes and is analyzed with its analysis."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def importable(monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))
 
 
-def test_a_user_task_trains_resumes_and_is_analysed_with_its_own_analysis(capsys):
+def test_a_user_task_trains_resumes_and_is_analyzed_with_its_own_analysis(capsys):
     main(["fit", *TASK, "--trainer.max_steps=4", *SMALL])
     main(["fit", *TASK, "--trainer.max_steps=8", "--ckpt_path", "last", *SMALL])
     run = Path("lightning_logs/version_0")

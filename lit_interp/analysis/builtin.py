@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import torch
 
+from lit_interp.analysis import attribution, circuits, patching, recurrence
 from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses
 from lit_interp.analysis.adversarial import adversarial_analysis
-from lit_interp.analysis.attribution import (
-    backup_heads,
-    component_direct_attribution,
-    logit_lens,
-    outside_subspace_fraction,
-)
+from lit_interp.analysis.attribution import component_direct_attribution, outside_subspace_fraction
 from lit_interp.analysis.circuits import (
     composition_scores,
     effective_rank,
     eigenvalue_scores,
-    embedding_subspace,
     full_ov_circuits,
     full_qk_circuits,
     has_positional_embeddings,
@@ -31,7 +26,6 @@ from lit_interp.analysis.neurons import (
     neuron_activation_by_position,
     neuron_firing_frequency,
 )
-from lit_interp.analysis.patching import activation_patching
 from lit_interp.analysis.patterns import (
     attention_entropy,
     attention_pattern,
@@ -43,7 +37,6 @@ from lit_interp.analysis.patterns import (
 from lit_interp.analysis.recurrence import (
     coefficient_bin_edges,
     loss_by_coefficient_size,
-    parameter_probes,
     recurrence_parameters,
 )
 from lit_interp.analysis.registry import (
@@ -56,10 +49,8 @@ from lit_interp.analysis.registry import (
     per_head,
 )
 from lit_interp.analysis.rotary import is_rotary, mean_off_diagonal, rotary_similarities
-from lit_interp.analysis.term_importance import (
-    supports_term_importance,
-    term_importance,
-)
+from lit_interp.analysis.term_importance import supports_term_importance
+from lit_interp.analysis.term_importance import term_importance as term_importance_losses
 
 N_EXAMPLES = 8  # probe sequences whose own attention patterns a report shows
 # Probe sequences repeated for the duplicate and induction scores: their own forward pass, and
@@ -107,7 +98,7 @@ def head_ablation(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return summary, {f"head_{mode}_ablation_loss": loss for mode, loss in losses.items()}
 
 
-def hook_sweep(context: AnalysisContext) -> tuple[Summary, Tensors]:
+def hook_mean_ablation(context: AnalysisContext) -> tuple[Summary, Tensors]:
     losses = hook_mean_ablation_losses(context.model, context.task, context.batch, context.cache)
     return {"hooks": {name: {"mean_ablation_loss": loss} for name, loss in losses.items()}}, {}
 
@@ -165,7 +156,7 @@ def _head_attribution(context: AnalysisContext) -> torch.Tensor:
     return by_position[labels.index("L0H0") :][: cfg.n_layers * cfg.n_heads].reshape(cfg.n_layers, cfg.n_heads, -1)
 
 
-def attribution(context: AnalysisContext) -> tuple[Summary, Tensors]:
+def direct_attribution(context: AnalysisContext) -> tuple[Summary, Tensors]:
     by_position, labels = _attribution(context)
     by_label = dict(zip(labels, by_position.mean(-1).tolist()))
     cfg = context.model.cfg
@@ -180,8 +171,8 @@ def attribution(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return summary, {"direct_attribution_by_position": heads, "component_direct_attribution": by_position}
 
 
-def lens(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    result = logit_lens(context.model, context.task, context.batch, context.cache)
+def logit_lens(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    result = attribution.logit_lens(context.model, context.task, context.batch, context.cache)
     return layer_fragment({f"logit_lens_{name}": values for name, values in result.items()}), {}
 
 
@@ -193,7 +184,7 @@ def rotary(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return head_fragment({"rotary_q_similarity": mean_off_diagonal(similarities["q"])}), tensors
 
 
-def adversarial(context: AnalysisContext) -> tuple[Summary, Tensors]:
+def adversarial_inputs(context: AnalysisContext) -> tuple[Summary, Tensors]:
     losses, patterns = adversarial_analysis(context.model, context.task, context.batch, context.has_bos)
     losses = {"clean_loss": context.task.loss(context.output, context.batch).item()} | losses  # the clean run, reused
     return {"adversarial": losses}, {
@@ -201,9 +192,9 @@ def adversarial(context: AnalysisContext) -> tuple[Summary, Tensors]:
     }
 
 
-def terms(context: AnalysisContext) -> tuple[Summary, Tensors]:
+def term_importance(context: AnalysisContext) -> tuple[Summary, Tensors]:
     layer = context.model.cfg.n_layers - 1  # the last layer reads the most composition
-    losses, mean_terms = term_importance(context.model, context.task, context.batch, context.cache, layer)
+    losses, mean_terms = term_importance_losses(context.model, context.task, context.batch, context.cache, layer)
     tensors = {
         f"attn_score_terms.{name}.L{layer}H{head}": term[head]
         for name, term in mean_terms.items()
@@ -222,20 +213,24 @@ def neurons(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return layer_fragment({"dead_neuron_fraction": dead_neuron_fraction(frequency)}), tensors
 
 
-def embedding_subspace_fractions(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    basis = embedding_subspace(context.model.W_E)
+def embedding_subspace(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    basis = circuits.embedding_subspace(context.model.W_E)
     fractions = outside_subspace_fraction(context.cache, basis)
     return layer_fragment({f"{kind}_outside_embedding_fraction": values for kind, values in fractions.items()}), {}
 
 
-def patching(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    losses, tensors = activation_patching(context.model, context.task, context.batch, context.cache, context.bos_token)
+def activation_patching(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    losses, tensors = patching.activation_patching(
+        context.model, context.task, context.batch, context.cache, context.bos_token
+    )
     return {"patching": losses} | head_fragment({"patching_score": tensors["head_patching"]}), tensors
 
 
-def backup(context: AnalysisContext) -> tuple[Summary, Tensors]:
+def backup_heads(context: AnalysisContext) -> tuple[Summary, Tensors]:
     clean = _head_attribution(context).mean(-1)
-    (layer, head), change, loss = backup_heads(context.model, context.task, context.batch, context.processed.W_U, clean)
+    (layer, head), change, loss = attribution.backup_heads(
+        context.model, context.task, context.batch, context.processed.W_U, clean
+    )
     summary = {"backup": {"ablated_layer": layer, "ablated_head": head, "ablated_loss": loss}}
     return summary | head_fragment({"backup_attribution_change": change}), {"backup_attribution_change": change}
 
@@ -251,9 +246,9 @@ def recurrence_loss(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return {"recurrence": {"order": context.datamodule.order, **losses}}, {}
 
 
-def probes(context: AnalysisContext) -> tuple[Summary, Tensors]:
+def parameter_probes(context: AnalysisContext) -> tuple[Summary, Tensors]:
     coefficients, constant = _coefficients(context)
-    r2 = parameter_probes(context.cache, coefficients, constant)
+    r2 = recurrence.parameter_probes(context.cache, coefficients, constant)
     return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}), {}
 
 
@@ -271,8 +266,8 @@ BUILTIN_ANALYSES = [
     Analysis("repeated_sequence", repeated_sequence),
     Analysis("ov_circuits", ov_circuits),
     Analysis("eigenvalues_and_singular_values", eigenvalues_and_singular_values),
-    Analysis("direct_attribution", attribution),
-    Analysis("logit_lens", lens),
+    Analysis("direct_attribution", direct_attribution),
+    Analysis("logit_lens", logit_lens),
     Analysis("qk_circuits", qk_circuits),
     Analysis("rotary", rotary, applies=lambda context: is_rotary(context.model)),
     Analysis("composition", composition, applies=lambda context: context.model.cfg.n_layers >= 2),
@@ -281,16 +276,16 @@ BUILTIN_ANALYSES = [
         kq_composition,
         applies=lambda context: context.model.cfg.attn_only and context.model.cfg.n_layers >= 2,
     ),
-    Analysis("term_importance", terms, applies=lambda context: supports_term_importance(context.model)),
+    Analysis("term_importance", term_importance, applies=lambda context: supports_term_importance(context.model)),
     Analysis("neurons", neurons, applies=lambda context: not context.model.cfg.attn_only),
     Analysis("recurrence_loss", recurrence_loss, applies=_is_recurrence),
-    Analysis("embedding_subspace", embedding_subspace_fractions, applies=lambda context: not context.token_task),
-    Analysis("hook_sweep", hook_sweep, applies=lambda context: context.sweep_hooks),
+    Analysis("embedding_subspace", embedding_subspace, applies=lambda context: not context.token_task),
+    Analysis("hook_mean_ablation", hook_mean_ablation, applies=lambda context: context.hook_mean_ablation),
     # One partial forward pass per head and mode: most of a snapshot's cost on the larger configs.
     Analysis("head_ablation", head_ablation, expensive=True),
     # Two forward passes on constructed inputs (like patching): a robustness check, not a training signal.
-    Analysis("adversarial", adversarial, applies=lambda context: context.token_task, expensive=True),
-    Analysis("patching", patching, applies=_patchable, expensive=True),
-    Analysis("backup_heads", backup, expensive=True),
-    Analysis("parameter_probes", probes, applies=_is_recurrence, expensive=True),
+    Analysis("adversarial_inputs", adversarial_inputs, applies=lambda context: context.token_task, expensive=True),
+    Analysis("activation_patching", activation_patching, applies=_patchable, expensive=True),
+    Analysis("backup_heads", backup_heads, expensive=True),
+    Analysis("parameter_probes", parameter_probes, applies=_is_recurrence, expensive=True),
 ]

@@ -31,7 +31,7 @@ class AnalysisContext:
     output: torch.Tensor
     cache: ActivationCache
     bos_token: int | None = None
-    sweep_hooks: bool = True
+    hook_mean_ablation: bool = True
     memo: dict[str, Any] = field(default_factory=dict)  # intermediate results analyses share within one snapshot
 
     @cached_property

@@ -17,14 +17,17 @@ from lit_interp.analysis.registry import Analysis, AnalysisContext, run_register
 from lit_interp.errors import require
 from lit_interp.tasks.base import Stream, SyntheticDataModule, TaskModule
 
+# The probe batch size of a snapshot or analysis when neither the caller nor the run says otherwise.
+DEFAULT_PROBE_BATCH_SIZE = 256
+
 
 def run_analysis(
     module: TaskModule,
     datamodule: SyntheticDataModule,
     step: int,
-    probe_batch_size: int = 256,
+    probe_batch_size: int = DEFAULT_PROBE_BATCH_SIZE,
     probe_index: int = 0,
-    sweep_hooks: bool = True,
+    hook_mean_ablation: bool = True,
     expensive: bool = True,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Analyse `module` on batch `probe_index` of `datamodule`'s probe stream, leaving training untouched.
@@ -33,7 +36,7 @@ def run_analysis(
     model if its weights are not fp32), on the module's device, and restores every submodule's
     train/eval mode. The probe batch comes from the datamodule's own seeded generator: the global
     RNG is never drawn. Runs every analysis of `BUILTIN_ANALYSES` and of `module.analyses()` that
-    applies; `sweep_hooks=False` skips seed 004's per-hook sweep, `expensive=False` the costly ones
+    applies; `hook_mean_ablation=False` skips seed 004's per-hook sweep, `expensive=False` the costly ones
     (patching, backup heads, probes). Weight-based analyses read a processed copy (`processed_copy`).
 
     Returns (summary, tensors); docs/analysis.md lists every key. Tensors are fp32, CPU, contiguous,
@@ -43,21 +46,23 @@ def run_analysis(
     batch = datamodule.make_batch(Stream.PROBE, probe_index, probe_batch_size, device=module.device)
     analyses = BUILTIN_ANALYSES + list(getattr(module, "analyses", lambda: [])())
     with _read_only(module) as model:
-        summary, tensors = analyse(model, module, datamodule, batch, step, analyses, sweep_hooks, expensive)
+        summary, tensors = analyze_batch(
+            model, module, datamodule, batch, step, analyses, hook_mean_ablation, expensive
+        )
     # copy=True: each per-head slice gets its own storage instead of keeping its whole stack alive.
     return summary, {
         name: tensor.detach().to("cpu", torch.float32, copy=True).contiguous() for name, tensor in tensors.items()
     }
 
 
-def analyse(
+def analyze_batch(
     model: HookedTransformer,
     task: Task,
     datamodule: Any,
     batch: torch.Tensor,
     step: int,
     analyses: list[Analysis],
-    sweep_hooks: bool = True,
+    hook_mean_ablation: bool = True,
     expensive: bool = True,
 ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """The clean run, the summary's head (step, task, loss, metrics), then every analysis that applies."""
@@ -69,7 +74,7 @@ def analyse(
         "metrics": _metrics(output, task.targets(batch), task.hparams.first_target_pos),
     }
     bos_token = getattr(datamodule, "bos_token", None)
-    context = AnalysisContext(model, task, datamodule, batch, output, cache, bos_token, sweep_hooks)
+    context = AnalysisContext(model, task, datamodule, batch, output, cache, bos_token, hook_mean_ablation)
     summary, tensors, _ = run_registered(analyses, context, summary, expensive)
     return summary, tensors
 

@@ -51,7 +51,7 @@ def read_snapshots(run: Path) -> list[Snapshot]:
     if not files:
         raise ConfigError(
             f"--run {run} has no snapshots ({run}/analysis/step_*.json); train with the AnalysisSnapshots callback "
-            "(every configs/*.yaml has it), or analyse a checkpoint with --ckpt_path"
+            "(every configs/*.yaml has it), or analyze a checkpoint with --ckpt_path"
         )
     snapshots = []
     for file in files:

@@ -35,19 +35,19 @@ class BosIntsWithItsOwnAnalyses(BosIntsModule):
         ]
 
 
-def test_a_task_adds_its_own_analyses_without_editing_the_snapshot_code():
+def test_a_task_adds_its_own_analyzes_without_editing_the_snapshot_code():
     _, data = tiny_task("bos_ints_attn_only")
     module = BosIntsWithItsOwnAnalyses(d_model=16, d_head=16)
     torch.set_float32_matmul_precision("high")
     try:
-        summary, tensors = run_analysis(module, data, step=3, probe_batch_size=8, sweep_hooks=False)
+        summary, tensors = run_analysis(module, data, step=3, probe_batch_size=8, hook_mean_ablation=False)
     finally:
         torch.set_float32_matmul_precision("highest")
     batch = data.make_batch(Stream.PROBE, 0, 8)
     assert summary["my_task"]["logit_norm"] == pytest.approx(module.model(batch).norm(dim=-1).mean().item(), rel=1e-5)
     torch.testing.assert_close(tensors["my_task_logits"], module.model(batch)[0])
     assert summary["my_task_costly"] == {"value": 1.0}
-    cheap, _ = run_analysis(module, data, step=3, probe_batch_size=8, sweep_hooks=False, expensive=False)
+    cheap, _ = run_analysis(module, data, step=3, probe_batch_size=8, hook_mean_ablation=False, expensive=False)
     assert "my_task_costly" not in cheap and "my_task" in cheap
 
 

@@ -139,8 +139,10 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
 @pytest.mark.parametrize("task", ["bos_ints_attn_only", "affine_recurrence"])
 def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
     module, data = tiny_task(task)
-    full, full_tensors = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False)
-    cheap, cheap_tensors = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False, expensive=False)
+    full, full_tensors = run_analysis(module, data, step=0, probe_batch_size=8, hook_mean_ablation=False)
+    cheap, cheap_tensors = run_analysis(
+        module, data, step=0, probe_batch_size=8, hook_mean_ablation=False, expensive=False
+    )
     adversarial = "adversarial" in EXPECTED[task]["sections"]
     assert set(full) - set(cheap) == {"patching", "backup"} | ({"adversarial"} if adversarial else set())
     adversarial_tensors = {name for name in full_tensors if name.startswith("adversarial_")}
@@ -157,7 +159,7 @@ def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
 
 def test_example_tensors_hold_the_first_probe_sequences_and_their_own_patterns():
     module, data = tiny_task("bos_ints_attn_only")
-    _, tensors = run_analysis(module, data, step=0, probe_batch_size=12, sweep_hooks=False, expensive=False)
+    _, tensors = run_analysis(module, data, step=0, probe_batch_size=12, hook_mean_ablation=False, expensive=False)
     batch = data.make_batch(Stream.PROBE, 0, 12)
     assert torch.equal(tensors["example_inputs"], batch[:8].float())
     _, cache = module.model.run_with_cache(batch[:8])
@@ -203,7 +205,7 @@ def test_a_nan_model_gets_nan_scores_without_crashing(tmp_path):
 @pytest.mark.parametrize("task", ["prev_token_digits", "bos_ints_attn_only", "affine_recurrence"])
 def test_tensors_are_cpu_contiguous_fp32_and_round_trip_through_safetensors(task, tmp_path):
     module, data = tiny_task(task)
-    _, tensors = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False)
+    _, tensors = run_analysis(module, data, step=0, probe_batch_size=8, hook_mean_ablation=False)
     assert all(t.device.type == "cpu" and t.is_contiguous() and t.dtype == torch.float32 for t in tensors.values())
     save_file(tensors, tmp_path / "tensors.safetensors")
     loaded = load_file(tmp_path / "tensors.safetensors")
@@ -215,10 +217,10 @@ def test_tensors_are_cpu_contiguous_fp32_and_round_trip_through_safetensors(task
     assert all(tensor.ndim == 2 for name, tensor in tensors.items() if "." in name)  # per-head matrices
 
 
-def test_sweep_hooks_false_leaves_out_the_sweep_only():
+def test_hook_mean_ablation_false_leaves_out_the_sweep_only():
     module, data = tiny_task("bos_ints_mlp")
     full, _ = run_analysis(module, data, step=0, probe_batch_size=8)
-    cheap, _ = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False)
+    cheap, _ = run_analysis(module, data, step=0, probe_batch_size=8, hook_mean_ablation=False)
     assert "hooks" in full and "hooks" not in cheap
     assert {key: value for key, value in full.items() if key != "hooks"} == cheap  # also: same probe, same numbers
     assert full["hooks"]["hook_embed"]["mean_ablation_loss"] != pytest.approx(full["loss"], rel=1e-3)
@@ -226,8 +228,8 @@ def test_sweep_hooks_false_leaves_out_the_sweep_only():
 
 def test_probe_index_picks_another_batch():
     module, data = tiny_task("bos_ints_attn_only")
-    first, _ = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False)
-    second, _ = run_analysis(module, data, step=0, probe_batch_size=8, probe_index=1, sweep_hooks=False)
+    first, _ = run_analysis(module, data, step=0, probe_batch_size=8, hook_mean_ablation=False)
+    second, _ = run_analysis(module, data, step=0, probe_batch_size=8, probe_index=1, hook_mean_ablation=False)
     assert first["loss"] != second["loss"]
 
 
@@ -260,12 +262,12 @@ def test_analysis_leaves_weights_modes_grads_and_global_rng_untouched(task):
     assert all(not hook_point.fwd_hooks for hook_point in module.model.hook_dict.values())
 
 
-def test_bf16_weights_are_analysed_in_fp32_without_being_cast():
+def test_bf16_weights_are_analyzed_in_fp32_without_being_cast():
     module, data = tiny_task("bos_ints_attn_only")
-    reference, _ = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False)
+    reference, _ = run_analysis(module, data, step=0, probe_batch_size=8, hook_mean_ablation=False)
     module.to(torch.bfloat16)
     weights = {name: tensor.clone() for name, tensor in module.state_dict().items()}
-    summary, tensors = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False)
+    summary, tensors = run_analysis(module, data, step=0, probe_batch_size=8, hook_mean_ablation=False)
     assert all(
         torch.equal(tensor, weights[name]) and tensor.dtype == weights[name].dtype
         for name, tensor in module.state_dict().items()
@@ -284,7 +286,7 @@ def test_summary_attributions_add_up_to_the_output_less_biases(task):
         for name, parameter in module.model.named_parameters():
             if name.endswith(".w"):
                 parameter.copy_(torch.rand_like(parameter) * 3 + 0.2)
-    summary, _ = run_analysis(module, data, step=0, probe_batch_size=8, sweep_hooks=False, expensive=False)
+    summary, _ = run_analysis(module, data, step=0, probe_batch_size=8, hook_mean_ablation=False, expensive=False)
     total = sum(scores["direct_attribution"] for scores in summary["heads"].values())
     total += sum(values.get("mlp_direct_attribution", 0.0) for values in summary["layers"].values())
     total += sum(summary["direct_attribution"].values())
