@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from pathlib import Path
@@ -15,44 +14,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressB
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lit_interp import loggers as logging_utils
+from lit_interp import snapshots
 from lit_interp.errors import require
-
-
-def snapshot_path(run_dir: str | Path, step: int, suffix: str) -> Path:
-    return Path(run_dir) / "analysis" / f"step_{step:07d}{suffix}"
-
-
-def _write_atomically(path: Path, write) -> None:
-    """`write(temporary path)`, fsync, then rename over `path`: a reader never sees a partial file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_snapshot(run_dir: str | Path, step: int, summary: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-    """Write step_<step>.safetensors then step_<step>.json, each atomically; the JSON marks the snapshot done."""
-    from safetensors.torch import save_file
-
-    json_path = snapshot_path(run_dir, step, ".json")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}
-    _write_atomically(snapshot_path(run_dir, step, ".safetensors"), lambda path: save_file(tensors, str(path)))
-    text = json.dumps(logging_utils.nan_to_null(summary), indent=1)
-    _write_atomically(json_path, lambda path: path.write_text(text))
-    return json_path
-
-
-def read_snapshot(run_dir: str | Path, step: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    summary = json.loads(snapshot_path(run_dir, step, ".json").read_text())
-    tensor_path = snapshot_path(run_dir, step, ".safetensors")
-    return summary, load_file(str(tensor_path)) if tensor_path.exists() else {}
+from lit_interp.heads import head_label
 
 
 def snapshot_steps(max_steps: int, every_n_train_steps: int | None, log_spaced: int) -> list[int]:
@@ -173,7 +137,7 @@ class AnalysisSnapshots(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A resumed run's logger purged what was logged at and after the checkpoint's step: log it again.
         step = trainer.global_step
-        if step > 0 and trainer.is_global_zero and snapshot_path(self.run_dir, step, ".json").exists():
+        if step > 0 and trainer.is_global_zero and snapshots.snapshot_path(self.run_dir, step, ".json").exists():
             self._relog(trainer, step, final=False)
 
     def on_train_batch_end(
@@ -191,7 +155,7 @@ class AnalysisSnapshots(Callback):
         step = trainer.global_step
         if trainer.sanity_checking or trainer.fast_dev_run or step == 0 or self.run_dir is None:
             return
-        if snapshot_path(self.run_dir, step, ".json").exists():
+        if snapshots.snapshot_path(self.run_dir, step, ".json").exists():
             if trainer.is_global_zero and step not in self._logged:
                 self._relog(trainer, step, final)
             return
@@ -213,15 +177,15 @@ class AnalysisSnapshots(Callback):
                 expensive=expensive,
             )
             if trainer.is_global_zero:
-                write_snapshot(self.run_dir, step, summary, tensors)
+                snapshots.write_snapshot(self.run_dir, step, summary, tensors)
                 self._log(trainer, summary, tensors, step, final)
         except Exception as error:  # analysis must never stop training
             self._record_error(trainer, step, error)
 
     def _relog(self, trainer: pl.Trainer, step: int, final: bool) -> None:
         try:
-            summary, tensors = read_snapshot(self.run_dir, step)
-            self._log(trainer, summary, tensors, step, final)
+            snapshot = snapshots.read_snapshot(snapshots.snapshot_path(self.run_dir, step, ".json"))
+            self._log(trainer, snapshot.summary, snapshot.torch_tensors(), step, final)
         except Exception as error:
             self._record_error(trainer, step, error)
 
@@ -233,12 +197,13 @@ class AnalysisSnapshots(Callback):
         logging_utils.log_analysis(trainer.loggers, summary, tensors if images else {}, step)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"probe_batch_size": self.probe_batch_size}  # analyze's default, so it reproduces the snapshots
+        # analyze's default probe size (snapshots.snapshot_probe_size), so it reproduces the snapshots
+        return {snapshots.PROBE_STATE_KEY: self.probe_batch_size}
 
     def _record_error(self, trainer: pl.Trainer, step: int, error: Exception) -> None:
         if not trainer.is_global_zero:
             return
-        log = Path(self.run_dir) / "analysis" / "errors.log"
+        log = snapshots.errors_log(self.run_dir)
         try:
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "a") as file:
@@ -312,7 +277,7 @@ class TrainingDynamics(Callback):
                 from lit_interp.analysis.patterns import attention_entropy
 
                 for head, value in enumerate(attention_entropy(pattern.detach().float()).tolist()):
-                    self._metrics[f"dynamics/attention_entropy/L{layer}H{head}"] = value
+                    self._metrics[f"dynamics/attention_entropy/{head_label(layer, head)}"] = value
 
         return hook
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -11,14 +10,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger
 
-
-def nan_to_null(value: Any) -> Any:
-    """NaN and infinities as JSON null, so every file lit_interp writes is strict JSON."""
-    if isinstance(value, dict):
-        return {key: nan_to_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [nan_to_null(item) for item in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+from lit_interp.heads import layer_label
 
 
 def _is_number(value: Any) -> bool:
@@ -33,7 +25,7 @@ def flatten_scalars(summary: dict[str, Any]) -> dict[str, float]:
     for head, scores in summary.get("heads", {}).items():
         scalars |= {f"analysis/{name}/{head}": value for name, value in scores.items()}
     for layer, values in summary.get("layers", {}).items():
-        scalars |= {f"analysis/{name}/L{layer}": value for name, value in values.items()}
+        scalars |= {f"analysis/{name}/{layer_label(layer)}": value for name, value in values.items()}
     for hook, values in summary.get("hooks", {}).items():
         scalars |= {f"analysis/hook_{name}/{hook}": value for name, value in values.items()}
     for section, values in summary.items():
@@ -57,11 +49,11 @@ def log_scalars(loggers: Iterable[Logger], metrics: dict[str, float], step: int)
 
 def analysis_images(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Attention patterns (one image per layer, heads left to right) and each head's full OV circuit."""
-    from lit_interp.report.images import heatmap_rgb
+    from lit_interp.images import heatmap_rgb
 
     images = {}
     for layer, patterns in enumerate(tensors.get("attention_patterns", [])):
-        images[f"analysis/attention_pattern/L{layer}"] = heatmap_rgb(list(patterns))
+        images[f"analysis/attention_pattern/{layer_label(layer)}"] = heatmap_rgb(list(patterns))
     for name, circuit in tensors.items():
         if name.startswith("ov_circuit.") and circuit.ndim == 2:
             images[f"analysis/ov_circuit/{name.split('.', 1)[1]}"] = heatmap_rgb([circuit])

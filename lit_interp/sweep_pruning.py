@@ -22,7 +22,7 @@ class OptunaPruning(Callback):
         if self._trial is None:
             import optuna
 
-            from lit_interp.sweep import open_storage, trial_handle
+            from lit_interp.optuna_storage import open_storage, trial_handle
 
             study = optuna.load_study(
                 study_name=self.study_name, storage=open_storage(self.storage), pruner=optuna.pruners.MedianPruner()

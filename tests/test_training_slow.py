@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import CONFIGS, QUIET
 
-from lit_interp.cli import run_cli
+from lit_interp.commands.train import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -15,25 +16,13 @@ import yaml
 
 from lit_interp import runlogs
 from lit_interp.errors import ConfigError
+from lit_interp.formation import Formation, finding, formation
+from lit_interp.optuna_storage import SQLITE, load_existing_study, local_file
 from lit_interp.report.figures import layout, step_lines
 from lit_interp.report.html import Figure, Section, embed, plain, render, table
+from lit_interp.snapshots import RunSnapshots, read_snapshots
+from lit_interp.sweep_dir import read_sweep_info, trial_dir, trial_run_dir
 
-# A head "has" a score's finding when its score reaches the threshold; the first snapshot where it does
-# is its phase change.
-DEFAULT_THRESHOLDS = {
-    "prev_token_score": 0.5,
-    "induction_score": 0.5,
-    "bos_score": 0.5,
-    "duplicate_score": 0.5,
-    "ov_copying_score": 0.9,
-}
-FINDINGS = {
-    "prev_token_score": "a previous-token head",
-    "induction_score": "an induction head",
-    "bos_score": "a BOS head",
-    "duplicate_score": "a duplicate-token head",
-    "ov_copying_score": "a copying OV circuit",
-}
 # Keys that differ between runs without being a parameter of the run.
 CURVES = ("val/loss", "val/acc", "val/r2", "train/loss")
 NOT_PARAMETERS = (
@@ -48,20 +37,20 @@ TABLE_METRICS = ("val/", "train/loss")  # the final metrics the page's table sho
 
 
 @dataclass
-class Run:
-    """One run's numbers: its varying config values, last logged scalars, last snapshot and crossing steps."""
+class RunRecord:
+    """One run's numbers: its varying config values, last logged scalars, snapshots and formation steps."""
 
     label: str
     path: Path
     config: dict[str, Any]
     final: dict[str, float]
     series: dict[str, tuple[list[int], list[float]]]  # tag -> (steps, values), from lit_interp.runlogs
-    snapshots: list[dict[str, Any]]
+    snapshots: RunSnapshots
     sweep: dict[str, Any] = field(default_factory=dict)  # trial number, state, objective value, error
 
     @property
     def last(self) -> dict[str, Any]:
-        return self.snapshots[-1] if self.snapshots else {}
+        return self.snapshots.summaries[-1] if self.snapshots else {}
 
 
 def is_run(path: Path) -> bool:
@@ -91,24 +80,12 @@ def find_runs(directories: list[Path]) -> list[Path]:
     return runs
 
 
-def read_snapshots(run: Path) -> list[dict[str, Any]]:
-    """The run's analysis summaries by step; an unreadable file (a write cut off by a kill) is left out."""
-    summaries = []
-    for file in sorted((run / "analysis").glob("step_*.json")):
-        try:
-            summaries.append(json.loads(file.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-    return sorted(summaries, key=lambda summary: summary["step"])
-
-
-def crossing_step(summaries: list[dict[str, Any]], head: str, score: str, threshold: float) -> int | None:
-    """The first snapshot step at which `head`'s `score` is >= threshold, or None if it never is."""
-    for summary in summaries:
-        value = summary.get("heads", {}).get(head, {}).get(score)
-        if isinstance(value, (int, float)) and value >= threshold:
-            return int(summary["step"])
-    return None
+def formation_of(run: RunRecord, head: str, score: str, threshold: float) -> Formation | None:
+    """When `head`'s `score` first reached `threshold` in the run's snapshots (lit_interp.formation's rule)."""
+    values = [summary.get("heads", {}).get(head, {}).get(score) for summary in run.snapshots.summaries]
+    return formation(
+        run.snapshots.steps, [value if isinstance(value, (int, float)) else None for value in values], threshold
+    )
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
@@ -144,27 +121,31 @@ def label(run: Path, directories: list[Path]) -> str:
     return str(run.resolve().relative_to(base)).replace("lightning_logs/", "")
 
 
+def study_storage(directory: Path, info: dict[str, Any]) -> str:
+    """The storage URL of a sweep's study; a default SQLite file moved with its sweep directory is read where it is."""
+    url = info["storage"]
+    path = local_file(url)
+    beside = Path(directory) / "optuna.db"
+    if (
+        url.startswith(SQLITE)
+        and path is not None
+        and path.name == "optuna.db"
+        and not path.exists()
+        and beside.is_file()
+    ):
+        return f"{SQLITE}{beside.resolve()}"
+    return url
+
+
 def sweep_trials(directory: Path) -> dict[Path, dict[str, Any]]:
     """Run directory -> its trial (number, state, value, params, error), for a directory written by `sweep`."""
-    info_path = directory / "sweep.json"
-    if not info_path.is_file():
+    info = read_sweep_info(directory)
+    if info is None:
         return {}
-    import optuna
-
-    from lit_interp.sweep import open_storage, run_dir
-
-    info = json.loads(info_path.read_text())
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
-    except (KeyError, ValueError, OSError) as error:
-        raise ConfigError(
-            f"--runs {directory}: cannot open its study {info['study_name']} in {info['storage']} ({error}); "
-            "is the storage reachable?"
-        ) from None
+    study = load_existing_study(study_storage(directory, info), info["study_name"], f"--runs {directory}")
     trials = {}
     for trial in study.get_trials(deepcopy=False):
-        run = run_dir(directory / trial_dir_name(trial.number))
+        run = trial_run_dir(trial_dir(directory, trial.number))
         trials[run] = {
             "trial": trial.number,
             "state": trial.state.name,
@@ -175,11 +156,7 @@ def sweep_trials(directory: Path) -> dict[Path, dict[str, Any]]:
     return trials
 
 
-def trial_dir_name(number: int) -> str:
-    return f"trial_{number:04d}"
-
-
-def collect(directories: list[Path]) -> tuple[list[Run], list[str]]:
+def collect(directories: list[Path]) -> tuple[list[RunRecord], list[str]]:
     """(runs, parameter keys) for every run under the directories, sweep trials annotated with their state."""
     paths = find_runs(directories)
     trials = {path.resolve(): trial for directory in directories for path, trial in sweep_trials(directory).items()}
@@ -193,21 +170,15 @@ def collect(directories: list[Path]) -> tuple[list[Run], list[str]]:
             for tag, (_, values) in series.items()
             if values and tag != "epoch" and not tag.startswith("final/")
         }
-        runs.append(
-            Run(
-                label(path, directories),
-                path,
-                config,
-                final,
-                series,
-                read_snapshots(path),
-                trials.get(path.resolve(), {}),
-            )
+        snapshots = read_snapshots(path, on_damaged="skip")  # listed in the report and runs.csv, never silently
+        record = RunRecord(
+            label(path, directories), path, config, final, series, snapshots, trials.get(path.resolve(), {})
         )
+        runs.append(record)
     return runs, varying(configs)
 
 
-def head_scores(run: Run, thresholds: dict[str, float]) -> dict[str, float]:
+def head_scores(run: RunRecord, thresholds: dict[str, float]) -> dict[str, float]:
     """`<head>/<score>` -> the score at the run's last snapshot, for each thresholded score."""
     heads = run.last.get("heads", {})
     return {
@@ -218,18 +189,19 @@ def head_scores(run: Run, thresholds: dict[str, float]) -> dict[str, float]:
     }
 
 
-def crossings(run: Run, thresholds: dict[str, float]) -> dict[str, int | None]:
-    """`<head>/<score>` -> the first snapshot step at or above the threshold (None: never within the run)."""
-    heads = run.last.get("heads", {})
-    return {
-        f"{head}/{score}": crossing_step(run.snapshots, head, score, thresholds[score])
-        for head, scores in heads.items()
+def formations(run: RunRecord, thresholds: dict[str, float]) -> dict[str, Formation | None]:
+    """`<head>/<score>` -> when the score first reached its threshold (None: never within the run)."""
+    pairs = dict.fromkeys(
+        (head, score)
+        for summary in run.snapshots.summaries
+        for head, scores in summary.get("heads", {}).items()
         for score in scores
         if score in thresholds
-    }
+    )
+    return {f"{head}/{score}": formation_of(run, head, score, thresholds[score]) for head, score in pairs}
 
 
-def findings(runs: list[Run], thresholds: dict[str, float]) -> list[dict[str, Any]]:
+def findings(runs: list[RunRecord], thresholds: dict[str, float]) -> list[dict[str, Any]]:
     """For each head and thresholded score: in how many runs (with snapshots) the last snapshot reaches it."""
     with_snapshots = [run for run in runs if run.snapshots]
     counts: dict[str, int] = {}
@@ -239,8 +211,7 @@ def findings(runs: list[Run], thresholds: dict[str, float]) -> list[dict[str, An
     rows = []
     for key, count in counts.items():
         head, score = key.split("/")
-        what = FINDINGS.get(score, f"{score} >= threshold")
-        text = f"{head} is {what} ({score} >= {thresholds[score]:g}) in {count}/{len(with_snapshots)} runs"
+        text = f"{head} is {finding(score, thresholds[score])} in {count}/{len(with_snapshots)} runs"
         rows.append(
             {
                 "head": head,
@@ -254,7 +225,7 @@ def findings(runs: list[Run], thresholds: dict[str, float]) -> list[dict[str, An
     return sorted(rows, key=lambda row: (-row["runs"] / max(row["of"], 1), row["head"], row["score"]))
 
 
-def csv_rows(runs: list[Run], parameters: list[str], thresholds: dict[str, float]) -> list[dict[str, Any]]:
+def csv_rows(runs: list[RunRecord], parameters: list[str], thresholds: dict[str, float]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         row: dict[str, Any] = {"run": run.label}
@@ -268,39 +239,32 @@ def csv_rows(runs: list[Run], parameters: list[str], thresholds: dict[str, float
         row |= {key: run.config.get(key) for key in parameters}
         row |= {tag: value for tag, value in sorted(run.final.items())}
         row["last_snapshot_step"] = run.last.get("step")
+        row["damaged_snapshots"] = "; ".join(map(str, run.snapshots.damaged)) or None
         row |= head_scores(run, thresholds)
-        row |= {f"{key}/crossed_at": step for key, step in crossings(run, thresholds).items()}
+        for key, formed in formations(run, thresholds).items():
+            row[f"{key}/formed_at"] = None if formed is None else formed.step
+            row[f"{key}/formed_at_first_snapshot"] = None if formed is None else formed.at_first_snapshot
         rows.append(row)
     return rows
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """runs.csv: one row per run, a column for every key any row has; None and NaN as empty cells."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with path.open("w", newline="") as file:
-        writer = csv.DictWriter(file, columns)
-        writer.writeheader()
-        writer.writerows(
-            {
-                key: "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
-                for key, value in row.items()
-            }
-            for row in rows
-        )
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    writer.writerows(
+        {
+            key: "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+            for key, value in row.items()
+        }
+        for row in rows
+    )
+    return buffer.getvalue()
 
 
-def parse_thresholds(items: list[str]) -> dict[str, float]:
-    """The default thresholds, with `SCORE=VALUE` items from --threshold replacing or adding to them."""
-    thresholds = dict(DEFAULT_THRESHOLDS)
-    for item in items:
-        score, _, value = item.partition("=")
-        try:
-            thresholds[score.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"--threshold {item!r}: write SCORE=VALUE, e.g. prev_token_score=0.7") from None
-    return thresholds
-
-
-def score_box(runs: list[Run], score: str) -> go.Figure | None:
+def score_box(runs: list[RunRecord], score: str) -> go.Figure | None:
     """One box per head of `score` at each run's last snapshot, every run a point (hover: its label)."""
     figure = go.Figure()
     heads = list(
@@ -330,14 +294,13 @@ def score_box(runs: list[Run], score: str) -> go.Figure | None:
     return figure
 
 
-def crossing_strip(runs: list[Run], score: str, threshold: float) -> go.Figure | None:
-    """Each run's phase-change step per head (a point per run); runs that never reach the threshold are counted."""
+def formation_strip(runs: list[RunRecord], score: str, threshold: float) -> go.Figure | None:
+    """Each run's formation step per head (a point per run); runs that never reach the threshold are counted."""
     figure = go.Figure()
-    for head in list(dict.fromkeys(key.split("/")[0] for run in runs for key in crossings(run, {score: threshold}))):
-        steps = [
-            (run.label, crossings(run, {score: threshold}).get(f"{head}/{score}")) for run in runs if run.snapshots
-        ]
-        reached = [(name, step) for name, step in steps if step is not None]
+    by_run = {run.label: formations(run, {score: threshold}) for run in runs if run.snapshots}
+    for head in list(dict.fromkeys(key.split("/")[0] for formed in by_run.values() for key in formed)):
+        steps = [(name, formed.get(f"{head}/{score}")) for name, formed in by_run.items()]
+        reached = [(name, formed.step) for name, formed in steps if formed is not None]
         if not reached:
             continue
         figure.add_trace(
@@ -367,14 +330,11 @@ def optuna_section(directories: list[Path]) -> Section | None:
     """Optuna's own plots of a search (importances need nothing beyond Optuna: its default PED-ANOVA evaluator)."""
     import optuna
 
-    from lit_interp.sweep import open_storage
-
     for directory in directories:
-        info_path = directory / "sweep.json"
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        info = read_sweep_info(directory) or {}
         if not info.get("space"):
             continue
-        study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
+        study = load_existing_study(study_storage(directory, info), info["study_name"], f"--runs {directory}")
         complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) < 2:
             return Section("Search", [], note=f"{len(complete)} complete trial(s): Optuna's plots need at least 2.")
@@ -403,13 +363,13 @@ FORMS_NOTE = (
 RUNS_NOTE = "Parameters: the config values that differ between runs. runs.csv beside this page adds every head score."
 
 
-def last_scores(runs: list[Run]) -> list[str]:
+def last_scores(runs: list[RunRecord]) -> list[str]:
     """Every numeric head score of the runs' last snapshots, in first-seen order."""
     heads = [scores for run in runs for scores in run.last.get("heads", {}).values()]
     return list(dict.fromkeys(name for scores in heads for name, value in scores.items() if isinstance(value, float)))
 
 
-def training_curves(runs: list[Run]) -> list[Figure]:
+def training_curves(runs: list[RunRecord]) -> list[Figure]:
     curves = {tag: {run.label: run.series[tag] for run in runs if tag in run.series} for tag in CURVES}
     return [
         embed(step_lines(lines, tag, tag, log_y=tag.endswith("loss")), "step-axis")
@@ -419,10 +379,10 @@ def training_curves(runs: list[Run]) -> list[Figure]:
 
 
 def sections(
-    runs: list[Run], parameters: list[str], thresholds: dict[str, float], directories: list[Path]
+    runs: list[RunRecord], parameters: list[str], thresholds: dict[str, float], directories: list[Path]
 ) -> list[Section]:
     found = {row["finding"]: {"runs": row["runs"], "of": row["of"]} for row in findings(runs, thresholds)}
-    formed = [crossing_strip(runs, score, threshold) for score, threshold in thresholds.items()]
+    formed = [formation_strip(runs, score, threshold) for score, threshold in thresholds.items()]
     boxes = [score_box(runs, score) for score in last_scores(runs)]
     rows = {
         row.pop("run"): {key: value for key, value in row.items() if "/" not in key or key.startswith(TABLE_METRICS)}
@@ -435,8 +395,20 @@ def sections(
         Section("Head scores at the last snapshot", [embed(figure) for figure in boxes if figure]),
         Section("Training curves", training_curves(runs)),
         Section("Runs", [table(rows, "run")], note=RUNS_NOTE),
+        damaged_section(runs),
     ]
     return ([search] if search else []) + [section for section in candidates if section.items]
+
+
+def damaged_section(runs: list[RunRecord]) -> Section:
+    """Snapshot files left out of every figure and count above because they could not be read, with the reason."""
+    rows = {
+        f"{run.label}: {damaged.path.name}": {"reason": damaged.reason}
+        for run in runs
+        for damaged in run.snapshots.damaged
+    }
+    note = "These runs' other snapshots are counted; their formation steps may be missing a snapshot."
+    return Section("Snapshots left out (unreadable)", [table(rows, "file")] if rows else [], note=note)
 
 
 def runs_report(directories: list[Path], thresholds: dict[str, float]) -> tuple[str, list[dict[str, Any]]]:
@@ -445,6 +417,7 @@ def runs_report(directories: list[Path], thresholds: dict[str, float]) -> tuple[
     facts = [
         ("runs", len(runs)),
         ("with snapshots", sum(bool(run.snapshots) for run in runs)),
+        ("unreadable snapshots left out", sum(len(run.snapshots.damaged) for run in runs)),
         ("parameters", ", ".join(parameters) or "none differ"),
         ("directories", ", ".join(map(str, directories))),
     ]
@@ -458,18 +431,3 @@ def runs_report(directories: list[Path], thresholds: dict[str, float]) -> tuple[
         log_steps=False,  # the curves are validations at a fixed interval
     )
     return page, csv_rows(runs, parameters, thresholds)
-
-
-def analyze_runs(directories: list[Path], out: Path | None, overwrite: bool, threshold_items: list[str]) -> Path:
-    """`analyze --runs`: write OUT/report.html and OUT/runs.csv; OUT defaults to DIR/runs_report/ for one DIR."""
-    from lit_interp.analyze import output_dir
-
-    if out is None and len(directories) > 1:
-        raise ConfigError("--runs with several directories needs --out DIR for the report")
-    thresholds = parse_thresholds(threshold_items)
-    out = output_dir(out, directories[0] / "runs_report", overwrite)
-    page, rows = runs_report(directories, thresholds)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.html").write_text(page)
-    write_csv(rows, out / "runs.csv")
-    return out

@@ -18,6 +18,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 from lit_interp.errors import ConfigError, require
 from lit_interp.memory import declared_parameters, require_batch_fits, require_fits
 
+# Values the data and the model share: set once on the data, linked into the model's constructor by the CLI.
+LINKED_ARGUMENTS = ("n_ctx", "d_vocab", "first_target_pos")
+
 
 class Stream(enum.IntEnum):
     """The independent data streams of a task: batch i of each is seeded from (seed, stream, rank, i)."""
