@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lit_interp import loggers as logging_utils
 from lit_interp import snapshots
@@ -112,6 +113,7 @@ class AnalysisSnapshots(Callback):
         ]
         return min(steps) if steps else None
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.run_dir is None:
             self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank is here
@@ -134,12 +136,14 @@ class AnalysisSnapshots(Callback):
         """Every k-th scheduled snapshot, and always the last one of training (so it is complete)."""
         return final or self.ordinal(trainer, trainer.global_step) % k == 0
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A resumed run's logger purged what was logged at and after the checkpoint's step: log it again.
         step = trainer.global_step
         if step > 0 and trainer.is_global_zero and snapshots.snapshot_path(self.run_dir, step, ".json").exists():
             self._relog(trainer, step, final=False)
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -148,6 +152,7 @@ class AnalysisSnapshots(Callback):
         if self.is_scheduled(trainer, trainer.global_step) and not trainer.fit_loop._should_accumulate():
             self.snapshot(trainer, pl_module, final=trainer.global_step == trainer.max_steps)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.snapshot(trainer, pl_module, final=True)
 
@@ -196,6 +201,7 @@ class AnalysisSnapshots(Callback):
         images = self.log_images and self.is_kth(trainer, self.images_every_n_snapshots, final)
         logging_utils.log_analysis(trainer.loggers, summary, tensors if images else {}, step)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         # analyze's default probe size (snapshots.snapshot_probe_size), so it reproduces the snapshots
         return {snapshots.PROBE_STATE_KEY: self.probe_batch_size}
@@ -256,12 +262,14 @@ class TrainingDynamics(Callback):
     def _due(self, trainer: pl.Trainer) -> bool:
         return trainer.global_step % self._every(trainer) == 0
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.initial:  # a resumed run brings its initial weights from the checkpoint
             self.initial = {
                 name: p.detach().to("cpu", copy=True) for name, p in pl_module.named_parameters() if p.requires_grad
             }
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -281,6 +289,7 @@ class TrainingDynamics(Callback):
 
         return hook
 
+    @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         for handle in self._handles:
             handle.remove()
@@ -294,6 +303,7 @@ class TrainingDynamics(Callback):
                 squares[group] = squares.get(group, 0) + parameter.grad.detach().float().pow(2).sum()
         self._metrics |= {f"dynamics/grad_norm/{group}": float(total.sqrt()) for group, total in squares.items()}
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -316,9 +326,11 @@ class TrainingDynamics(Callback):
             # The step of Lightning's own train/loss for this batch (global_step before it was taken).
             logging_utils.log_scalars(trainer.loggers, metrics, trainer.global_step - 1)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"initial": self.initial}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initial = dict(state_dict.get("initial", {}))
 
@@ -337,6 +349,7 @@ class ThrottledProgressBar(TQDMProgressBar):
         self.min_interval_s = min_interval_s
         self._last_draw = float("-inf")
 
+    @override
     def _should_update(self, current: int, total: int) -> bool:
         if not super()._should_update(current, total):
             return False

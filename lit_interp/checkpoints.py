@@ -9,6 +9,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from typing_extensions import override
 
 from lit_interp.errors import ConfigError
 from lit_interp.files import atomic_write
@@ -43,6 +44,7 @@ class StepCheckpoint(ModelCheckpoint):
             trainer.enable_validation and isinstance(interval, int) and interval > 0 and (batch_idx + 1) % interval == 0
         )
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = self._every_n_train_steps
         if every >= 1 and trainer.global_step % every == 0 and self._validates_now(trainer, batch_idx):
@@ -50,6 +52,7 @@ class StepCheckpoint(ModelCheckpoint):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    @override
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._after_validation and not trainer.sanity_checking:
             self._after_validation = False
@@ -61,6 +64,7 @@ class StepCheckpoint(ModelCheckpoint):
             return
         super().on_validation_end(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.fast_dev_run or self._should_skip_saving_checkpoint(trainer):
             return
@@ -68,6 +72,7 @@ class StepCheckpoint(ModelCheckpoint):
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
+    @override
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         # What was logged up to this checkpoint is on disk before the checkpoint is: a run killed
         # after it and resumed from it neither loses nor repeats a logged point.
@@ -76,6 +81,7 @@ class StepCheckpoint(ModelCheckpoint):
                 logger.save()
         super()._save_checkpoint(trainer, filepath)
 
+    @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -91,6 +97,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     final name: atomic on every local filesystem. On a failed write (a full disk) the partial file is
     removed, the previous checkpoint under that name stays whole, and the error is one line."""
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
 
         path = Path(path)

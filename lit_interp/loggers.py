@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -84,6 +85,9 @@ def custom_scalar_layout(scalars: Iterable[str]) -> dict[str, dict[str, list]]:
     return charts
 
 
+_LAID_OUT: weakref.WeakSet = weakref.WeakSet()  # TensorBoard loggers that have their custom-scalars layout
+
+
 def log_analysis(
     loggers: Iterable[Logger], summary: dict[str, Any], tensors: dict[str, torch.Tensor], step: int
 ) -> None:
@@ -93,8 +97,8 @@ def log_analysis(
     scalars = flatten_scalars(summary)
     log_scalars(loggers, scalars, step)
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger) and not getattr(logger, "_lit_interp_layout", False):
-            logger._lit_interp_layout = True  # once per run: the layout is a single event
+        if isinstance(logger, TensorBoardLogger) and logger not in _LAID_OUT:
+            _LAID_OUT.add(logger)  # once per run: the layout is a single event
             logger.experiment.add_custom_scalars(custom_scalar_layout(scalars))
     if tensors:
         log_images(loggers, analysis_images(tensors), step)

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from lit_interp.files import write_json
 
@@ -60,6 +61,7 @@ class RunSummary(Callback):
             seed if isinstance(seed, int) and not isinstance(seed, bool) else None
         )  # the one seed_everything used
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and not trainer.fast_dev_run:  # rank 0 only: nothing here is a collective
             log_run_summary(trainer, pl_module, trainer.datamodule, self.run_dir, self.seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 
 class OptunaPruning(Callback):
@@ -30,6 +31,7 @@ class OptunaPruning(Callback):
             self._trial = trial_handle(study, self.trial_number)
         return self._trial
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or value is None or not trainer.is_global_zero:
