@@ -9,7 +9,7 @@ from pathlib import Path
 from lit_interp.commands.analyze import parse_thresholds
 from lit_interp.formation import Formation, formation
 from lit_interp.report.run import formation_section, trajectories
-from lit_interp.report.runs import RunRecord, collect, csv_rows, findings
+from lit_interp.report.runs_table import RunRecord, collect, csv_rows, findings
 from lit_interp.snapshots import RunSnapshots, read_snapshots
 
 
@@ -111,7 +111,7 @@ def test_reach_objective_is_the_first_step_a_scalar_gets_there(tmp_path):
 
 
 def test_runs_csv_holds_every_row(tmp_path):
-    from lit_interp.report.runs import csv_text
+    from lit_interp.report.runs_table import csv_text
 
     text = csv_text([{"run": "a", "x": 1.5}, {"run": "b", "y": None}])
     assert list(csv.DictReader(text.splitlines())) == [

@@ -186,7 +186,8 @@ def parse_thresholds(items: list[str]) -> dict[str, float]:
 
 
 def analyze_runs(args: argparse.Namespace) -> Path:
-    from lit_interp.report.runs import csv_text, runs_report
+    from lit_interp.report.runs import runs_report
+    from lit_interp.report.runs_table import csv_text
 
     directories = args.runs
     if args.out is None and len(directories) > 1:
