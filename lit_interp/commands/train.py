@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import sys
+import warnings
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -288,6 +289,8 @@ def run_cli(args: list[str] | None = None) -> LitInterpCLI:
     """The command in-process (tests, notebooks): exceptions propagate; `main` turns user errors into one line."""
     # The seed is in the run's config.yaml; its log line would sit between a user's command and its one-line error.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    # `python -m lit_interp` passes its own argv on: the same list as sys.argv, not a second command line.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
     return LitInterpCLI(args)
 
 
