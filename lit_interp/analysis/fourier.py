@@ -173,6 +173,16 @@ def excluded_loss(
     return F.cross_entropy(logits, pair_labels(train_pairs, coefficients.shape[-1])).item()
 
 
+def losses_with(tensors: dict[str, torch.Tensor], frequencies: list[int]) -> dict[str, float]:
+    """Restricted and excluded loss of a snapshot, from its tensors, with other key frequencies than its own: the
+    paper measures every checkpoint with the final model's."""
+    coefficients = tensors["logit_sum_coefficients"]
+    return {
+        "restricted_loss": restricted_loss(tensors["logit_mean"], coefficients, frequencies),
+        "excluded_loss": excluded_loss(tensors["train_logits"], tensors["train_pairs"], coefficients, frequencies),
+    }
+
+
 def pair_loss_and_accuracy(logits: Float[torch.Tensor, "pair c"], pair_ids: torch.Tensor) -> tuple[float, float]:
     """Cross-entropy and accuracy of the logit rows `pair_ids` (a·p + b) against (a + b) mod p."""
     labels = pair_labels(pair_ids, logits.shape[-1]).to(logits.device)
