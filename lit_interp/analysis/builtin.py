@@ -286,7 +286,7 @@ def fourier_spectra(context: AnalysisContext) -> tuple[Summary, Tensors]:
 def neuron_frequencies(context: AnalysisContext) -> tuple[Summary, Tensors]:
     keys, spectrum, frequency, fraction = _key_frequencies(context)
     explained = fraction.nan_to_num(0.0) >= fourier.NEURON_FRACTION
-    assigned = explained & torch.isin(frequency, torch.tensor(keys, dtype=torch.long))
+    assigned = explained & torch.isin(frequency, torch.tensor(keys, dtype=torch.long, device=frequency.device))
     summary = {
         "key_frequencies": keys,
         "n_key_frequencies": len(keys),
