@@ -252,10 +252,14 @@ def parameter_probes(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}), {}
 
 
+def _is_modular_addition_data(context: AnalysisContext) -> bool:
+    """A datamodule holding a train/test split of the pairs mod p (`ModularAdditionDataModule`)."""
+    return all(hasattr(context.datamodule, name) for name in ("p", "train_pairs", "test_pairs"))
+
+
 def _is_modular_addition(context: AnalysisContext) -> bool:
-    """A datamodule holding a train/test split of the pairs mod p (`ModularAdditionDataModule`), a model with MLPs."""
-    has_split = all(hasattr(context.datamodule, name) for name in ("p", "train_pairs", "test_pairs"))
-    return has_split and not context.model.cfg.attn_only
+    """Modular addition data and a model with MLPs: what the Fourier progress measures read."""
+    return _is_modular_addition_data(context) and not context.model.cfg.attn_only
 
 
 def _all_pairs(context: AnalysisContext) -> tuple[torch.Tensor, torch.Tensor]:
@@ -365,7 +369,7 @@ BUILTIN_ANALYSES = [
     Analysis(
         "adversarial_inputs",
         adversarial_inputs,
-        applies=lambda context: context.token_task and not _is_modular_addition(context),  # [a, a, b] means nothing
+        applies=lambda context: context.token_task and not _is_modular_addition_data(context),  # [a, a, b]: no input
         expensive=True,
     ),
     Analysis("activation_patching", activation_patching, applies=_patchable, expensive=True),
