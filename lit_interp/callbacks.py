@@ -366,7 +366,8 @@ class TrainingDynamics(Callback):
 
 
 class ThrottledProgressBar(TQDMProgressBar):
-    """Lightning's TQDM bar, redrawn at most every `min_interval_s` seconds and at the end.
+    """Lightning's TQDM bar counting optimizer steps up to max_steps (a resumed run shows `step/max_steps` and an
+    ETA), redrawn at most every `min_interval_s` seconds and at the end, without Lightning's `v_num`.
 
     Lightning's bar redraws on every step (`refresh_rate=1`), a noticeable share of a CPU step of these
     models (docs/benchmarks.md). The CLI uses this one unless the config brings its own progress bar
@@ -378,6 +379,38 @@ class ThrottledProgressBar(TQDMProgressBar):
         require(min_interval_s >= 0, f"min_interval_s={min_interval_s} must be >= 0")
         self.min_interval_s = min_interval_s
         self._last_draw = float("-inf")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        self._count_steps(trainer)  # a resumed run starts mid-epoch: no epoch start comes
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer: pl.Trainer) -> None:
+        if trainer.max_steps and trainer.max_steps > 0 and self.train_progress_bar is not None:
+            self.train_progress_bar.total = trainer.max_steps  # the data is endless: the run's length is max_steps
+            self.train_progress_bar.n = self.train_progress_bar.initial = trainer.global_step
+            self.train_progress_bar.set_description("step")
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.refresh()
+
+    @override
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the run directory is printed once at the start
+        return metrics
 
     @override
     def _should_update(self, current: int, total: int) -> bool:

@@ -43,6 +43,7 @@ TASK_OPTIONS = ("--config", "-c", "--model", "--data", "--model.class_path", "--
 # lit_interp's own trainer defaults for every task (a config's trainer block comes on top).
 TRAINER_DEFAULTS = {
     "max_epochs": -1,
+    "enable_model_summary": False,  # its FLOPs column reads 0 here; one line at the start says what trains
     "check_val_every_n_epoch": None,
     "precision": None,
     "logger": {
@@ -329,7 +330,20 @@ class LitInterpCLI(LightningCLI):
             checkpoints.check_same_world_size(self.checkpoint, self.config.fit.ckpt_path, self.trainer.world_size)
             if self.trainer.is_global_zero:
                 self._record_resume()
+        if self.subcommand == "fit" and self.trainer.is_global_zero:
+            print(f"lit_interp: {self._what_trains()}", file=sys.stderr)
         startup_done()
+
+    def _what_trains(self) -> str:
+        """One line: the task, its size, precision and device, the run directory, and the steps ahead."""
+        parameters = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        start = self.checkpoint["global_step"] if self.checkpoint is not None else 0
+        device = self.trainer.strategy.root_device.type
+        what = f"{type(self.model).__name__} ({parameters:,} parameters, {trainable:,} trained; "
+        what += f"{self.trainer.precision} on {device} x{self.trainer.world_size})"
+        verb = "resuming" if start else "training"
+        return f"{verb} {what} in {self.run_dir}, steps {start} to {self.trainer.max_steps}"
 
     def _record_resume(self) -> None:
         """What a resume is, said once and kept in the run: a branch, the changes, or a finished run."""
@@ -352,12 +366,39 @@ class LitInterpCLI(LightningCLI):
     before_fit = before_validate = before_test = _before_run
 
 
-def run_cli(args: list[str] | None = None) -> LitInterpCLI:
-    """The command in-process (tests, notebooks): exceptions propagate; `main` turns user errors into one line."""
+class LightningNoise(logging.Filter):
+    """Lightning's lines a researcher does not need: an advert, absent accelerators, what lit_interp says itself."""
+
+    DROPPED = ("💡 Tip", "GPU available", "TPU available", "HPU available", "Received SIGTERM", "Bypassing", "Restor")
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.DROPPED)
+
+
+NOISY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.signal_connector")
+NOISY_WARNINGS = (
+    "LightningCLI's args parameter is intended",  # lit_interp passes its own argv on, not a second command line
+    ".*treespec.*",  # a deprecation inside Lightning's own code
+    "Checkpoint directory .* exists and is not empty",  # a resumed run writes into its own checkpoints/
+    "Experiment logs directory .* exists and is not empty",  # continue_csv_metrics keeps the rows
+)
+
+
+def quiet_lightning() -> None:
     # The seed is in the run's config.yaml; its log line would sit between a user's command and its one-line error.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    # `python -m lit_interp` passes its own argv on: the same list as sys.argv, not a second command line.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, LightningNoise) for existing in logger.filters):
+            logger.addFilter(LightningNoise())
+    for message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def run_cli(args: list[str] | None = None) -> LitInterpCLI:
+    """The command in-process (tests, notebooks): exceptions propagate; `main` turns user errors into one line."""
+    quiet_lightning()
     return LitInterpCLI(args)
 
 
