@@ -295,6 +295,7 @@ class LitInterpCLI(LightningCLI):
         if isinstance(getattr(self.model, "model", None), torch.nn.Module) and self.datamodule is not None:
             require_batch_fits(self.model.model.cfg, self.datamodule.batch_size)
             require_batch_fits(self.model.model.cfg, self.datamodule.val_batch_size, "data.val_batch_size")
+            self.model.check_data(self.datamodule)
         trainer = {**self.config_init[self.subcommand].trainer, **kwargs}
         kwargs["callbacks"] = self._callbacks(trainer)
         if not trainer.get("plugins"):
