@@ -298,6 +298,7 @@ class TaskModule(pl.LightningModule):
         checkpoint["lit_interp"] = {
             "module_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "world_size": trainer.world_size if trainer is not None else 1,
+            "threads": torch.get_num_threads(),  # it changes float sums: a resumed run keeps it
             # Each logger's own run, so a resumed run continues it (TensorBoard and CSV by directory).
             "loggers": {
                 type(logger).__name__: str(logger.version)
