@@ -19,6 +19,7 @@ LAYERS = [
     ("lit_interp.files", 0, "foundation"),
     ("lit_interp.formation", 0, "foundation"),
     ("lit_interp.startup", 0, "foundation"),
+    ("lit_interp.threads", 0, "foundation"),
     ("lit_interp.snapshots", 1, "store"),
     ("lit_interp.runlogs", 1, "store"),
     ("lit_interp.rundir", 1, "store"),

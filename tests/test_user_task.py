@@ -30,7 +30,7 @@ def test_a_user_task_trains_resumes_and_is_analyzed_with_its_own_analysis(capsys
     assert 0.0 < share < 1.0 and "prev_token_score" in snapshot["heads"]["L0H0"]
     with pytest.raises(SystemExit) as refused:
         main(["analyze", "--ckpt_path", str(run / "checkpoints/last.ckpt"), "--out", "report"])
-    assert refused.value.code == 2 and "pass the run's config with --config" in capsys.readouterr().err
+    assert refused.value.code == 2 and "pass --config lightning_logs/version_0/config.yaml" in capsys.readouterr().err
     assert not Path("report").exists()
     main(
         [
