@@ -88,7 +88,7 @@ def test_trajectory_report(run, tmp_path, capsys):
     assert code == 0 and sorted(p.name for p in out.iterdir()) == ["report.html", "trajectory.json"]
     data = json.loads((out / "trajectory.json").read_text())
     assert data["steps"] == [1, 2, 3, 4, 6] and len(data["loss"]) == 5  # the config's per-decade snapshots, the end
-    assert len(data["heads"]["prev_token_score"]["L1H0"]) == 6 and "hook_embed" in data["hooks"]
+    assert len(data["heads"]["prev_token_score"]["L1H0"]) == 5 and "hook_embed" in data["hooks"]
     assert (out / "report.html").read_text().count('class="figure-spec"') >= 10
 
 
