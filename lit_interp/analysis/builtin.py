@@ -13,6 +13,7 @@ from lit_interp.analysis.circuits import (
     effective_rank,
     eigenvalue_scores,
     full_ov_circuits,
+    full_ov_factored,
     full_qk_circuits,
     has_positional_embeddings,
     head_singular_values,
@@ -112,7 +113,11 @@ def ov_circuits(context: AnalysisContext) -> tuple[Summary, Tensors]:
 def eigenvalues_and_singular_values(context: AnalysisContext) -> tuple[Summary, Tensors]:
     model = context.processed
     singular = head_singular_values(model)
-    scores = {"ov_eigen_score": eigenvalue_scores(model.OV), "qk_eigen_score": eigenvalue_scores(model.QK)}
+    scores = {
+        "ov_eigen_score": eigenvalue_scores(full_ov_factored(model)),
+        "ov_residual_eigen_score": eigenvalue_scores(model.OV),
+        "qk_eigen_score": eigenvalue_scores(model.QK),
+    }
     scores |= {f"{name}_effective_rank": effective_rank(values) for name, values in singular.items()}
     return head_fragment(scores), {f"{name}_singular_values": values for name, values in singular.items()}
 

@@ -23,6 +23,7 @@ COMMON_HEAD_KEYS = {
     "duplicate_score",
     "induction_score",
     "ov_eigen_score",
+    "ov_residual_eigen_score",
     "qk_eigen_score",
     "ov_effective_rank",
     "qk_effective_rank",
