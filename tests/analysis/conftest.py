@@ -26,7 +26,7 @@ def tiny_task(name: str):
     if name == "prev_token_digits":
         return PrevTokenDigitsModule(d_model=16), DigitsDataModule(batch_size=8)
     if name == "bos_ints_attn_only":
-        return BosIntsModule(d_model=16, d_head=16), BosIntsDataModule(batch_size=8)
+        return BosIntsModule(d_model=16, d_head=16, biases=False), BosIntsDataModule(batch_size=8)
     if name == "bos_ints_mlp":
         module = BosIntsModule(
             n_ctx=12, d_vocab=30, d_model=16, d_head=16, attn_only=False, d_mlp=32, normalization_type="LN"

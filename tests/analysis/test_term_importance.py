@@ -42,6 +42,41 @@ def test_terms_sum_to_real_scores(config):
         )
 
 
+def seed_001_score_terms(model, cache):
+    """Seed 001's four layer-1 terms, its own formula: e W_QK e^T, e W_QK W_OV^T e^T A^T, A e W_OV W_QK e^T, and
+    A e W_OV W_QK W_OV^T e^T A^T (e the embeddings, A layer 0's pattern, one head per layer, no biases)."""
+    e, A = cache["embed"][:, None], cache["pattern", 0]
+    W_QK, W_OV = model.QK[1, 0].AB, model.OV[0, 0].AB
+    scale = model.cfg.d_head**0.5
+    return {
+        "direct": e @ W_QK @ e.mT / scale,
+        "k_comp": e @ W_QK @ W_OV.mT @ e.mT @ A.mT / scale,
+        "q_comp": A @ e @ W_OV @ W_QK @ e.mT / scale,
+        "kq_comp": A @ e @ W_OV @ W_QK @ W_OV.mT @ e.mT @ A.mT / scale,
+    }
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_seed_001_split_sums_to_the_scores_only_without_biases_and_ours_equals_it_there(biases):
+    _, data = tiny_task("bos_ints_attn_only")
+    module = BosIntsModule(d_model=16, d_head=16, biases=biases)
+    with torch.no_grad():
+        for parameter in module.model.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(std=0.3)  # every trainable weight, and the biases when there are any
+    _, cache = module.model.run_with_cache(data.make_batch(Stream.PROBE, 0, 8))
+    seed = seed_001_score_terms(module.model, cache)
+    causal = torch.ones(10, 10, dtype=torch.bool).tril()
+    error = (sum(seed.values()) - cache["attn_scores", 1])[..., causal].abs().max().item()
+    ours = attention_score_terms(module.model, cache, 1)  # raises unless its terms sum to the scores
+    if biases:
+        assert error > 0.1, "with biases the seed's split misses the scores: why ours puts them in the direct term"
+    else:
+        assert error < 1e-3  # the seed's own check (atol 1e-3)
+        for name in TERMS:
+            torch.testing.assert_close(ours[name][..., causal], seed[name][..., causal], rtol=1e-4, atol=1e-4)
+
+
 def test_layer_zero_has_only_the_direct_term():
     model = with_random_biases(hooked(n_layers=2))
     _, cache = model.run_with_cache(torch.randint(0, 16, (2, 8)))
