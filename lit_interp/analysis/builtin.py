@@ -52,6 +52,7 @@ from lit_interp.analysis.registry import (
 from lit_interp.analysis.rotary import is_rotary, mean_off_diagonal, rotary_similarities
 from lit_interp.analysis.term_importance import supports_term_importance
 from lit_interp.analysis.term_importance import term_importance as term_importance_losses
+from lit_interp.tasks.base import Stream
 
 N_EXAMPLES = 8  # probe sequences whose own attention patterns a report shows
 # Probe sequences repeated for the duplicate and induction scores: their own forward pass, and
@@ -225,9 +226,11 @@ def embedding_subspace(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 
 def activation_patching(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    losses, tensors = patching.activation_patching(
-        context.model, context.task, context.batch, context.cache, context.bos_token
-    )
+    if _is_recurrence(context):
+        corrupted = recurrence.with_other_parameters(context.batch, context.datamodule.order)
+    else:
+        corrupted = patching.corrupt_previous(context.batch, context.bos_token, context.model.cfg.d_vocab)
+    losses, tensors = patching.activation_patching(context.model, context.task, context.batch, corrupted, context.cache)
     return {"patching": losses} | head_fragment({"patching_score": tensors["head_patching"]}), tensors
 
 
@@ -252,9 +255,16 @@ def recurrence_loss(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 
 def parameter_probes(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    coefficients, constant = _coefficients(context)
-    r2 = recurrence.parameter_probes(context.cache, coefficients, constant)
-    return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}), {}
+    datamodule = context.datamodule
+    vectors = datamodule.make_batch(Stream.LINEAR_PROBE, 0, recurrence.PROBE_SEQUENCES, device=context.batch.device)
+    last = context.model.cfg.n_layers - 1
+    _, cache = context.model.run_with_cache(
+        context.task.model_input(vectors),
+        names_filter=lambda name: name.endswith("hook_resid_pre") or name == f"blocks.{last}.hook_resid_post",
+    )
+    coefficients, constant = recurrence_parameters(vectors, datamodule.order)
+    r2, section = recurrence.parameter_probes(cache, coefficients, constant)
+    return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}) | {"probes": section}, {}
 
 
 def _is_recurrence(context: AnalysisContext) -> bool:

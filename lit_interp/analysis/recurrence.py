@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import einops
 import torch
 from jaxtyping import Float
 from transformer_lens import ActivationCache
@@ -27,6 +28,23 @@ def recurrence_parameters(
     return coefficients, constant
 
 
+def with_other_parameters(vectors: Vectors, order: int) -> Vectors:
+    """Each sequence rebuilt from its own first `order` vectors with the next sequence's c and d, rescaled to its own
+    largest norm: a recurrence of the same kind whose every later vector, and so every answer, differs.
+
+    The recurrence's corruption for activation patching: swapping one input vector alone barely moves
+    a model that reads c and d off the whole sequence.
+    """
+    coefficients, constant = (values.roll(1, dims=0) for values in recurrence_parameters(vectors, order))
+    terms = list(vectors[:, :order].unbind(1))
+    for _ in range(order, vectors.shape[1]):
+        previous = torch.stack(terms[-order:], dim=1)  # batch order vector_dim, oldest first
+        terms.append(constant + einops.einsum(coefficients.flip(-1), previous, "batch k, batch k d -> batch d"))
+    rebuilt = torch.stack(terms, dim=1)
+    scale = vectors.norm(dim=-1).amax(1) / rebuilt.norm(dim=-1).amax(1)
+    return rebuilt * scale[:, None, None]
+
+
 def coefficient_bin_edges(coefficient_bounds: tuple[float, float], n_bins: int = 4) -> list[float]:
     """Equal-width bins of the largest |c_k| from 0 to the largest bound."""
     top = max(abs(bound) for bound in coefficient_bounds)
@@ -46,43 +64,75 @@ def loss_by_coefficient_size(
     return losses
 
 
-def held_out_r2(
+# The probes' own set (`Stream.LINEAR_PROBE`): large enough that every fold trains on ~10x more rows than a
+# d_model=128 probe has parameters; a forward pass of it is the probes' whole cost.
+PROBE_SEQUENCES = 2048
+PROBE_FOLDS = 5
+PROBE_RIDGE = 1.0
+SHUFFLE_SEED = 0
+
+
+def too_few_rows(n_rows: int, n_features: int, folds: int = PROBE_FOLDS) -> str | None:
+    """Why a k-fold ridge probe on this many rows cannot be trusted, or None: each fold must train on more rows
+    than the probe has parameters (features and intercept)."""
+    training_rows = n_rows - -(-n_rows // folds)  # the fewest rows any fold trains on
+    if folds >= 2 and training_rows > n_features + 1:
+        return None
+    return (
+        f"{n_rows} sequences in {folds} folds leave {training_rows} training rows for {n_features + 1} probe "
+        f"parameters (d_model + intercept): a probe that can memorise its rows reads nothing; give it more sequences"
+    )
+
+
+def cross_validated_r2(
     features: Float[torch.Tensor, "batch d_model"],
     targets: Float[torch.Tensor, "batch n"],
-    train_fraction: float = 0.75,
-    ridge: float = 1.0,
+    folds: int = PROBE_FOLDS,
+    ridge: float = PROBE_RIDGE,
 ) -> float:
-    """Held-out R² (variance-weighted, last quarter of the batch) of a ridge fit on the rest; NaN if not finite.
+    """Out-of-fold R² (variance-weighted) of a ridge probe: each of `folds` contiguous folds predicted by a fit on
+    the others. NaN if anything is not finite, if the targets do not vary, or with too few rows (`too_few_rows`).
 
-    Features are standardised on the training part, so `ridge` weighs every direction alike.
+    Features are standardised on each fold's training rows, so `ridge` weighs every direction alike.
     """
-    if not (torch.isfinite(features).all() and torch.isfinite(targets).all()):
-        return float("nan")  # a diverged model: keep NaN off the solver
+    ok = torch.isfinite(features).all() and torch.isfinite(targets).all()
+    if not ok or too_few_rows(len(features), features.shape[1], folds) is not None:
+        return float("nan")  # a diverged model, or a fit that would memorise: keep NaN off the solver
     features, targets = features.double(), targets.double()
-    n_train = int(len(features) * train_fraction)
-    mean, std = features[:n_train].mean(0), features[:n_train].std(0).clamp(min=1e-8)
-    standardised = torch.cat(
-        [(features - mean) / std, torch.ones(len(features), 1, dtype=features.dtype, device=features.device)], dim=1
-    )
-    train, test = standardised[:n_train], standardised[n_train:]
-    penalty = ridge * torch.eye(train.shape[1], dtype=features.dtype, device=features.device)
-    penalty[-1, -1] = 0.0  # the intercept is not shrunk
-    weights = torch.linalg.solve(train.T @ train + penalty, train.T @ targets[:n_train])
-    residual = (test @ weights - targets[n_train:]).pow(2).sum()
-    total = (targets[n_train:] - targets[n_train:].mean(0)).pow(2).sum()
-    return (1 - residual / total).item()
+    predictions = torch.empty_like(targets)
+    for held_out in torch.arange(len(features), device=features.device).chunk(folds):
+        train = torch.ones(len(features), dtype=torch.bool, device=features.device)
+        train[held_out] = False
+        mean, std = features[train].mean(0), features[train].std(0).clamp(min=1e-8)
+        design = torch.cat([(features - mean) / std, torch.ones_like(features[:, :1])], dim=1)
+        penalty = ridge * torch.eye(design.shape[1], dtype=design.dtype, device=design.device)
+        penalty[-1, -1] = 0.0  # the intercept is not shrunk
+        weights = torch.linalg.solve(design[train].T @ design[train] + penalty, design[train].T @ targets[train])
+        predictions[held_out] = design[held_out] @ weights
+    total = (targets - targets.mean(0)).pow(2).sum()
+    if total == 0:
+        return float("nan")
+    return (1 - (predictions - targets).pow(2).sum() / total).item()
 
 
 def parameter_probes(
-    cache: ActivationCache, coefficients: torch.Tensor, constant: torch.Tensor
-) -> dict[str, list[float]]:
-    """Held-out R² of linear probes for c and d from the residual stream at the last position entering each block.
+    cache: ActivationCache, coefficients: torch.Tensor, constant: torch.Tensor, folds: int = PROBE_FOLDS
+) -> tuple[dict[str, list[float]], dict[str, int | float | str]]:
+    """Out-of-fold R² of ridge probes for c and d from the residual stream at the last position entering each block,
+    each beside the same probe's R² on targets shuffled across sequences (what a probe finds in nothing).
 
-    Entry l reads `resid_pre` of block l; the last entry, the final residual stream.
+    Entry l reads `resid_pre` of block l; the last entry, the final residual stream. Also returns the probes'
+    section: sequences, folds, features, and the reason when every R² is NaN for too few rows.
     """
-    probes: dict[str, list[float]] = {"c": [], "d": []}
-    for residual in cache.accumulated_resid(layer=None, incl_mid=False):
-        features = residual[:, -1]
-        probes["c"].append(held_out_r2(features, coefficients))
-        probes["d"].append(held_out_r2(features, constant))
-    return probes
+    residuals = cache.accumulated_resid(layer=None, incl_mid=False)[:, :, -1]  # [layer batch d_model]
+    n_rows, n_features = residuals.shape[1:]
+    generator = torch.Generator().manual_seed(SHUFFLE_SEED)
+    shuffle = torch.randperm(n_rows, generator=generator).to(residuals.device)
+    targets = {"c": coefficients, "d": constant}
+    probes: dict[str, list[float]] = {}
+    for name, target in targets.items():
+        probes[name] = [cross_validated_r2(features, target, folds) for features in residuals]
+        probes[f"{name}_shuffled"] = [cross_validated_r2(features, target[shuffle], folds) for features in residuals]
+    section: dict[str, int | float | str] = {"sequences": n_rows, "folds": folds, "features": n_features}
+    reason = too_few_rows(n_rows, n_features, folds)
+    return probes, section | ({"reason": reason} if reason else {})

@@ -15,8 +15,8 @@ SCORES = {
     "itself (1: the head copies).",
     "ov_eigen_score": "Sum of the eigenvalues of the full OV circuit W_E W_OV W_U (input to output, direct path) over "
     "the sum of their absolute values: +1 all positive, the head copies the input it attends to; -1 it suppresses it.",
-    "ov_residual_eigen_score": "Seed 002's score: the same ratio for W_OV alone, in d_model space (+1: every eigenvalue "
-    "positive), counting residual directions that no input is embedded in.",
+    "ov_residual_eigen_score": "Seed 002's score: the same ratio for W_OV alone, in d_model space (+1: every "
+    "eigenvalue positive), counting residual directions that no input is embedded in.",
     "qk_eigen_score": "Sum of the eigenvalues of W_QK alone (d_model space, seed 002) over the sum of their absolute "
     "values: +1 all positive, as for a query attending to keys along its own residual direction.",
     "direct_attribution": "The head's direct effect on the correct output (correct minus mean logit, or the target "

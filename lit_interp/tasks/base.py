@@ -27,6 +27,7 @@ class Stream(enum.IntEnum):
     VAL = 1
     TEST = 2
     PROBE = 3  # the analysis snapshots' fixed probe batches, never trained on
+    LINEAR_PROBE = 4  # the linear probes' own, larger set: only its activations are read
 
 
 def batch_generator(

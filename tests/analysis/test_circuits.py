@@ -155,7 +155,9 @@ def test_full_circuit_eigenvalue_score_of_a_token_permutation_is_zero_and_of_nan
 
 def test_full_circuit_eigenvalue_score_of_a_vector_head_reads_input_to_output():
     """Vector inputs: W_E maps 5-dim inputs into d_model, W_U back; a head adding its attended input scores +1."""
-    module = AffineRecurrenceModule(n_ctx=6, d_vocab=5, first_target_pos=2, n_layers=1, d_model=16, n_heads=1, d_head=16)
+    module = AffineRecurrenceModule(
+        n_ctx=6, d_vocab=5, first_target_pos=2, n_layers=1, d_model=16, n_heads=1, d_head=16
+    )
     model = module.model
     with torch.no_grad():
         model.embed.W_E[:] = torch.randn(5, 16)

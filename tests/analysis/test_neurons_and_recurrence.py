@@ -12,9 +12,11 @@ from lit_interp.analysis.circuits import embedding_subspace, ov_neuron_circuits
 from lit_interp.analysis.neurons import dead_neuron_fraction, neuron_activation_by_position, neuron_firing_frequency
 from lit_interp.analysis.recurrence import (
     coefficient_bin_edges,
-    held_out_r2,
+    cross_validated_r2,
     loss_by_coefficient_size,
+    parameter_probes,
     recurrence_parameters,
+    too_few_rows,
 )
 
 from .conftest import hooked
@@ -52,12 +54,52 @@ def test_loss_by_coefficient_size_bins_each_sequence_once():
     assert losses == {"loss_abs_c_0_to_1": 1.0, "loss_abs_c_1_to_2": 6.5}
 
 
-def test_probe_r2_is_one_for_a_linear_target_and_nan_for_nan_features():
-    features = torch.randn(200, 6)
-    target = features @ torch.randn(6, 2) + 1.0
-    assert held_out_r2(features, target, ridge=1e-6) == pytest.approx(1.0, abs=1e-6)
-    assert held_out_r2(features, torch.randn(200, 2)) < 0.2  # noise: nothing to read out
-    assert math.isnan(held_out_r2(torch.full((200, 6), float("nan")), target))
+def test_probe_r2_is_one_for_a_planted_linear_signal_and_its_shuffled_baseline_zero():
+    features = torch.randn(2048, 16)
+    target = features @ torch.randn(16, 2) + 1.0 + 0.01 * torch.randn(2048, 2)
+    assert cross_validated_r2(features, target, ridge=1e-6) == pytest.approx(1.0, abs=1e-3)
+    shuffled = target[torch.randperm(2048)]
+    assert cross_validated_r2(features, shuffled) == pytest.approx(0.0, abs=0.02)  # nothing left to read out
+    assert cross_validated_r2(features, torch.randn(2048, 2)) == pytest.approx(0.0, abs=0.02)
+    assert math.isnan(cross_validated_r2(torch.full((2048, 16), float("nan")), target))
+
+
+def test_probe_r2_is_out_of_fold():
+    """Every row is predicted by a fit that never saw it: 30 features fit most of a pure-noise target on 40 rows
+    in-sample, and score below zero out of fold."""
+    features, target = torch.randn(40, 30), torch.randn(40, 1)
+    design = torch.cat([features, torch.ones(40, 1)], dim=1)
+    in_sample = design @ torch.linalg.lstsq(design, target).solution
+    assert 1 - (in_sample - target).pow(2).sum() / (target - target.mean()).pow(2).sum() > 0.5
+    assert cross_validated_r2(features, target, ridge=1e-6) < 0
+
+
+def test_too_few_rows_give_nan_with_the_reason():
+    features = torch.randn(20, 16)  # 5 folds of 4: 16 training rows for 17 parameters
+    assert math.isnan(cross_validated_r2(features, features[:, :2]))
+    assert "16 training rows for 17 probe parameters" in too_few_rows(20, 16)
+    assert too_few_rows(2048, 128) is None
+    model = hooked(n_layers=1, d_model=16, d_vocab=4)
+    _, cache = model.run_with_cache(torch.randint(0, 4, (20, 8)))
+    r2, section = parameter_probes(cache, torch.randn(20, 1), torch.randn(20, 3))
+    assert set(r2) == {"c", "c_shuffled", "d", "d_shuffled"} and all(math.isnan(v) for vs in r2.values() for v in vs)
+    assert section["sequences"] == 20 and "training rows" in section["reason"]
+
+
+def test_probes_read_a_planted_parameter_from_the_residual_stream():
+    """The embedding writes c into the residual stream linearly: the probe reads it (R² ≈ 1) at every layer,
+    the shuffled baseline reads nothing, and the section states no reason."""
+    model = hooked(n_layers=1, d_model=16, d_vocab=16)
+    tokens = torch.randint(0, 16, (2048, 8))
+    c = model.W_E[tokens[:, -1]] @ torch.randn(16, 1)  # a linear function of the last position's embedding
+    with torch.no_grad():
+        model.blocks[0].attn.W_O.zero_()  # the residual stream stays the embedding
+    _, cache = model.run_with_cache(tokens)
+    r2, section = parameter_probes(cache, c, torch.randn(2048, 3))
+    assert r2["c"] == pytest.approx([1.0, 1.0], abs=1e-3)
+    assert r2["c_shuffled"] == pytest.approx([0.0, 0.0], abs=0.02)
+    assert r2["d"] == pytest.approx([0.0, 0.0], abs=0.02)  # noise: nothing to read
+    assert section == {"sequences": 2048, "folds": 5, "features": 16}
 
 
 def test_ov_neuron_circuit_matches_seed_formula_and_positions_average_to_the_total():

@@ -85,7 +85,9 @@ def test_positional_embeddings_are_zero_and_stay_out_of_the_optimizer():
 
 @pytest.mark.parametrize("attn_only", [True, False])
 def test_bias_free_models_keep_every_bias_zero_and_out_of_the_optimizer(attn_only):
-    sizes = dict(d_model=16, d_head=16) | ({} if attn_only else dict(attn_only=False, d_mlp=32, normalization_type="LN"))
+    sizes = dict(d_model=16, d_head=16) | (
+        {} if attn_only else dict(attn_only=False, d_mlp=32, normalization_type="LN")
+    )
     module, data = BosIntsModule(biases=False, weight_decay=0.1, **sizes), BosIntsDataModule()
     biases = {name: p for name, p in module.model.named_parameters() if name.rsplit(".", 1)[-1].startswith("b")}
     expected = {"b_Q", "b_K", "b_V", "b_O", "b_U"} | (set() if attn_only else {"b_in", "b_out", "b"})
