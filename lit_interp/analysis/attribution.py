@@ -156,3 +156,18 @@ def outside_subspace_fraction(
             values.append(((out - inside).pow(2).sum() / out.pow(2).sum()).item())
         fractions[kind] = torch.tensor(values)
     return fractions
+
+
+def outside_subspace_ratio(
+    vectors: Float[torch.Tensor, "... d_model"], basis: Float[torch.Tensor, "d_model rank"]
+) -> float:
+    """Mean over vectors of |x - P x| / |x|, P the projection onto `basis`'s span (seed 002's statistic).
+
+    Unlike `outside_subspace_fraction`, every vector weighs alike whatever its norm; zero vectors are
+    left out, and none left gives NaN.
+    """
+    vectors = vectors.reshape(-1, vectors.shape[-1])
+    norms = vectors.norm(dim=-1)
+    outside = (vectors - (vectors @ basis) @ basis.T).norm(dim=-1)
+    kept = norms > 0
+    return (outside[kept] / norms[kept]).mean().item() if kept.any() else float("nan")

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from lit_interp.analysis.attribution import outside_subspace_fraction
+from lit_interp.analysis.attribution import outside_subspace_fraction, outside_subspace_ratio
+from lit_interp.analysis.builtin import embedding_subspace as embedding_subspace_analysis
 from lit_interp.analysis.circuits import embedding_subspace, ov_neuron_circuits
 from lit_interp.analysis.neurons import dead_neuron_fraction, neuron_activation_by_position, neuron_firing_frequency
 from lit_interp.analysis.recurrence import (
@@ -18,6 +19,10 @@ from lit_interp.analysis.recurrence import (
     recurrence_parameters,
     too_few_rows,
 )
+from lit_interp.analysis.registry import AnalysisContext
+from lit_interp.analysis.weights import processed_copy
+from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule, AffineRecurrenceModule
+from lit_interp.tasks.base import Stream
 
 from .conftest import hooked
 
@@ -128,3 +133,45 @@ def test_outside_embedding_fraction_is_zero_inside_and_one_orthogonal():
         model.blocks[0].attn.W_O[0, :, 8:] = torch.randn(16, 8)  # writes orthogonally to it
     _, cache = model.run_with_cache(torch.randint(0, 4, (3, 8)))
     assert outside_subspace_fraction(cache, basis)["attn_out"].item() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_seed_002_ratio_weighs_every_vector_alike_where_the_pooled_fraction_weighs_by_norm():
+    basis = torch.eye(16)[:, :4]  # the span of dims 0-3
+    inside, outside = 3 * torch.eye(16)[0], torch.eye(16)[8]
+    vectors = torch.stack([inside, outside, torch.zeros(16)])  # a zero vector is left out
+    assert outside_subspace_ratio(vectors, basis) == pytest.approx(0.5)  # (0 + 1) / 2; pooled norm²: 1 / (9 + 1)
+    halfway = torch.eye(16)[0] + torch.eye(16)[8]
+    assert outside_subspace_ratio(halfway[None], basis) == pytest.approx(2**-0.5)  # a norm ratio, not a squared one
+    assert math.isnan(outside_subspace_ratio(torch.zeros(3, 16), basis))
+
+
+def test_block_outside_ratio_is_seed_002s_loop_on_the_processed_model():
+    module = AffineRecurrenceModule(
+        n_ctx=9, d_vocab=5, first_target_pos=2, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32
+    )
+    data = AffineRecurrenceDataModule(vector_dim=5, seq_len=10)
+    with torch.no_grad():
+        for parameter in module.model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.3)  # LayerNorm biases and scales far from 0 and 1
+    batch = data.make_batch(Stream.PROBE, 0, 4)
+    model = module.model.eval()
+    with torch.no_grad():
+        output, cache = model.run_with_cache(module.model_input(batch))
+        context = AnalysisContext(model, module, data, batch, output, cache)
+        summary, _ = embedding_subspace_analysis(context)
+        processed = processed_copy(model, center_unembed=False)
+        _, processed_cache = processed.run_with_cache(module.model_input(batch))
+    _, _, v = torch.linalg.svd(processed.W_E)
+    for layer in range(2):  # the seed's loop (it reads layer 0): every sequence and position, rows 0..d_vocab-1 of v
+        total = 0.0
+        for sequence in range(4):
+            for pos in range(9):
+                added = (
+                    processed_cache["resid_post", layer][sequence, pos]
+                    - processed_cache["resid_pre", layer][sequence, pos]
+                )
+                in_span = sum((added @ v[row]) * v[row] for row in range(5))
+                total += ((added - in_span).norm() / added.norm()).item()
+        expected = total / (4 * 9)
+        assert summary["layers"][str(layer)]["block_out_outside_embedding_ratio"] == pytest.approx(expected, rel=1e-4)
+        assert 0.1 < expected < 0.99

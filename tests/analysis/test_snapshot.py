@@ -75,6 +75,7 @@ EXPECTED = {
             "dead_neuron_fraction",
             "attn_out_outside_embedding_fraction",
             "mlp_out_outside_embedding_fraction",
+            "block_out_outside_embedding_ratio",
         },
         expensive_layers={"probe_c_r2", "probe_c_shuffled_r2", "probe_d_r2", "probe_d_shuffled_r2"},
         expensive_sections={"probes"},
