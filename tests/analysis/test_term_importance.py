@@ -10,7 +10,7 @@ from lit_interp.analysis.term_importance import TERMS, attention_score_terms, su
 from lit_interp.tasks.base import Stream
 from lit_interp.tasks.bos_ints import BosIntsModule
 
-from .conftest import hooked, tiny_task
+from .conftest import hooked, seed_001_score_terms, tiny_task
 
 
 def with_random_biases(model):
@@ -40,20 +40,6 @@ def test_terms_sum_to_real_scores(config):
         torch.testing.assert_close(
             sum(terms.values())[..., causal], cache["attn_scores", layer][..., causal], rtol=1e-4, atol=1e-4
         )
-
-
-def seed_001_score_terms(model, cache):
-    """Seed 001's four layer-1 terms, its own formula: e W_QK e^T, e W_QK W_OV^T e^T A^T, A e W_OV W_QK e^T, and
-    A e W_OV W_QK W_OV^T e^T A^T (e the embeddings, A layer 0's pattern, one head per layer, no biases)."""
-    e, A = cache["embed"][:, None], cache["pattern", 0]
-    W_QK, W_OV = model.QK[1, 0].AB, model.OV[0, 0].AB
-    scale = model.cfg.d_head**0.5
-    return {
-        "direct": e @ W_QK @ e.mT / scale,
-        "k_comp": e @ W_QK @ W_OV.mT @ e.mT @ A.mT / scale,
-        "q_comp": A @ e @ W_OV @ W_QK @ e.mT / scale,
-        "kq_comp": A @ e @ W_OV @ W_QK @ W_OV.mT @ e.mT @ A.mT / scale,
-    }
 
 
 @pytest.mark.parametrize("biases", [False, True])
