@@ -171,3 +171,21 @@ def outside_subspace_ratio(
     outside = (vectors - (vectors @ basis) @ basis.T).norm(dim=-1)
     kept = norms > 0
     return (outside[kept] / norms[kept]).mean().item() if kept.any() else float("nan")
+
+
+def block_outside_subspace_ratios(
+    cache: ActivationCache, basis: Float[torch.Tensor, "d_model rank"], centre: bool
+) -> list[float]:
+    """`outside_subspace_ratio` of each block's output (`resid_post - resid_pre`, every sequence and position).
+
+    Seed 002 reads the processed model, whose residual stream is the real one less its mean over d_model
+    when the processed copy centres the writing weights: pass `centre=centres_writing_weights(cfg)` and
+    the processed `W_E`'s basis to get its number from the real cache.
+    """
+    ratios = []
+    for layer in range(cache.model.cfg.n_layers):
+        block_out = cache["resid_post", layer] - cache["resid_pre", layer]
+        if centre:
+            block_out = block_out - block_out.mean(-1, keepdim=True)
+        ratios.append(outside_subspace_ratio(block_out, basis))
+    return ratios

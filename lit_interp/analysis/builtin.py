@@ -8,9 +8,9 @@ from lit_interp.analysis import attribution, circuits, patching, recurrence
 from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses
 from lit_interp.analysis.adversarial import adversarial_analysis
 from lit_interp.analysis.attribution import (
+    block_outside_subspace_ratios,
     component_direct_attribution,
     outside_subspace_fraction,
-    outside_subspace_ratio,
 )
 from lit_interp.analysis.circuits import (
     composition_scores,
@@ -56,10 +56,9 @@ from lit_interp.analysis.registry import (
 from lit_interp.analysis.rotary import is_rotary, mean_off_diagonal, rotary_similarities
 from lit_interp.analysis.term_importance import supports_term_importance
 from lit_interp.analysis.term_importance import term_importance as term_importance_losses
+from lit_interp.analysis.weights import centres_writing_weights
 from lit_interp.tasks.base import Stream
 
-# Norms under which the processed copy centres the writing weights (TransformerLens's rule).
-CENTRED_NORMS = ("LN", "LNPre")
 N_EXAMPLES = 8  # probe sequences whose own attention patterns a report shows
 # Probe sequences repeated for the duplicate and induction scores: their own forward pass, and
 # 64 x half the context already averages thousands of query positions.
@@ -226,17 +225,12 @@ def neurons(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 
 def embedding_subspace(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    cache, n_layers = context.cache, context.model.cfg.n_layers
-    fractions = outside_subspace_fraction(cache, circuits.embedding_subspace(context.model.W_E))
-    # Seed 002's statistic reads the processed model, whose residual stream is the real one centred
-    # wherever the processed copy centres the writing weights (models whose every reader is an LN).
-    processed_basis = circuits.embedding_subspace(context.processed.W_E)
-    centred = context.model.cfg.normalization_type in CENTRED_NORMS and not context.model.cfg.final_rms
-    ratios = []
-    for layer in range(n_layers):
-        block_out = cache["resid_post", layer] - cache["resid_pre", layer]
-        block_out = block_out - block_out.mean(-1, keepdim=True) if centred else block_out
-        ratios.append(outside_subspace_ratio(block_out, processed_basis))
+    fractions = outside_subspace_fraction(context.cache, circuits.embedding_subspace(context.model.W_E))
+    ratios = block_outside_subspace_ratios(
+        context.cache,
+        circuits.embedding_subspace(context.processed.W_E),
+        centre=centres_writing_weights(context.model.cfg),
+    )
     per_layer = {f"{kind}_outside_embedding_fraction": values for kind, values in fractions.items()}
     return layer_fragment(per_layer | {"block_out_outside_embedding_ratio": ratios}), {}
 

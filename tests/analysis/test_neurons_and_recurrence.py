@@ -20,7 +20,7 @@ from lit_interp.analysis.recurrence import (
     too_few_rows,
 )
 from lit_interp.analysis.registry import AnalysisContext
-from lit_interp.analysis.weights import processed_copy
+from lit_interp.analysis.weights import centres_writing_weights, processed_copy
 from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule, AffineRecurrenceModule
 from lit_interp.tasks.base import Stream
 
@@ -175,3 +175,12 @@ def test_block_outside_ratio_is_seed_002s_loop_on_the_processed_model():
         expected = total / (4 * 9)
         assert summary["layers"][str(layer)]["block_out_outside_embedding_ratio"] == pytest.approx(expected, rel=1e-4)
         assert 0.1 < expected < 0.99
+
+
+@pytest.mark.parametrize("normalization_type", ["LN", "LNPre", "RMS", None])
+def test_the_centring_rule_is_what_the_processed_copy_does(normalization_type):
+    model = hooked(normalization_type=normalization_type)
+    with torch.no_grad():
+        model.embed.W_E.add_(1.0)  # rows far from mean zero
+    centred = processed_copy(model, center_unembed=True).W_E.mean(-1).abs().max() < 1e-6
+    assert centres_writing_weights(model.cfg) == centred == (normalization_type in ("LN", "LNPre"))
