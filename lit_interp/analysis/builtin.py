@@ -267,13 +267,9 @@ def recurrence_loss(context: AnalysisContext) -> tuple[Summary, Tensors]:
 def parameter_probes(context: AnalysisContext) -> tuple[Summary, Tensors]:
     datamodule = context.datamodule
     vectors = datamodule.make_batch(Stream.LINEAR_PROBE, 0, recurrence.PROBE_SEQUENCES, device=context.batch.device)
-    last = context.model.cfg.n_layers - 1
-    _, cache = context.model.run_with_cache(
-        context.task.model_input(vectors),
-        names_filter=lambda name: name.endswith("hook_resid_pre") or name == f"blocks.{last}.hook_resid_post",
-    )
+    residuals = recurrence.last_position_residuals(context.model, context.task.model_input(vectors))
     coefficients, constant = recurrence_parameters(vectors, datamodule.order)
-    r2, section = recurrence.parameter_probes(cache, coefficients, constant)
+    r2, section = recurrence.parameter_probes(residuals, coefficients, constant)
     return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}) | {"probes": section}, {}
 
 

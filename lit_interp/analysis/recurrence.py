@@ -5,7 +5,7 @@ from __future__ import annotations
 import einops
 import torch
 from jaxtyping import Float
-from transformer_lens import ActivationCache
+from transformer_lens import HookedTransformer
 
 Vectors = Float[torch.Tensor, "batch seq_len vector_dim"]
 
@@ -69,6 +69,7 @@ def loss_by_coefficient_size(
 PROBE_SEQUENCES = 2048
 PROBE_FOLDS = 5
 PROBE_RIDGE = 1.0
+PROBE_CHUNK = 128  # sequences per forward pass of the probes' set
 SHUFFLE_SEED = 0
 
 
@@ -84,20 +85,16 @@ def too_few_rows(n_rows: int, n_features: int, folds: int = PROBE_FOLDS) -> str 
     )
 
 
-def cross_validated_r2(
+def cross_validated_predictions(
     features: Float[torch.Tensor, "batch d_model"],
     targets: Float[torch.Tensor, "batch n"],
     folds: int = PROBE_FOLDS,
     ridge: float = PROBE_RIDGE,
-) -> float:
-    """Out-of-fold R² (variance-weighted) of a ridge probe: each of `folds` contiguous folds predicted by a fit on
-    the others. NaN if anything is not finite, if the targets do not vary, or with too few rows (`too_few_rows`).
+) -> Float[torch.Tensor, "batch n"]:
+    """Each row's prediction by a ridge fit on the other folds (`folds` contiguous ones), every target column at once.
 
     Features are standardised on each fold's training rows, so `ridge` weighs every direction alike.
     """
-    ok = torch.isfinite(features).all() and torch.isfinite(targets).all()
-    if not ok or too_few_rows(len(features), features.shape[1], folds) is not None:
-        return float("nan")  # a diverged model, or a fit that would memorise: keep NaN off the solver
     features, targets = features.double(), targets.double()
     predictions = torch.empty_like(targets)
     for held_out in torch.arange(len(features), device=features.device).chunk(folds):
@@ -109,30 +106,74 @@ def cross_validated_r2(
         penalty[-1, -1] = 0.0  # the intercept is not shrunk
         weights = torch.linalg.solve(design[train].T @ design[train] + penalty, design[train].T @ targets[train])
         predictions[held_out] = design[held_out] @ weights
+    return predictions
+
+
+def r2(predictions: torch.Tensor, targets: torch.Tensor) -> float:
+    """Variance-weighted R² over every target column; NaN if the targets do not vary."""
     total = (targets - targets.mean(0)).pow(2).sum()
-    if total == 0:
-        return float("nan")
-    return (1 - (predictions - targets).pow(2).sum() / total).item()
+    return (1 - (predictions - targets).pow(2).sum() / total).item() if total > 0 else float("nan")
+
+
+def cross_validated_r2(
+    features: Float[torch.Tensor, "batch d_model"],
+    targets: Float[torch.Tensor, "batch n"],
+    folds: int = PROBE_FOLDS,
+    ridge: float = PROBE_RIDGE,
+) -> float:
+    """Out-of-fold R² (variance-weighted) of a ridge probe (`cross_validated_predictions`). NaN if anything is not
+    finite, if the targets do not vary, or with too few rows (`too_few_rows`)."""
+    ok = torch.isfinite(features).all() and torch.isfinite(targets).all()
+    if not ok or too_few_rows(len(features), features.shape[1], folds) is not None:
+        return float("nan")  # a diverged model, or a fit that would memorise: keep NaN off the solver
+    return r2(cross_validated_predictions(features, targets, folds, ridge), targets.double())
+
+
+def last_position_residuals(
+    model: HookedTransformer, inputs: torch.Tensor, chunk: int = PROBE_CHUNK
+) -> Float[torch.Tensor, "entry batch d_model"]:
+    """The residual stream at the last position entering each block, then the final one (`accumulated_resid`).
+
+    Run `chunk` sequences at a time: one pass over thousands of sequences spills the CPU caches and is
+    slower than the same sequences in chunks.
+    """
+    last = model.cfg.n_layers - 1
+    parts = []
+    for part in inputs.split(chunk):
+        _, cache = model.run_with_cache(
+            part, names_filter=lambda name: name.endswith("hook_resid_pre") or name == f"blocks.{last}.hook_resid_post"
+        )
+        parts.append(cache.accumulated_resid(layer=None, incl_mid=False)[:, :, -1])
+    return torch.cat(parts, dim=1)
 
 
 def parameter_probes(
-    cache: ActivationCache, coefficients: torch.Tensor, constant: torch.Tensor, folds: int = PROBE_FOLDS
+    residuals: Float[torch.Tensor, "entry batch d_model"],
+    coefficients: torch.Tensor,
+    constant: torch.Tensor,
+    folds: int = PROBE_FOLDS,
 ) -> tuple[dict[str, list[float]], dict[str, int | float | str]]:
-    """Out-of-fold R² of ridge probes for c and d from the residual stream at the last position entering each block,
+    """Out-of-fold R² of ridge probes for c and d from each entry of `residuals` (`last_position_residuals`),
     each beside the same probe's R² on targets shuffled across sequences (what a probe finds in nothing).
 
-    Entry l reads `resid_pre` of block l; the last entry, the final residual stream. Also returns the probes'
-    section: sequences, folds, features, and the reason when every R² is NaN for too few rows.
+    Also returns the probes' section: sequences, folds, features, and the reason when every R² is NaN
+    for too few rows.
     """
-    residuals = cache.accumulated_resid(layer=None, incl_mid=False)[:, :, -1]  # [layer batch d_model]
     n_rows, n_features = residuals.shape[1:]
     generator = torch.Generator().manual_seed(SHUFFLE_SEED)
     shuffle = torch.randperm(n_rows, generator=generator).to(residuals.device)
-    targets = {"c": coefficients, "d": constant}
-    probes: dict[str, list[float]] = {}
-    for name, target in targets.items():
-        probes[name] = [cross_validated_r2(features, target, folds) for features in residuals]
-        probes[f"{name}_shuffled"] = [cross_validated_r2(features, target[shuffle], folds) for features in residuals]
-    section: dict[str, int | float | str] = {"sequences": n_rows, "folds": folds, "features": n_features}
+    targets = {"c": coefficients, "c_shuffled": coefficients[shuffle], "d": constant, "d_shuffled": constant[shuffle]}
+    stacked = torch.cat(list(targets.values()), dim=1).double()  # one fit per fold serves every target
+    widths = [target.shape[1] for target in targets.values()]
     reason = too_few_rows(n_rows, n_features, folds)
+    probes: dict[str, list[float]] = {name: [] for name in targets}
+    for features in residuals:
+        if reason is not None or not (torch.isfinite(features).all() and torch.isfinite(stacked).all()):
+            for values in probes.values():
+                values.append(float("nan"))  # too few rows, or a diverged model: keep NaN off the solver
+            continue
+        predictions = cross_validated_predictions(features, stacked, folds).split(widths, dim=1)
+        for values, predicted, target in zip(probes.values(), predictions, stacked.split(widths, dim=1)):
+            values.append(r2(predicted, target))
+    section: dict[str, int | float | str] = {"sequences": n_rows, "folds": folds, "features": n_features}
     return probes, section | ({"reason": reason} if reason else {})

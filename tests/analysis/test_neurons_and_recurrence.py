@@ -14,6 +14,7 @@ from lit_interp.analysis.neurons import dead_neuron_fraction, neuron_activation_
 from lit_interp.analysis.recurrence import (
     coefficient_bin_edges,
     cross_validated_r2,
+    last_position_residuals,
     loss_by_coefficient_size,
     parameter_probes,
     recurrence_parameters,
@@ -85,8 +86,8 @@ def test_too_few_rows_give_nan_with_the_reason():
     assert "16 training rows for 17 probe parameters" in too_few_rows(20, 16)
     assert too_few_rows(2048, 128) is None
     model = hooked(n_layers=1, d_model=16, d_vocab=4)
-    _, cache = model.run_with_cache(torch.randint(0, 4, (20, 8)))
-    r2, section = parameter_probes(cache, torch.randn(20, 1), torch.randn(20, 3))
+    residuals = last_position_residuals(model, torch.randint(0, 4, (20, 8)))
+    r2, section = parameter_probes(residuals, torch.randn(20, 1), torch.randn(20, 3))
     assert set(r2) == {"c", "c_shuffled", "d", "d_shuffled"} and all(math.isnan(v) for vs in r2.values() for v in vs)
     assert section["sequences"] == 20 and "training rows" in section["reason"]
 
@@ -99,12 +100,16 @@ def test_probes_read_a_planted_parameter_from_the_residual_stream():
     c = model.W_E[tokens[:, -1]] @ torch.randn(16, 1)  # a linear function of the last position's embedding
     with torch.no_grad():
         model.blocks[0].attn.W_O.zero_()  # the residual stream stays the embedding
+    residuals = last_position_residuals(model, tokens, chunk=500)
     _, cache = model.run_with_cache(tokens)
-    r2, section = parameter_probes(cache, c, torch.randn(2048, 3))
+    torch.testing.assert_close(residuals, cache.accumulated_resid(layer=None, incl_mid=False)[:, :, -1])
+    r2, section = parameter_probes(residuals, c, torch.randn(2048, 3))
     assert r2["c"] == pytest.approx([1.0, 1.0], abs=1e-3)
     assert r2["c_shuffled"] == pytest.approx([0.0, 0.0], abs=0.02)
     assert r2["d"] == pytest.approx([0.0, 0.0], abs=0.02)  # noise: nothing to read
     assert section == {"sequences": 2048, "folds": 5, "features": 16}
+    final = cache.accumulated_resid(layer=None, incl_mid=False)[-1, :, -1]
+    assert r2["c"][-1] == pytest.approx(cross_validated_r2(final, c), rel=1e-9)  # one fit per fold serves all targets
 
 
 def test_ov_neuron_circuit_matches_seed_formula_and_positions_average_to_the_total():
