@@ -46,6 +46,7 @@ def test_seed_001_bos_ints_attn_only_layer_1_copies_the_previous_token():
     later = snapshot["heads"]["L1H0"]
     assert later["prev_token_score"] >= 0.5, "layer 1's head attends to the previous token"
     assert later["ov_copying_score"] >= 0.95, "and its OV circuit copies what it attends to"
+    assert later["ov_eigen_score"] >= 0.9, "the full OV circuit's eigenvalues are positive: a copying head"
     adversarial = snapshot["adversarial"]
     assert adversarial["no_bos_loss"] >= 20 * adversarial["clean_loss"], "position comes from BOS"
     assert adversarial["repeated_tokens_loss"] >= 5 * adversarial["clean_loss"], "repeated tokens confuse the counting"
