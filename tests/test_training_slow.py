@@ -54,9 +54,8 @@ def test_seed_001_bos_ints_attn_only_layer_1_copies_the_previous_token():
     assert min(terms["direct"], terms["kq_comp"]) > max(terms["k_comp"], terms["q_comp"]), terms
     biases = {name: p for name, p in model.named_parameters() if BIAS_NAME.search(name)}
     assert biases and all(p.abs().sum() == 0 and not p.requires_grad for p in biases.values()), "no biases, as in seed"
-    with (
-        torch.no_grad()
-    ):  # the seed's own check: its four terms sum to the layer-1 scores (atol 1e-3), and ours are its
+    # The seed's own check: its four terms sum to the layer-1 scores (atol 1e-3); and ours are its terms.
+    with torch.no_grad():
         _, cache = model.run_with_cache(BosIntsDataModule().make_batch(Stream.PROBE, 0, 256).to(model.W_E.device))
         seed, ours = seed_001_score_terms(model, cache), attention_score_terms(model, cache, 1)
     causal = torch.ones(10, 10, dtype=torch.bool, device=model.W_E.device).tril()
