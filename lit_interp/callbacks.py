@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import traceback
 from pathlib import Path
@@ -13,46 +12,12 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lit_interp import loggers as logging_utils
+from lit_interp import snapshots
 from lit_interp.errors import require
-
-
-def snapshot_path(run_dir: str | Path, step: int, suffix: str) -> Path:
-    return Path(run_dir) / "analysis" / f"step_{step:07d}{suffix}"
-
-
-def _write_atomically(path: Path, write) -> None:
-    """`write(temporary path)`, fsync, then rename over `path`: a reader never sees a partial file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
-def write_snapshot(run_dir: str | Path, step: int, summary: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
-    """Write step_<step>.safetensors then step_<step>.json, each atomically; the JSON marks the snapshot done."""
-    from safetensors.torch import save_file
-
-    json_path = snapshot_path(run_dir, step, ".json")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}
-    _write_atomically(snapshot_path(run_dir, step, ".safetensors"), lambda path: save_file(tensors, str(path)))
-    text = json.dumps(logging_utils.nan_to_null(summary), indent=1)
-    _write_atomically(json_path, lambda path: path.write_text(text))
-    return json_path
-
-
-def read_snapshot(run_dir: str | Path, step: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    from safetensors.torch import load_file
-
-    summary = json.loads(snapshot_path(run_dir, step, ".json").read_text())
-    tensor_path = snapshot_path(run_dir, step, ".safetensors")
-    return summary, load_file(str(tensor_path)) if tensor_path.exists() else {}
+from lit_interp.heads import head_label
 
 
 def snapshot_steps(max_steps: int, every_n_train_steps: int | None, log_spaced: int) -> list[int]:
@@ -148,6 +113,7 @@ class AnalysisSnapshots(Callback):
         ]
         return min(steps) if steps else None
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self.run_dir is None:
             self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank is here
@@ -170,12 +136,14 @@ class AnalysisSnapshots(Callback):
         """Every k-th scheduled snapshot, and always the last one of training (so it is complete)."""
         return final or self.ordinal(trainer, trainer.global_step) % k == 0
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A resumed run's logger purged what was logged at and after the checkpoint's step: log it again.
         step = trainer.global_step
-        if step > 0 and trainer.is_global_zero and snapshot_path(self.run_dir, step, ".json").exists():
+        if step > 0 and trainer.is_global_zero and snapshots.snapshot_path(self.run_dir, step, ".json").exists():
             self._relog(trainer, step, final=False)
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -184,6 +152,7 @@ class AnalysisSnapshots(Callback):
         if self.is_scheduled(trainer, trainer.global_step) and not trainer.fit_loop._should_accumulate():
             self.snapshot(trainer, pl_module, final=trainer.global_step == trainer.max_steps)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.snapshot(trainer, pl_module, final=True)
 
@@ -191,7 +160,7 @@ class AnalysisSnapshots(Callback):
         step = trainer.global_step
         if trainer.sanity_checking or trainer.fast_dev_run or step == 0 or self.run_dir is None:
             return
-        if snapshot_path(self.run_dir, step, ".json").exists():
+        if snapshots.snapshot_path(self.run_dir, step, ".json").exists():
             if trainer.is_global_zero and step not in self._logged:
                 self._relog(trainer, step, final)
             return
@@ -213,15 +182,15 @@ class AnalysisSnapshots(Callback):
                 expensive=expensive,
             )
             if trainer.is_global_zero:
-                write_snapshot(self.run_dir, step, summary, tensors)
+                snapshots.write_snapshot(self.run_dir, step, summary, tensors)
                 self._log(trainer, summary, tensors, step, final)
         except Exception as error:  # analysis must never stop training
             self._record_error(trainer, step, error)
 
     def _relog(self, trainer: pl.Trainer, step: int, final: bool) -> None:
         try:
-            summary, tensors = read_snapshot(self.run_dir, step)
-            self._log(trainer, summary, tensors, step, final)
+            snapshot = snapshots.read_snapshot(snapshots.snapshot_path(self.run_dir, step, ".json"))
+            self._log(trainer, snapshot.summary, snapshot.torch_tensors(), step, final)
         except Exception as error:
             self._record_error(trainer, step, error)
 
@@ -232,13 +201,15 @@ class AnalysisSnapshots(Callback):
         images = self.log_images and self.is_kth(trainer, self.images_every_n_snapshots, final)
         logging_utils.log_analysis(trainer.loggers, summary, tensors if images else {}, step)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
-        return {"probe_batch_size": self.probe_batch_size}  # analyze's default, so it reproduces the snapshots
+        # analyze's default probe size (snapshots.snapshot_probe_size), so it reproduces the snapshots
+        return {snapshots.PROBE_STATE_KEY: self.probe_batch_size}
 
     def _record_error(self, trainer: pl.Trainer, step: int, error: Exception) -> None:
         if not trainer.is_global_zero:
             return
-        log = Path(self.run_dir) / "analysis" / "errors.log"
+        log = snapshots.errors_log(self.run_dir)
         try:
             log.parent.mkdir(parents=True, exist_ok=True)
             with open(log, "a") as file:
@@ -291,12 +262,14 @@ class TrainingDynamics(Callback):
     def _due(self, trainer: pl.Trainer) -> bool:
         return trainer.global_step % self._every(trainer) == 0
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.initial:  # a resumed run brings its initial weights from the checkpoint
             self.initial = {
                 name: p.detach().to("cpu", copy=True) for name, p in pl_module.named_parameters() if p.requires_grad
             }
 
+    @override
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -312,10 +285,11 @@ class TrainingDynamics(Callback):
                 from lit_interp.analysis.patterns import attention_entropy
 
                 for head, value in enumerate(attention_entropy(pattern.detach().float()).tolist()):
-                    self._metrics[f"dynamics/attention_entropy/L{layer}H{head}"] = value
+                    self._metrics[f"dynamics/attention_entropy/{head_label(layer, head)}"] = value
 
         return hook
 
+    @override
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer) -> None:
         for handle in self._handles:
             handle.remove()
@@ -329,6 +303,7 @@ class TrainingDynamics(Callback):
                 squares[group] = squares.get(group, 0) + parameter.grad.detach().float().pow(2).sum()
         self._metrics |= {f"dynamics/grad_norm/{group}": float(total.sqrt()) for group, total in squares.items()}
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -351,9 +326,11 @@ class TrainingDynamics(Callback):
             # The step of Lightning's own train/loss for this batch (global_step before it was taken).
             logging_utils.log_scalars(trainer.loggers, metrics, trainer.global_step - 1)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"initial": self.initial}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.initial = dict(state_dict.get("initial", {}))
 
@@ -372,6 +349,7 @@ class ThrottledProgressBar(TQDMProgressBar):
         self.min_interval_s = min_interval_s
         self._last_draw = float("-inf")
 
+    @override
     def _should_update(self, current: int, total: int) -> bool:
         if not super()._should_update(current, total):
             return False

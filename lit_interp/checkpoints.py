@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
@@ -10,9 +9,16 @@ from typing import Any
 
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from typing_extensions import override
 
 from lit_interp.errors import ConfigError
+from lit_interp.files import atomic_write
 from lit_interp.memory import declared_parameters, require_fits
+from lit_interp.rundir import version_number
+
+# Periodic checkpoints are `checkpoints/step_<7 digits>.ckpt` (StepCheckpoint's filename), beside last.ckpt.
+STEP_CHECKPOINT_FILENAME = "step_{step:07d}"
+STEP_CHECKPOINT_NAME = re.compile(r"step_(\d+)")
 
 
 class StepCheckpoint(ModelCheckpoint):
@@ -38,6 +44,7 @@ class StepCheckpoint(ModelCheckpoint):
             trainer.enable_validation and isinstance(interval, int) and interval > 0 and (batch_idx + 1) % interval == 0
         )
 
+    @override
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = self._every_n_train_steps
         if every >= 1 and trainer.global_step % every == 0 and self._validates_now(trainer, batch_idx):
@@ -45,6 +52,7 @@ class StepCheckpoint(ModelCheckpoint):
             return
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
+    @override
     def on_validation_end(self, trainer, pl_module) -> None:
         if self._after_validation and not trainer.sanity_checking:
             self._after_validation = False
@@ -56,6 +64,7 @@ class StepCheckpoint(ModelCheckpoint):
             return
         super().on_validation_end(trainer, pl_module)
 
+    @override
     def on_train_end(self, trainer, pl_module) -> None:
         if trainer.fast_dev_run or self._should_skip_saving_checkpoint(trainer):
             return
@@ -63,6 +72,7 @@ class StepCheckpoint(ModelCheckpoint):
         self._save_topk_checkpoint(trainer, candidates)
         self._save_last_checkpoint(trainer, candidates)
 
+    @override
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         # What was logged up to this checkpoint is on disk before the checkpoint is: a run killed
         # after it and resumed from it neither loses nor repeats a logged point.
@@ -71,6 +81,7 @@ class StepCheckpoint(ModelCheckpoint):
                 logger.save()
         super()._save_checkpoint(trainer, filepath)
 
+    @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -86,18 +97,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     final name: atomic on every local filesystem. On a failed write (a full disk) the partial file is
     removed, the previous checkpoint under that name stays whole, and the error is one line."""
 
+    @override
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        import torch
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            with open(temporary, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda temporary: _save(checkpoint, temporary))
         except Exception as error:
             cause = next((e for e in (error, error.__context__, error.__cause__) if isinstance(e, OSError)), None)
             if cause is None:
@@ -106,26 +112,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 f"could not write checkpoint {path}: {cause.strerror or cause}; free space in {path.parent} "
                 "(the previous checkpoints are intact) and resume with --ckpt_path last"
             ) from None
-        finally:
-            temporary.unlink(missing_ok=True)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself durable
-        finally:
-            os.close(directory)
+
+
+def _save(checkpoint: dict[str, Any], path: Path) -> None:
+    import torch
+
+    with open(path, "wb") as file:
+        torch.save(checkpoint, file)
 
 
 class CheckpointWriteError(ConfigError):
     """A checkpoint could not be written (disk full, permissions); nothing partial is left behind."""
-
-
-def is_trusted_class(name: str, trusted: tuple[str, ...] = ()) -> bool:
-    """lit_interp's own classes, those of packages registered under the `lit_interp.tasks` entry point
-    (`[options.entry_points] lit_interp.tasks = my_tasks = my_tasks`), and the names in `trusted`."""
-    from importlib.metadata import entry_points
-
-    prefixes = ["lit_interp", *(entry.value.split(":")[0] for entry in entry_points(group="lit_interp.tasks"))]
-    return name in trusted or any(name.startswith(prefix + ".") for prefix in prefixes)
 
 
 def safe_globals() -> list:
@@ -172,7 +169,10 @@ def _first_sentence(error: BaseException) -> str:
 
 
 def checkpoint_module_class(checkpoint: dict[str, Any]) -> str | None:
-    return checkpoint.get("lit_interp", {}).get("module_class")
+    """The task module class a lit_interp checkpoint records, or None (not lit_interp's, or malformed)."""
+    meta = checkpoint.get("lit_interp")
+    name = meta.get("module_class") if isinstance(meta, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def check_compatible(checkpoint: dict[str, Any], path: str | Path, module) -> None:
@@ -208,8 +208,9 @@ def version_of(path: Path, root: Path) -> int | None:
         relative = path.resolve().relative_to(root.resolve())
     except ValueError:
         return None
-    match = re.fullmatch(r"version_(\d+)", relative.parts[0]) if len(relative.parts) == 3 else None
-    return int(match.group(1)) if match and relative.parts[1] == "checkpoints" else None
+    if len(relative.parts) != 3 or relative.parts[1] != "checkpoints":
+        return None
+    return version_number(Path(relative.parts[0]))
 
 
 # Sizes a checkpoint may declare before anything is built from it.
@@ -230,6 +231,12 @@ def validate_schema(checkpoint: dict[str, Any], path: str | Path) -> None:
                 f"checkpoint {path} has a malformed {field} ({type(checkpoint[field]).__name__}, not a "
                 "mapping); pass a checkpoint from a lit_interp run"
             )
+    step = checkpoint.get("global_step", 0)
+    if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step < 2**63:
+        raise ConfigError(
+            f"checkpoint {path} has global_step {str(step)[:40]!r}, not a step count; pass a checkpoint from a "
+            "lit_interp run"
+        )
     for field in ("hyper_parameters", "datamodule_hyper_parameters"):
         for key in SIZE_KEYS:
             value = checkpoint.get(field, {}).get(key)
@@ -254,3 +261,46 @@ def check_same_world_size(checkpoint: dict[str, Any], path: str | Path, world_si
             f"per-rank data streams would change; resume with --trainer.devices={trained} (and the same "
             "strategy and num_nodes)"
         )
+
+
+def find_last_checkpoint(root: Path, module_class: str | None = None) -> tuple[Path, int]:
+    """The `last.ckpt` of the highest-numbered run under `root` whose checkpoint is of `module_class`."""
+    runs = sorted(
+        ((version_number(p.parents[1]), p) for p in root.glob("version_*/checkpoints/last.ckpt")), reverse=True
+    )
+    runs = [(version, path) for version, path in runs if version is not None]
+    if not runs:
+        raise ConfigError(
+            f"--ckpt_path last: nothing to resume, no {root}/version_*/checkpoints/last.ckpt; start a new run "
+            "without --ckpt_path"
+        )
+    for version, path in runs:
+        try:
+            if module_class is None or checkpoint_module_class(load_checkpoint(path)) == module_class:
+                return path, version
+        except ConfigError:
+            continue  # a truncated or foreign file: look at older runs
+    task = module_class.rsplit(".", 1)[-1]
+    raise ConfigError(
+        f"--ckpt_path last: no run of {task} under {root} (the runs there are of other tasks); start a new run "
+        "without --ckpt_path"
+    )
+
+
+def checkpoint_step(path: Path) -> int:
+    """N of a periodic checkpoint `step_<N>.ckpt`; -1 for any other name."""
+    match = STEP_CHECKPOINT_NAME.fullmatch(path.stem)
+    return int(match.group(1)) if match else -1
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """`run_dir/checkpoints/last.ckpt`, else the step_*.ckpt of the highest step."""
+    folder = run_dir / "checkpoints"
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    steps = sorted(folder.glob("step_*.ckpt"), key=checkpoint_step)
+    if steps:
+        return steps[-1]
+    runs = sorted(path.name for path in run_dir.glob("version_*/checkpoints"))
+    hint = f"pass one of its runs, e.g. {run_dir / runs[0]}" if runs else "pass a run directory that holds checkpoints/"
+    raise ConfigError(f"{run_dir} has no checkpoints ({folder}/last.ckpt or step_*.ckpt); {hint}")

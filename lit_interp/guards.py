@@ -10,6 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 from lit_interp.errors import require
 
@@ -43,6 +44,7 @@ class FiniteLossGuard(Callback):
         ]
         return step % every == 0 or any(step % n == 0 for n in checkpoint_steps) or step == trainer.max_steps
 
+    @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -52,6 +54,7 @@ class FiniteLossGuard(Callback):
         if self._due(trainer):
             self.check(trainer)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.check(trainer)  # before StepCheckpoint's final save (checkpoint callbacks run last)
 
@@ -77,6 +80,7 @@ class GracefulInterrupt(Callback):
     """The first Ctrl-C asks for what SIGTERM asks: Lightning finishes the current step and raises its
     SIGTERMException, and StepCheckpoint writes a resumable last.ckpt. A second Ctrl-C interrupts at once."""
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -89,9 +93,11 @@ class GracefulInterrupt(Callback):
 
         signal.signal(signal.SIGINT, first_interrupt)
 
+    @override
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.teardown(trainer, pl_module, "fit")
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         previous = self.__dict__.pop("_previous", None)
         if previous is not None and threading.current_thread() is threading.main_thread():

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import re
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -11,14 +11,7 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import Logger
 
-
-def nan_to_null(value: Any) -> Any:
-    """NaN and infinities as JSON null, so every file lit_interp writes is strict JSON."""
-    if isinstance(value, dict):
-        return {key: nan_to_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [nan_to_null(item) for item in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
+from lit_interp.heads import layer_label
 
 
 def _is_number(value: Any) -> bool:
@@ -33,7 +26,7 @@ def flatten_scalars(summary: dict[str, Any]) -> dict[str, float]:
     for head, scores in summary.get("heads", {}).items():
         scalars |= {f"analysis/{name}/{head}": value for name, value in scores.items()}
     for layer, values in summary.get("layers", {}).items():
-        scalars |= {f"analysis/{name}/L{layer}": value for name, value in values.items()}
+        scalars |= {f"analysis/{name}/{layer_label(layer)}": value for name, value in values.items()}
     for hook, values in summary.get("hooks", {}).items():
         scalars |= {f"analysis/hook_{name}/{hook}": value for name, value in values.items()}
     for section, values in summary.items():
@@ -57,11 +50,11 @@ def log_scalars(loggers: Iterable[Logger], metrics: dict[str, float], step: int)
 
 def analysis_images(tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Attention patterns (one image per layer, heads left to right) and each head's full OV circuit."""
-    from lit_interp.report.images import heatmap_rgb
+    from lit_interp.images import heatmap_rgb
 
     images = {}
     for layer, patterns in enumerate(tensors.get("attention_patterns", [])):
-        images[f"analysis/attention_pattern/L{layer}"] = heatmap_rgb(list(patterns))
+        images[f"analysis/attention_pattern/{layer_label(layer)}"] = heatmap_rgb(list(patterns))
     for name, circuit in tensors.items():
         if name.startswith("ov_circuit.") and circuit.ndim == 2:
             images[f"analysis/ov_circuit/{name.split('.', 1)[1]}"] = heatmap_rgb([circuit])
@@ -92,6 +85,9 @@ def custom_scalar_layout(scalars: Iterable[str]) -> dict[str, dict[str, list]]:
     return charts
 
 
+_LAID_OUT: weakref.WeakSet = weakref.WeakSet()  # TensorBoard loggers that have their custom-scalars layout
+
+
 def log_analysis(
     loggers: Iterable[Logger], summary: dict[str, Any], tensors: dict[str, torch.Tensor], step: int
 ) -> None:
@@ -101,8 +97,8 @@ def log_analysis(
     scalars = flatten_scalars(summary)
     log_scalars(loggers, scalars, step)
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger) and not getattr(logger, "_lit_interp_layout", False):
-            logger._lit_interp_layout = True  # once per run: the layout is a single event
+        if isinstance(logger, TensorBoardLogger) and logger not in _LAID_OUT:
+            _LAID_OUT.add(logger)  # once per run: the layout is a single event
             logger.experiment.add_custom_scalars(custom_scalar_layout(scalars))
     if tensors:
         log_images(loggers, analysis_images(tensors), step)

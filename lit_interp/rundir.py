@@ -89,29 +89,3 @@ def remove_if_unused(run_dir: Path) -> None:
     """Remove a run directory this process created when nothing but its lock files were written."""
     if run_dir.is_dir() and all(path.name in LOCK_FILES for path in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def find_last_checkpoint(root: Path, module_class: str | None = None) -> tuple[Path, int]:
-    """The `last.ckpt` of the highest-numbered run under `root` whose checkpoint is of `module_class`."""
-    from lit_interp.checkpoints import checkpoint_module_class, load_checkpoint
-
-    runs = sorted(
-        ((version_number(p.parents[1]), p) for p in root.glob("version_*/checkpoints/last.ckpt")), reverse=True
-    )
-    runs = [(version, path) for version, path in runs if version is not None]
-    if not runs:
-        raise ConfigError(
-            f"--ckpt_path last: nothing to resume, no {root}/version_*/checkpoints/last.ckpt; start a new run "
-            "without --ckpt_path"
-        )
-    for version, path in runs:
-        try:
-            if module_class is None or checkpoint_module_class(load_checkpoint(path)) == module_class:
-                return path, version
-        except ConfigError:
-            continue  # a truncated or foreign file: look at older runs
-    task = module_class.rsplit(".", 1)[-1]
-    raise ConfigError(
-        f"--ckpt_path last: no run of {task} under {root} (the runs there are of other tasks); start a new run "
-        "without --ckpt_path"
-    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 
 class OptunaPruning(Callback):
@@ -22,7 +23,7 @@ class OptunaPruning(Callback):
         if self._trial is None:
             import optuna
 
-            from lit_interp.sweep import open_storage, trial_handle
+            from lit_interp.optuna_storage import open_storage, trial_handle
 
             study = optuna.load_study(
                 study_name=self.study_name, storage=open_storage(self.storage), pruner=optuna.pruners.MedianPruner()
@@ -30,6 +31,7 @@ class OptunaPruning(Callback):
             self._trial = trial_handle(study, self.trial_number)
         return self._trial
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         value = trainer.callback_metrics.get(self.monitor)
         if trainer.sanity_checking or value is None or not trainer.is_global_zero:

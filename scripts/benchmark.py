@@ -83,7 +83,7 @@ def build_task(config_path: str, overrides: list[str]):
     import lightning.pytorch as pl
     import yaml
 
-    from lit_interp.cli import LINKED
+    from lit_interp.tasks.base import LINKED_ARGUMENTS as LINKED
 
     config = apply_overrides(yaml.safe_load(Path(config_path).read_text()), overrides)
 
@@ -148,7 +148,7 @@ def compile_training_forward(pl_module) -> None:
 
 def lit_worker(args) -> dict:
     """lit_interp's own CLI, in-process, with the StepTimer appended to the config's callbacks."""
-    from lit_interp.cli import run_cli
+    from lit_interp.commands.train import run_cli
 
     SETTINGS.update(steps=args.steps, warmup_steps=args.warmup_steps, device=args.device, compile=args.compile)
     cli_args = [
@@ -247,7 +247,7 @@ def data_generation_cost(data, device: str, steps_per_s: float, batches: int = 3
 def callback_share_worker(args) -> dict:
     """A full `fit` of the config as shipped; seconds inside AnalysisSnapshots.snapshot and TrainingDynamics' hooks."""
     from lit_interp.callbacks import AnalysisSnapshots, TrainingDynamics
-    from lit_interp.cli import run_cli
+    from lit_interp.commands.train import run_cli
 
     snapshot_seconds: list[float] = []
     original = AnalysisSnapshots.snapshot

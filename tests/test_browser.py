@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_fit
 
 from lit_interp.cli import main
-from lit_interp.report import checkpoint_report
+from lit_interp.report.checkpoint import checkpoint_report
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's chromium package; Playwright's own browser download is not used
 CHROMIUM_ARGS = [

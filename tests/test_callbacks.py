@@ -17,7 +17,8 @@ import lit_interp.analysis.snapshot as snapshot_module
 import lit_interp.loggers as loggers_module
 from lit_interp.callbacks import AnalysisSnapshots, ThrottledProgressBar
 from lit_interp.checkpoints import StepCheckpoint
-from lit_interp.cli import main, run_cli
+from lit_interp.cli import main
+from lit_interp.commands.train import run_cli
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
 
 CONFIG_FILES = sorted(CONFIGS.glob("*.yaml"))

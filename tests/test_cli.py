@@ -17,7 +17,8 @@ import yaml
 from conftest import CONFIGS, QUIET, TINY, inside, run_lit_interp, tiny_fit
 from lightning.pytorch.callbacks import Callback
 
-from lit_interp.cli import run_cli, startup_done
+from lit_interp.commands.train import run_cli
+from lit_interp.startup import startup_done
 
 CONFIG_NAMES = sorted(TINY)
 

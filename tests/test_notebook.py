@@ -54,17 +54,17 @@ def test_notebook_example_runs_as_written(run_root, monkeypatch):
     assert run.step == 2 and run.checkpoint_path.name == "last.ckpt" and not run.model.training
     # One row per (step, head), every score of the snapshot files a column, with their values.
     steps = snapshot_steps(run.run_dir)
-    assert steps[-1] == 2 and [snapshot["step"] for snapshot in run.snapshots] == steps
+    assert steps[-1] == 2 and run.snapshots.steps == steps
     assert list(scores["step"]) == steps and set(scores["label"]) == {"L0H0"}
-    for row, snapshot in zip(scores.to_dict("records"), run.snapshots):
+    for row, snapshot in zip(scores.to_dict("records"), run.snapshots.summaries):
         assert (row["step"], row["layer"], row["head"], row["label"]) == (snapshot["step"], 0, 0, "L0H0")
         for name, value in snapshot["heads"]["L0H0"].items():
             assert row[name] == value or (math.isnan(row[name]) and (value is None or math.isnan(value))), name
     # The example's probe batch is the one the last snapshot analyzed: the same score, recomputed here.
     recomputed = previous_token_scores(namespace["patterns"])[0, 0].item()
-    assert recomputed == pytest.approx(run.snapshots[-1]["heads"]["L0H0"]["prev_token_score"], rel=1e-5)
+    assert recomputed == pytest.approx(run.snapshots[-1].summary["heads"]["L0H0"]["prev_token_score"], rel=1e-5)
     summary, tensors = run.analyze(hook_mean_ablation=False)
-    assert summary["step"] == 2 and summary["loss"] == pytest.approx(run.snapshots[-1]["loss"], rel=1e-5)
+    assert summary["step"] == 2 and summary["loss"] == pytest.approx(run.snapshots[-1].summary["loss"], rel=1e-5)
     assert tensors["attention_patterns"].shape == (1, 1, 10, 10)
 
 
@@ -72,7 +72,7 @@ def test_load_a_checkpoint_file_or_a_run_without_last(run_root):
     checkpoints = run_root / "lightning_logs/version_0/checkpoints"
     run = load(checkpoints / "step_0000001.ckpt")
     assert run.step == 1 and run.run_dir == checkpoints.parent
-    assert [snapshot["step"] for snapshot in run.snapshots] == snapshot_steps(run.run_dir)
+    assert run.snapshots.steps == snapshot_steps(run.run_dir)
     weights = load_checkpoint(checkpoints / "step_0000001.ckpt")["state_dict"]
     assert all(torch.equal(tensor, weights[name]) for name, tensor in run.module.state_dict().items())
     assert torch.equal(run.probe_batch(size=8, index=3), run.probe_batch(size=8, index=3))
@@ -97,7 +97,7 @@ def test_load_a_checkpoint_of_each_config(config, module_class):
     tiny_fit(config, "--trainer.max_steps=1", "--checkpoint.every_n_train_steps=1", "--trainer.callbacks=[]", *FAST)
     path = Path("lightning_logs/version_0/checkpoints/last.ckpt")
     run = load(path)
-    assert type(run.module).__name__ == module_class and run.snapshots == [] and run.head_scores().empty
+    assert type(run.module).__name__ == module_class and not run.snapshots and run.head_scores().empty
     weights = load_checkpoint(path)["state_dict"]
     assert all(torch.equal(tensor, weights[name]) for name, tensor in run.module.state_dict().items())
     batch = run.probe_batch(size=4)

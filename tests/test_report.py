@@ -17,10 +17,11 @@ from safetensors.torch import save_file
 from lit_interp import runlogs
 from lit_interp.analysis.snapshot import run_analysis
 from lit_interp.cli import main
-from lit_interp.report import checkpoint_report, read_snapshots, run_report
-from lit_interp.report.figures import first_crossing, shrink
-from lit_interp.report.images import BLUES, RED_BLUE, colourmap, heatmap_rgb
-from lit_interp.report.run import thin
+from lit_interp.images import BLUES_ANCHORS, RED_BLUE_ANCHORS, colourmap, heatmap_rgb
+from lit_interp.report.checkpoint import checkpoint_report
+from lit_interp.report.figures import shrink
+from lit_interp.report.run import run_report, thin
+from lit_interp.snapshots import read_snapshots
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
 
 XSS = "<script>alert(1)</script>"
@@ -151,7 +152,7 @@ def test_run_report_slider_formation_and_curves(analysis, tmp_path):
     steps = [1, 2, 3, 5, 8, 13, 21, 34, 55, 89, 144]
     write_run(tmp_path / "run", summary, tensors, steps)
     snapshots = read_snapshots(tmp_path / "run")
-    page = run_report(tmp_path / "run", snapshots, "run")
+    page = run_report(snapshots, "run")
     assert_offline(page)
     specs = figure_specs(page)
     attention = next(
@@ -176,7 +177,7 @@ def test_default_size_budget_with_many_snapshots(analysis, tmp_path):
     write_run(
         tmp_path / "run", summary, tensors, list(range(1, 251))
     )  # more than any config writes, than a slider shows
-    page = run_report(tmp_path / "run", read_snapshots(tmp_path / "run"), "run")
+    page = run_report(read_snapshots(tmp_path / "run"), "run")
     assert len(page.encode()) < 5_000_000
 
 
@@ -190,23 +191,22 @@ def test_thinning_keeps_first_and_last_and_shrink_takes_block_means():
     assert small[0, 0] == pytest.approx(matrix[:3, :3].mean()) and small[-1, -1] == pytest.approx(
         matrix[-3:, -3:].mean()
     )
-    assert first_crossing([1, 2, 3], [0.1, 0.6, 0.9], 0.5) == 2 and first_crossing([1, 2], [0.7, 0.9], 0.5) is None
 
 
 def test_heatmap_image_has_ticks_and_a_fixed_colour_bar():
     uniform = torch.full((10, 10), 0.5)
     image = heatmap_rgb([uniform, uniform])
     assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-    middle = colourmap(BLUES, np.array(0.5))
+    middle = colourmap(BLUES_ANCHORS, np.array(0.5))
     assert (image == middle).all(-1).sum() >= 2 * 160 * 160  # 0.5 drawn as the middle of [0, 1], not stretched
     bar_columns = image[:, -60:]
-    assert (bar_columns == colourmap(BLUES, np.array(1.0))).all(-1).any() and (
-        bar_columns == colourmap(BLUES, np.array(0.0))
+    assert (bar_columns == colourmap(BLUES_ANCHORS, np.array(1.0))).all(-1).any() and (
+        bar_columns == colourmap(BLUES_ANCHORS, np.array(0.0))
     ).all(-1).any()
     assert (image[:, :10] == 0).all(-1).any()  # row tick labels drawn in black left of the heatmap
     signed = heatmap_rgb([torch.tensor([[-2.0, 1.0], [0.0, 2.0]])])
     assert signed.shape[0] > 160
-    assert (signed == colourmap(RED_BLUE, np.array(0.5))).all(-1).sum() >= 80 * 80  # 0 at the middle of +-2
+    assert (signed == colourmap(RED_BLUE_ANCHORS, np.array(0.5))).all(-1).sum() >= 80 * 80  # 0 at the middle of +-2
     wide = heatmap_rgb([torch.rand(2, 512)])  # rows one pixel high: every label still inside the image
     assert wide.shape[1] > 512 and (wide[:, :10] == 0).all(-1).any()
 

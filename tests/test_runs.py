@@ -18,7 +18,8 @@ from lightning.pytorch.callbacks import Callback
 
 from lit_interp.callbacks import snapshot_steps
 from lit_interp.checkpoints import AtomicCheckpointIO, CheckpointWriteError
-from lit_interp.cli import main, run_cli
+from lit_interp.cli import main
+from lit_interp.commands.train import run_cli
 from lit_interp.runlogs import read_csv_metrics
 
 NO_ANALYSIS = ["--trainer.callbacks=[]"]

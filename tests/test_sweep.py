@@ -18,8 +18,9 @@ import torch
 from conftest import CONFIGS, TINY
 
 from lit_interp.cli import main
+from lit_interp.commands.sweep.definition import build_sweep
+from lit_interp.commands.sweep.study import start
 from lit_interp.runlogs import read_scalars
-from lit_interp.sweep import build_sweep, start
 from lit_interp.sweep_pruning import OptunaPruning
 
 CONFIG = str(CONFIGS / "prev_token_digits.yaml")
@@ -36,7 +37,7 @@ SHORT = [
 
 
 def trials(directory: Path, storage: str | None = None, name: str | None = None) -> list[optuna.trial.FrozenTrial]:
-    from lit_interp.sweep import open_storage
+    from lit_interp.optuna_storage import open_storage
 
     storage = storage or f"sqlite:///{(directory / 'optuna.db').resolve()}"
     return optuna.load_study(study_name=name or directory.resolve().name, storage=open_storage(storage)).get_trials()
@@ -124,7 +125,7 @@ def test_runs_report_of_a_sweep_writes_the_page_and_one_csv_row_per_run(seed_swe
         first = json.loads(
             (directory / f"trial_{number:04d}/lightning_logs/version_0/analysis/step_0000002.json").read_text()
         )
-        assert row["L0H0/prev_token_score/crossed_at"] == (
+        assert row["L0H0/prev_token_score/formed_at"] == (
             "2" if first["heads"]["L0H0"]["prev_token_score"] >= 0.01 else "4"
         )
 

@@ -12,7 +12,7 @@ from analysis.conftest import seed_001_score_terms
 from conftest import CONFIGS, QUIET
 
 from lit_interp.analysis.term_importance import TERMS, attention_score_terms
-from lit_interp.cli import run_cli
+from lit_interp.commands.train import run_cli
 from lit_interp.tasks.base import BIAS_NAME, Stream
 from lit_interp.tasks.bos_ints import BosIntsDataModule
 

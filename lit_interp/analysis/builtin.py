@@ -57,6 +57,7 @@ from lit_interp.analysis.rotary import is_rotary, mean_off_diagonal, rotary_simi
 from lit_interp.analysis.term_importance import supports_term_importance
 from lit_interp.analysis.term_importance import term_importance as term_importance_losses
 from lit_interp.analysis.weights import centres_writing_weights
+from lit_interp.heads import head_label
 from lit_interp.tasks.base import Stream
 
 N_EXAMPLES = 8  # probe sequences whose own attention patterns a report shows
@@ -146,7 +147,7 @@ def qk_circuits(context: AnalysisContext) -> tuple[Summary, Tensors]:
 def kq_composition(context: AnalysisContext) -> tuple[Summary, Tensors]:
     circuits = kq_composition_circuits(context.processed)
     return {}, {
-        f"kq_composition_circuit_from_L0H{writer}.L1H{reader}": circuits[writer, reader]
+        f"kq_composition_circuit_from_{head_label(0, writer)}.{head_label(1, reader)}": circuits[writer, reader]
         for writer in range(circuits.shape[0])
         for reader in range(circuits.shape[1])
     }
@@ -207,7 +208,7 @@ def term_importance(context: AnalysisContext) -> tuple[Summary, Tensors]:
     layer = context.model.cfg.n_layers - 1  # the last layer reads the most composition
     losses, mean_terms = term_importance_losses(context.model, context.task, context.batch, context.cache, layer)
     tensors = {
-        f"attn_score_terms.{name}.L{layer}H{head}": term[head]
+        f"attn_score_terms.{name}.{head_label(layer, head)}": term[head]
         for name, term in mean_terms.items()
         for head in range(len(term))
     }

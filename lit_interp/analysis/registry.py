@@ -12,6 +12,7 @@ from transformer_lens import ActivationCache, HookedTransformer
 
 from lit_interp.analysis.losses import Task, is_token_task
 from lit_interp.analysis.weights import processed_view
+from lit_interp.heads import head_label
 
 Summary = dict[str, Any]
 Tensors = dict[str, torch.Tensor]
@@ -79,7 +80,7 @@ def head_fragment(scores: dict[str, torch.Tensor]) -> Summary:
         for (layer, head), value in zip(
             torch.cartesian_prod(*map(torch.arange, values.shape)).tolist(), values.flatten().tolist()
         ):
-            heads.setdefault(f"L{layer}H{head}", {})[name] = value
+            heads.setdefault(head_label(layer, head), {})[name] = value
     return {"heads": heads}
 
 
@@ -95,7 +96,7 @@ def layer_fragment(values: dict[str, torch.Tensor | list[float]]) -> Summary:
 def per_head(prefix: str, tensor: torch.Tensor) -> Tensors:
     """`prefix.L{layer}H{head}` -> tensor[layer, head]: one matrix per head, as a report plots them."""
     return {
-        f"{prefix}.L{layer}H{head}": tensor[layer, head]
+        f"{prefix}.{head_label(layer, head)}": tensor[layer, head]
         for layer in range(tensor.shape[0])
         for head in range(tensor.shape[1])
     }

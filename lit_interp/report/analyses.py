@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from lit_interp.heads import layer_label
 from lit_interp.report.figures import PALETTE, Axes, Frame, bars, data_scale, heatmap_grid, layout
 from lit_interp.report.html import Section, embed, table
 
@@ -72,7 +73,7 @@ def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], use
             "head",
             "layer",
             [f"H{head}" for head in range(heads.shape[1])],
-            [f"L{layer}" for layer in range(heads.shape[0])],
+            [layer_label(layer) for layer in range(heads.shape[0])],
         )
         figure = heatmap_grid([Frame("", [heads])], ["head output patched"], data_scale([heads], "restored"), axes)
         items.append(embed(figure.update_layout(height=max(280, 160 + 40 * heads.shape[0]))))

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lit_interp.heads import PER_HEAD_TENSOR, head_labels
 from lit_interp.report import descriptions
 from lit_interp.report.analyses import HANDLED, component_attribution_section, logit_lens_section, patching_section
 from lit_interp.report.figures import (
@@ -26,9 +26,8 @@ from lit_interp.report.html import Preformatted, Section, embed, render, table
 if TYPE_CHECKING:  # torch is only needed by the caller: `analyze --run` never imports it
     import torch
 
-MAX_SIDE = 256  # larger matrices are shown as block means
+HEATMAP_MAX_SIDE = 256  # larger matrices are shown as block means
 MAX_EXAMPLES = 16
-PER_HEAD = re.compile(r"(?P<group>.+)\.L(?P<layer>\d+)H(?P<head>\d+)")
 SUMMARY_KEYS = {
     "step",
     "task",
@@ -188,11 +187,7 @@ def ablation_sections(summary: dict[str, Any]) -> list[Section]:
 def head_titles(array: np.ndarray, labels: list[str]) -> list[str]:
     """`L{layer}H{head}` for a `[layer head ...]` tensor (the summary's labels when they match)."""
     n_layers, n_heads = array.shape[:2]
-    return (
-        labels
-        if len(labels) == n_layers * n_heads
-        else [f"L{layer}H{head}" for layer in range(n_layers) for head in range(n_heads)]
-    )
+    return labels if len(labels) == n_layers * n_heads else head_labels(n_layers, n_heads)
 
 
 def pattern_grid(array: np.ndarray) -> Frame:
@@ -242,9 +237,9 @@ def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task:
     """Tensors named `<group>.L{l}H{h}` (OV circuits, similarities, score terms, anything new): a grid per group."""
     groups: dict[str, dict[str, np.ndarray]] = {}
     for name, array in arrays.items():
-        match = PER_HEAD.fullmatch(name)
+        match = PER_HEAD_TENSOR.fullmatch(name)
         if match and array.ndim == 2:
-            groups.setdefault(match["group"], {})[f"L{match['layer']}H{match['head']}"] = array
+            groups.setdefault(match["group"], {})[name.rsplit(".", 1)[1]] = array
             used.add(name)
     sections: dict[str, Section] = {}
     for group, matrices in groups.items():
@@ -256,7 +251,7 @@ def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task:
             x_name, y_name = "output dim", "input dim"
         elif family == "qk_circuit" and not token_task:
             x_name, y_name = "key input dim", "query input dim"
-        shrunk = [shrink(matrix, MAX_SIDE) for matrix in matrices.values()]
+        shrunk = [shrink(matrix, HEATMAP_MAX_SIDE) for matrix in matrices.values()]
         block = shrunk[0][1]
         shape = next(iter(matrices.values())).shape
         axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
@@ -352,7 +347,7 @@ def generic_section(name: str, value: dict | list) -> Section:
         if is_matrix(item):
             matrix = np.array(item, dtype=np.float32)
             figure = heatmap_grid(
-                [Frame("", [shrink(matrix, MAX_SIDE)[0]])],
+                [Frame("", [shrink(matrix, HEATMAP_MAX_SIDE)[0]])],
                 [key],
                 data_scale([matrix], key),
                 Axes("column", "row", square=False),
@@ -386,7 +381,7 @@ def other_tensor_sections(
             axes = Axes("index", "head", y_labels=head_titles(array, labels), square=False)
         else:
             matrices, titles, axes = [array], [name], Axes("column", "row", square=False)
-        shrunk = [shrink(matrix, MAX_SIDE)[0] for matrix in matrices]
+        shrunk = [shrink(matrix, HEATMAP_MAX_SIDE)[0] for matrix in matrices]
         if axes.y_labels is not None and shrunk[0].shape[0] != len(axes.y_labels):
             axes.y_labels = None
         pattern = "pattern" in name and all(0 <= m.min() and m.max() <= 1 for m in shrunk)

@@ -1,4 +1,4 @@
-"""What each head score and report section means, for table tooltips and notes; score thresholds for the run report."""
+"""What each head score and report section means, for table tooltips and notes (thresholds: lit_interp.formation)."""
 
 from __future__ import annotations
 
@@ -29,18 +29,6 @@ SCORES = {
     "corrupted run (1: all of it, 0: none).",
     "backup_attribution_change": "Change in the head's direct attribution when the most important head is ablated: "
     "positive for a backup head.",
-}
-
-# A score reaching its threshold from below is marked in the run report: the step where the head forms.
-THRESHOLDS = {
-    "prev_token_score": 0.5,
-    "bos_score": 0.5,
-    "duplicate_score": 0.5,
-    "induction_score": 0.5,
-    "ov_copying_score": 0.5,
-    "ov_eigen_score": 0.5,
-    "qk_eigen_score": 0.5,
-    "patching_score": 0.5,
 }
 
 ADVERSARIAL = {

@@ -10,6 +10,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from lit_interp.formation import formation
 from lit_interp.report.html import plain
 
 BLUES = plotly.colors.sequential.Blues
@@ -134,16 +135,7 @@ def heatmap_grid(
             hovertemplate=hover_template(axes, subplot_title, scale.value_name),
         )
         figure.add_trace(trace, row=index // columns + 1, col=index % columns + 1)
-    figure.update_yaxes(autorange="reversed", constrain="domain")
-    figure.update_xaxes(constrain="domain")
-    for index in range(n):
-        suffix = "" if index == 0 else str(index + 1)
-        if axes.square:
-            figure.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
-        if index % columns == 0:
-            figure.layout[f"yaxis{suffix}"].title = plain(axes.y_name)
-        if index >= n - columns:
-            figure.layout[f"xaxis{suffix}"].title = plain(axes.x_name)
+    grid_axes(figure, n, columns, axes)
     figure.update_layout(
         coloraxis=dict(
             colorscale=scale.colours,
@@ -167,6 +159,20 @@ def heatmap_grid(
     layout(figure, title=title, height=height + (30 if title else 0), width=width)
     figure.update_layout(margin_t=90 if title else 50)  # room for the subplot titles under the figure's own
     return figure
+
+
+def grid_axes(figure: go.Figure, n: int, columns: int, axes: Axes) -> None:
+    """Rows top to bottom; square cells where asked; axis titles on the left column and the bottom row."""
+    figure.update_yaxes(autorange="reversed", constrain="domain")
+    figure.update_xaxes(constrain="domain")
+    for index in range(n):
+        suffix = "" if index == 0 else str(index + 1)
+        if axes.square:
+            figure.layout[f"yaxis{suffix}"].scaleanchor = f"x{suffix}"
+        if index % columns == 0:
+            figure.layout[f"yaxis{suffix}"].title = plain(axes.y_name)
+        if index >= n - columns:
+            figure.layout[f"xaxis{suffix}"].title = plain(axes.x_name)
 
 
 def integer_ticks(figure: go.Figure, shape: tuple[int, ...], axes: Axes) -> None:
@@ -245,13 +251,6 @@ def colour(index: int) -> dict:
     return dict(color=PALETTE[index % len(PALETTE)], dash=DASHES[index // len(PALETTE) % len(DASHES)])
 
 
-def first_crossing(steps: list[int], values: list[float | None], threshold: float) -> int | None:
-    """The first step at which a series that started below `threshold` reaches it (None and NaN never reach it)."""
-    if not values or values[0] is None or not values[0] < threshold:
-        return None
-    return next((step for step, value in zip(steps, values) if value is not None and value >= threshold), None)
-
-
 def step_lines(
     series: dict[str, Series],
     title: str,
@@ -276,21 +275,8 @@ def step_lines(
                 hovertemplate=f"{plain(name)}<br>step %{{x}}<br>{plain(value_name)} %{{y:.4g}}<extra></extra>",
             )
         )
-        crossed = first_crossing(steps, values, threshold) if threshold is not None else None
-        if crossed is not None:
-            figure.add_trace(
-                go.Scatter(
-                    x=[crossed],
-                    y=[values[steps.index(crossed)]],
-                    mode="markers",
-                    showlegend=False,
-                    legendgroup=plain(name),
-                    marker=dict(
-                        symbol="star", size=13, color=colour(index)["color"], line=dict(width=1, color="black")
-                    ),
-                    hovertemplate=f"{plain(name)} reaches {threshold:g} at step {crossed}<extra></extra>",
-                )
-            )
+        if threshold is not None:
+            add_formation_star(figure, name, steps, values, threshold, colour(index)["color"])
     if threshold is not None:
         figure.add_hline(
             y=threshold,
@@ -300,43 +286,70 @@ def step_lines(
             annotation_position="bottom right",
         )
     if loss is not None:
-        figure.add_trace(
-            go.Scatter(
-                x=np.asarray(loss[0], np.int64),
-                y=as_floats(loss[1]),
-                name="probe loss (right axis)",
-                yaxis="y2",
-                mode="lines",
-                line=dict(color="grey", dash="dash"),
-                hovertemplate="probe loss %{y:.4g}<br>step %{x}<extra></extra>",
-            )
+        add_probe_loss(figure, loss)
+    step_layout(figure, [*series, *(["probe loss (right axis)"] if loss is not None else [])], title, len(series) > 8)
+    values = [value for _, values in series.values() for value in values]
+    figure.update_layout(
+        yaxis=dict(title=plain(value_name), showgrid=True, gridcolor="#eee", **value_axis(values, log=log_y))
+    )
+    return figure
+
+
+def add_formation_star(figure: go.Figure, name: str, steps: list[int], values: list, threshold: float, color: str):
+    """A star where the series first reaches `threshold` (lit_interp.formation); open when that is the first point."""
+    formed = formation(steps, values, threshold)
+    if formed is None:
+        return
+    figure.add_trace(
+        go.Scatter(
+            x=[formed.step],
+            y=[values[steps.index(formed.step)]],
+            mode="markers",
+            showlegend=False,
+            legendgroup=plain(name),
+            marker=dict(
+                # open: already there at the first snapshot, so formed at or before it
+                symbol="star-open" if formed.at_first_snapshot else "star",
+                size=13,
+                color=color,
+                line=dict(width=1, color="black"),
+            ),
+            hovertemplate=f"{plain(name)} reaches {threshold:g} at step {formed}<extra></extra>",
         )
-        figure.update_layout(
-            yaxis2=dict(
-                title="probe loss", overlaying="y", side="right", showgrid=False, **value_axis(loss[1], log=True)
-            )
+    )
+
+
+def add_probe_loss(figure: go.Figure, loss: Series) -> None:
+    """The probe loss, dashed grey, on a right-hand axis of its own."""
+    figure.add_trace(
+        go.Scatter(
+            x=np.asarray(loss[0], np.int64),
+            y=as_floats(loss[1]),
+            name="probe loss (right axis)",
+            yaxis="y2",
+            mode="lines",
+            line=dict(color="grey", dash="dash"),
+            hovertemplate="probe loss %{y:.4g}<br>step %{x}<extra></extra>",
         )
-    # The legend goes below the plot in as many columns as its longest name allows: never over the lines, never
-    # scrolling (a right-hand legend of 26 hooks would scroll; one of 48 colours per head must be read in full).
-    many = len(series) > 8
-    names = [*series, *(["probe loss (right axis)"] if loss is not None else [])]
+    )
+    figure.update_layout(
+        yaxis2=dict(title="probe loss", overlaying="y", side="right", showgrid=False, **value_axis(loss[1], log=True))
+    )
+
+
+def step_layout(figure: go.Figure, names: list[str], title: str, many: bool) -> None:
+    """The legend below the plot in as many columns as its longest name allows: never over the lines, never
+    scrolling (a right-hand legend of 26 hooks would scroll; one of 48 colours per head must be read in full)."""
     entry_width = 7 * max(len(name) for name in names) + 45
     width = 1100 if many else 540
     rows = -(-len(names) // max(1, (width - 80) // entry_width))
     legend = dict(orientation="h", x=0, y=-0.14 if many else -0.22, yanchor="top", entrywidth=entry_width)
     layout(figure, title=title, height=380 + 22 * rows, width=width)
-    figure.update_layout(margin_b=60 + 22 * rows)
     figure.update_layout(
+        margin_b=60 + 22 * rows,
         xaxis=dict(title="step", showgrid=True, gridcolor="#eee"),
         legend=dict(font_size=10, **legend),
-        yaxis=dict(
-            title=plain(value_name),
-            showgrid=True,
-            gridcolor="#eee",
-            **value_axis([value for _, values in series.values() for value in values], log=log_y),
-        ),
     )
-    return figure
 
 
 def as_floats(values: list[float | None]) -> np.ndarray:

@@ -17,6 +17,8 @@ import plotly.io
 import plotly.offline
 from markupsafe import Markup
 
+from lit_interp.formation import Formation
+
 TEMPLATES = Path(__file__).parent / "templates"
 _figure_ids = itertools.count()
 
@@ -107,6 +109,8 @@ def number(value: Any) -> str:
     """A table cell: floats to 4 significant digits, None blank, anything else as text (escaped by the template)."""
     if value is None:
         return ""
+    if isinstance(value, Formation):
+        return str(value)
     if isinstance(value, float) and not isinstance(value, bool):
         return f"{value:.4g}"
     return str(value)
@@ -114,6 +118,8 @@ def number(value: Any) -> str:
 
 def sort_key(value: Any) -> str:
     """The cell's data-sort attribute: the number itself for numbers, so columns sort numerically."""
+    if isinstance(value, Formation):
+        return repr(float(value.step))
     return repr(float(value)) if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value or "")
 
 

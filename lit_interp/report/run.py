@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lit_interp import runlogs
-from lit_interp.errors import ConfigError
-from lit_interp.report import descriptions
-from lit_interp.report.checkpoint import PER_HEAD, head_table
+from lit_interp.formation import formation, threshold_values
+from lit_interp.heads import PER_HEAD_TENSOR, head_labels
+from lit_interp.report.checkpoint import head_table
 from lit_interp.report.figures import (
     Axes,
     Frame,
@@ -26,82 +24,15 @@ from lit_interp.report.figures import (
     step_lines,
 )
 from lit_interp.report.html import Preformatted, Section, embed, render, table
+from lit_interp.snapshots import RunSnapshots, Snapshot
 
-MAX_SIDE = 128  # circuits larger than this are shown as block means in the slider figures
+SLIDER_MAX_SIDE = 128  # circuits larger than this are shown as block means in the slider figures
 MAX_SLIDER_FRAMES = 200
 MAX_SLIDER_VALUES = 300_000  # shared by the slider figures of a page; beyond it, frames are thinned evenly
 SLIDER_GROUPS = {
     "ov_circuit": ("Full OV circuits across training", "output", "source", "logit"),
     "qk_circuit": ("QK circuits across training", "key", "query", "score"),
 }
-NUMBER_SECTIONS = ("metrics", "adversarial", "term_importance")
-
-
-@dataclass
-class Snapshot:
-    path: Path  # the step_*.json file; its tensors are beside it in step_*.safetensors
-    summary: dict[str, Any]
-
-
-def read_snapshots(run: Path) -> list[Snapshot]:
-    """The run's snapshots sorted by step; a file that is not a well-formed snapshot is a ConfigError naming it."""
-    if not run.is_dir():
-        raise ConfigError(f"--run {run} is not a directory; pass a run directory such as lightning_logs/version_0")
-    files = sorted((run / "analysis").glob("step_*.json"))
-    if not files:
-        raise ConfigError(
-            f"--run {run} has no snapshots ({run}/analysis/step_*.json); train with the AnalysisSnapshots callback "
-            "(every configs/*.yaml has it), or analyze a checkpoint with --ckpt_path"
-        )
-    snapshots = []
-    for file in files:
-        try:
-            summary = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            raise ConfigError(
-                f"snapshot {file} is not valid JSON (interrupted write?); delete it and rerun analyze"
-            ) from None
-        snapshots.append(Snapshot(file, check_snapshot(summary, file)))
-    return sorted(snapshots, key=lambda snapshot: snapshot.summary["step"])
-
-
-def check_snapshot(summary: Any, file: Path) -> dict[str, Any]:
-    """The summary if it follows the snapshot schema (numbers where numbers belong), else a one-line ConfigError."""
-
-    def fail(problem: str) -> ConfigError:
-        return ConfigError(
-            f"snapshot {file} {problem}; it was not written by lit_interp's snapshots: delete it and rerun analyze"
-        )
-
-    if not isinstance(summary, dict):
-        raise fail(f"holds a JSON {type(summary).__name__}, not an object")
-    step = summary.get("step")
-    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise fail(f"has step {short(step)}, not a non-negative integer")
-    if not isinstance(summary.get("task"), str):
-        raise fail(f"has task {short(summary.get('task'))}, not a string")
-    if not is_number(summary.get("loss")):
-        raise fail(f"has loss {short(summary.get('loss'))}, not a number")
-    for section in ("heads", "hooks"):
-        rows = summary.get(section, {})
-        if not isinstance(rows, dict) or not all(
-            isinstance(row, dict) and all(map(is_number, row.values())) for row in rows.values()
-        ):
-            raise fail(f"has a '{section}' section that is not a mapping of names to numbers")
-    for section in NUMBER_SECTIONS:
-        if not isinstance(summary.get(section, {}), dict) or not all(map(is_number, summary.get(section, {}).values())):
-            raise fail(f"has a '{section}' section that is not a mapping of names to numbers")
-    return summary
-
-
-def is_number(value: Any) -> bool:
-    """A JSON number, or null (a NaN written as null)."""
-    return value is None or isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def series(summaries: list[dict[str, Any]], get) -> list[float]:
@@ -136,14 +67,14 @@ def trajectories(summaries: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def run_report(run: Path, snapshots: list[Snapshot], title: str) -> str:
+def run_report(run: RunSnapshots, title: str) -> str:
     """Formation steps, attention and circuits on a step slider, scores against step, training curves, head table."""
-    summaries = [snapshot.summary for snapshot in snapshots]
+    summaries = run.summaries
     data = trajectories(summaries)
     steps = data["steps"]
     last = summaries[-1]
     probe, scores, hooks = score_sections(data)
-    attention, circuits = slider_sections(snapshots)
+    attention, circuits = slider_sections(run.snapshots)
     table = head_table(last)
     if table is not None:
         table.heading = f"Heads at the last snapshot (step {last['step']})"
@@ -154,16 +85,16 @@ def run_report(run: Path, snapshots: list[Snapshot], title: str) -> str:
         scores,
         *circuits,
         probe,
-        training_section(run),
+        training_section(run.run_dir),
         hooks,
         table,
-        config_section(run),
+        config_section(run.run_dir),
     ]
     facts = [
         ("task", last["task"]),
         ("snapshots", len(steps)),
         ("steps", f"{steps[0]} to {steps[-1]}"),
-        ("run", str(run)),
+        ("run", str(run.run_dir)),
     ]
     log_steps = steps[0] > 0 and steps[-1] >= 100 * steps[0]  # log-spaced snapshots: the early steps need room
     return render(
@@ -178,19 +109,17 @@ def run_report(run: Path, snapshots: list[Snapshot], title: str) -> str:
 
 def formation_section(data: dict[str, Any]) -> Section | None:
     """The step at which each head's score first reaches its threshold: when the circuit forms."""
-    from lit_interp.report.figures import first_crossing
-
     rows: dict[str, dict[str, Any]] = {}
-    for score, threshold in descriptions.THRESHOLDS.items():
+    for score, threshold in threshold_values().items():
         for head, values in data["heads"].get(score, {}).items():
-            crossed = first_crossing(data["steps"], values, threshold)
-            if crossed is not None:
-                rows.setdefault(head, {})[f"{score} >= {threshold:g}"] = crossed
+            formed = formation(data["steps"], values, threshold)
+            if formed is not None:
+                rows.setdefault(head, {})[f"{score} >= {threshold:g}"] = formed
     if not rows:
         return None
     note = (
-        "First snapshot step at which a head's score reaches the threshold after starting below it "
-        "(stars in the figures below)."
+        "First snapshot step at which a head's score is at or above the threshold (stars in the figures below); "
+        "'<= s': already there at the first snapshot, step s."
     )
     return Section("When the heads formed", [table(rows, "head")], note)
 
@@ -228,7 +157,7 @@ def score_sections(data: dict[str, Any]) -> tuple[Section, Section | None, Secti
     score_figures = []
     for score, by_head in data["heads"].items():
         series = {head: (steps, values) for head, values in by_head.items()}
-        figure = step_lines(series, score, score, loss, descriptions.THRESHOLDS.get(score))
+        figure = step_lines(series, score, score, loss, threshold_values().get(score))
         score_figures.append(embed(figure, "step-axis"))
     note = (
         "One figure per score, a line per head; the probe loss (dashed, right axis) beside it. "
@@ -251,32 +180,16 @@ def thin(count: int, values_per_frame: int, budget: int = MAX_SLIDER_VALUES) -> 
     return sorted({round(i * (count - 1) / (keep - 1)) for i in range(keep)})
 
 
-def load_tensors(snapshot: Snapshot, wanted) -> dict[str, np.ndarray]:
-    """The tensors of a snapshot whose names pass `wanted`; none when its .safetensors is absent."""
-    from safetensors import safe_open
-
-    path = snapshot.path.with_suffix(".safetensors")
-    if not path.is_file():
-        return {}
-    try:
-        with safe_open(str(path), framework="np") as file:  # numpy: no torch import for a run report
-            return {name: file.get_tensor(name).astype(np.float32) for name in file.keys() if wanted(name)}
-    except Exception:  # safetensors reports a bad header or truncation with several exception types
-        raise ConfigError(
-            f"snapshot tensors {path} are unreadable (truncated or not safetensors); delete them and rerun analyze"
-        ) from None
-
-
 def slider_sections(snapshots: list[Snapshot]) -> tuple[Section | None, list[Section]]:
     """Attention patterns, and circuits, per head with a slider over the snapshot steps (one shared size budget)."""
 
     def wanted(name: str) -> bool:
-        match = PER_HEAD.fullmatch(name)
+        match = PER_HEAD_TENSOR.fullmatch(name)
         return name == "attention_patterns" or bool(match and match["group"] in SLIDER_GROUPS)
 
     # More positions than a slider can show are never read: a long run may hold thousands of snapshots.
     snapshots = [snapshots[index] for index in thin(len(snapshots), 1, budget=MAX_SLIDER_FRAMES)]
-    loaded = [(snapshot.summary["step"], load_tensors(snapshot, wanted)) for snapshot in snapshots]
+    loaded = [(snapshot.step, snapshot.tensors(wanted)) for snapshot in snapshots]
     attention = [
         (step, tensors["attention_patterns"])
         for step, tensors in loaded
@@ -290,11 +203,7 @@ def slider_sections(snapshots: list[Snapshot]) -> tuple[Section | None, list[Sec
     circuit_budget = (MAX_SLIDER_VALUES - min(attention_values, budget)) // max(1, len(circuits))
     attention_section, sections = None, []
     if attention:
-        titles = [
-            f"L{layer}H{head}"
-            for layer in range(attention[-1][1].shape[0])
-            for head in range(attention[-1][1].shape[1])
-        ]
+        titles = head_labels(*attention[-1][1].shape[:2])
         frames = [(step, [m for layer in array for m in layer]) for step, array in attention]
         figure = step_slider(frames, titles, attention_scale(), Axes("key_pos", "query_pos"), budget)
         note = (
@@ -323,9 +232,9 @@ def circuit_frames(loaded: list[tuple[int, dict[str, np.ndarray]]], group: str):
         return None
     heads = list(frames[-1][1])
     shape = frames[-1][1][heads[0]].shape
-    block = shrink(frames[-1][1][heads[0]], MAX_SIDE)[1]
+    block = shrink(frames[-1][1][heads[0]], SLIDER_MAX_SIDE)[1]
     kept = [
-        (step, [shrink(matrices[head], MAX_SIDE)[0] for head in heads])
+        (step, [shrink(matrices[head], SLIDER_MAX_SIDE)[0] for head in heads])
         for step, matrices in frames
         if list(matrices) == heads
     ]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.regression import R2Score
 from transformer_lens import HookedTransformer
+from typing_extensions import override
 
 from lit_interp.errors import require
 from lit_interp.tasks.base import SyntheticDataModule, TaskModule, build_hooked_transformer
@@ -66,6 +67,7 @@ class AffineRecurrenceDataModule(SyntheticDataModule):
     def first_target_pos(self) -> int:
         return 2 * self.order
 
+    @override
     def generate(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
         shape = (batch_size, self.seq_len, self.vector_dim)
         coefficients = _uniform(*self.coefficient_bounds, (batch_size, self.order), generator)
@@ -86,6 +88,7 @@ class VectorInputTransformer(HookedTransformer):
     `hook_embed` sees `vectors @ W_E`, so caching, hooks and `OV`/`QK` work as for tokens.
     """
 
+    @override
     def input_to_embed(self, input: torch.Tensor, *args: Any, **kwargs: Any):
         embed = self.hook_embed(
             einops.einsum(input, self.W_E, "batch pos d_vocab, d_vocab d_model -> batch pos d_model")
@@ -128,15 +131,19 @@ class AffineRecurrenceModule(TaskModule):
         self.val_r2 = R2Score(multioutput="variance_weighted")
         self.test_r2 = R2Score(multioutput="variance_weighted")
 
+    @override
     def model_input(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors[:, :-1]
 
+    @override
     def targets(self, vectors: torch.Tensor) -> torch.Tensor:
         return vectors[:, self.hparams.first_target_pos + 1 :]
 
+    @override
     def loss(self, output: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(output[:, self.hparams.first_target_pos :].float(), self.targets(vectors))
 
+    @override
     def loss_and_metrics(self, output: torch.Tensor, vectors: torch.Tensor, stage: str) -> torch.Tensor:
         loss = self.loss(output, vectors)
         if stage != "train":

@@ -15,9 +15,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 from torchmetrics.classification import MulticlassAccuracy
 from transformer_lens import HookedTransformer, HookedTransformerConfig
+from typing_extensions import override
 
 from lit_interp.errors import ConfigError, require
 from lit_interp.memory import declared_parameters, require_batch_fits, require_fits
+
+# Values the data and the model share: set once on the data, linked into the model's constructor by the CLI.
+LINKED_ARGUMENTS = ("n_ctx", "d_vocab", "first_target_pos")
 
 
 class Stream(enum.IntEnum):
@@ -109,19 +113,24 @@ class SyntheticDataModule(pl.LightningDataModule):
             return self.generate(batch_generator(self.seed, stream, rank, index, device), batch_size)
         return self.generate(batch_generator(self.seed, stream, rank, index, "cpu"), batch_size).to(device)
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_StepIndices(self.next_train_index), batch_size=None)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_FixedIndices(self.val_batches), batch_size=None)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return DataLoader(_FixedIndices(self.val_batches), batch_size=None)
 
+    @override
     def on_before_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
         self._index = int(batch)  # read on the host, before the transfer: no device sync per step
         return batch
 
+    @override
     def on_after_batch_transfer(self, batch: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
         index = self.__dict__.pop("_index", None)
         index = int(batch) if index is None else index
@@ -132,9 +141,11 @@ class SyntheticDataModule(pl.LightningDataModule):
         stream = Stream.TEST if stage == "test" else Stream.VAL
         return self.make_batch(stream, index, self.val_batch_size, batch.device)
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"next_train_index": self.next_train_index}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.next_train_index = int(state_dict["next_train_index"])
 
@@ -239,9 +250,11 @@ class TaskModule(pl.LightningModule):
         """This task's own analyses (`lit_interp.analysis.registry.Analysis`), run beside the built-in ones."""
         return []
 
+    @override
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.model(self.model_input(batch))
 
+    @override
     def _apply(self, fn, *args: Any, **kwargs: Any):
         # HookedTransformer.forward moves the residual stream to `cfg.device` before every block;
         # Lightning moves weights with `.to()` on this module, which bypasses TransformerLens's own
@@ -257,15 +270,19 @@ class TaskModule(pl.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=stage != "train")
         return loss
 
+    @override
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         return self.shared_step(batch, "train")
 
+    @override
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self.shared_step(batch, "val")
 
+    @override
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         self.shared_step(batch, "test")
 
+    @override
     def configure_optimizers(self):
         hparams = self.hparams
         trainable = [p for p in self.parameters() if p.requires_grad]
@@ -283,6 +300,7 @@ class TaskModule(pl.LightningModule):
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         trainer = self._trainer
         checkpoint["lit_interp"] = {
@@ -308,16 +326,20 @@ class PreviousTokenModule(TaskModule):
         self.val_acc = MulticlassAccuracy(num_classes=d_vocab, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=d_vocab, average="micro")
 
+    @override
     def model_input(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens
 
+    @override
     def targets(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, self.hparams.first_target_pos - 1 : -1]
 
+    @override
     def loss(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         scored = logits[:, self.hparams.first_target_pos :].float()
         return F.cross_entropy(scored.flatten(0, 1), self.targets(tokens).flatten())
 
+    @override
     def loss_and_metrics(self, logits: torch.Tensor, tokens: torch.Tensor, stage: str) -> torch.Tensor:
         loss = self.loss(logits, tokens)
         if stage != "train":

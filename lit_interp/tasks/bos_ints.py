@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from lit_interp.errors import require
 from lit_interp.tasks.base import (
@@ -44,6 +45,7 @@ class BosIntsDataModule(SyntheticDataModule):
         self.save_hyperparameters()
         self.n_ctx, self.d_vocab, self.bos_token = n_ctx, d_vocab, bos_token
 
+    @override
     def generate(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
         tokens = torch.randint(
             0, self.d_vocab - 1, (batch_size, self.n_ctx), generator=generator, device=generator.device

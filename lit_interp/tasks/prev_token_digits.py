@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from typing_extensions import override
 
 from lit_interp.errors import require
 from lit_interp.tasks.base import PreviousTokenModule, SyntheticDataModule, build_hooked_transformer
@@ -26,6 +27,7 @@ class DigitsDataModule(SyntheticDataModule):
         self.save_hyperparameters()
         self.n_ctx = n_ctx
 
+    @override
     def generate(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
         return torch.randint(0, self.d_vocab, (batch_size, self.n_ctx), generator=generator, device=generator.device)
 

@@ -1,4 +1,4 @@
-"""Cheap heatmap images for TensorBoard: numpy only, with row/column ticks and a labelled colour bar."""
+"""Cheap heatmap images for the loggers (TensorBoard, W&B, MLflow): numpy only, with ticks and a labelled colour bar."""
 
 from __future__ import annotations
 
@@ -24,10 +24,12 @@ GLYPHS = {
     " ": "000000000000000",
 }
 # (position in [0, 1], red, green, blue) anchors of matplotlib's Blues and RdBu_r, interpolated linearly.
-BLUES = np.array(
+BLUES_ANCHORS = np.array(
     [[0, 247, 251, 255], [0.25, 198, 219, 239], [0.5, 107, 174, 214], [0.75, 33, 113, 181], [1, 8, 48, 107]]
 )
-RED_BLUE = np.array([[0, 5, 48, 97], [0.25, 67, 147, 195], [0.5, 247, 247, 247], [0.75, 214, 96, 77], [1, 103, 0, 31]])
+RED_BLUE_ANCHORS = np.array(
+    [[0, 5, 48, 97], [0.25, 67, 147, 195], [0.5, 247, 247, 247], [0.75, 214, 96, 77], [1, 103, 0, 31]]
+)
 GLYPH_SCALE = 2  # each glyph pixel drawn as 2x2 pixels
 GAP, MARGIN, BAR_WIDTH = 6, 4, 12
 
@@ -77,7 +79,7 @@ def heatmap_rgb(matrices: list[torch.Tensor], min_pixels: int = 160) -> np.ndarr
     high = max(float(np.nanmax(v)) for v in values) if values else 1.0
     probability = 0 <= low and high <= 1
     bound = 1.0 if probability else max(abs(low), abs(high)) or 1.0
-    anchors, bottom = (BLUES, 0.0) if probability else (RED_BLUE, -bound)
+    anchors, bottom = (BLUES_ANCHORS, 0.0) if probability else (RED_BLUE_ANCHORS, -bound)
     to_colour = (
         (lambda v: colourmap(anchors, v)) if probability else (lambda v: colourmap(anchors, (v / bound + 1) / 2))
     )

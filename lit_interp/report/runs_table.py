@@ -1,0 +1,261 @@
+"""Many runs as rows: found under directories, with their varying config, final scalars, snapshots, formation
+steps and findings (the data of `analyze --runs` and of runs.csv)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lit_interp import runlogs
+from lit_interp.errors import ConfigError
+from lit_interp.formation import Formation, finding, formation
+from lit_interp.optuna_storage import SQLITE, load_existing_study, local_file
+from lit_interp.snapshots import RunSnapshots, read_snapshots
+from lit_interp.sweep_dir import read_sweep_info, trial_dir, trial_run_dir
+
+# Keys that differ between runs without being a parameter of the run.
+NOT_PARAMETERS = (
+    "trainer.logger",
+    "trainer.default_root_dir",
+    "ckpt_path",
+    "trainer.callbacks",
+    "trainer.enable_progress_bar",
+    "checkpoint.dirpath",
+)
+TABLE_METRICS = ("val/", "train/loss")  # the final metrics the page's table shows; runs.csv has every scalar
+
+
+@dataclass
+class RunRecord:
+    """One run's numbers: its varying config values, last logged scalars, snapshots and formation steps."""
+
+    label: str
+    path: Path
+    config: dict[str, Any]
+    final: dict[str, float]
+    series: dict[str, tuple[list[int], list[float]]]  # tag -> (steps, values), from lit_interp.runlogs
+    snapshots: RunSnapshots
+    sweep: dict[str, Any] = field(default_factory=dict)  # trial number, state, objective value, error
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.snapshots.summaries[-1] if self.snapshots else {}
+
+
+def is_run(path: Path) -> bool:
+    return any(path.glob("events.out.tfevents.*")) or any(path.glob("analysis/step_*.json"))
+
+
+def find_runs(directories: list[Path]) -> list[Path]:
+    """Every run directory (TensorBoard events or analysis snapshots) at or below the given directories."""
+    runs: list[Path] = []
+    for directory in directories:
+        if not directory.is_dir():
+            raise ConfigError(f"--runs {directory} is not a directory; pass a sweep directory or run directories")
+        found = (
+            [directory]
+            if is_run(directory)
+            else sorted(
+                {p.parent for p in directory.rglob("events.out.tfevents.*")}
+                | {p.parents[1] for p in directory.rglob("analysis/step_*.json")}
+            )
+        )
+        if not found:
+            raise ConfigError(
+                f"--runs {directory} holds no runs (no TensorBoard events, no analysis/step_*.json); "
+                "pass a sweep or run directory"
+            )
+        runs += [run for run in found if run not in runs]
+    return runs
+
+
+def formation_of(run: RunRecord, head: str, score: str, threshold: float) -> Formation | None:
+    """When `head`'s `score` first reached `threshold` in the run's snapshots (lit_interp.formation's rule)."""
+    values = [summary.get("heads", {}).get(head, {}).get(score) for summary in run.snapshots.summaries]
+    return formation(
+        run.snapshots.steps, [value if isinstance(value, (int, float)) else None for value in values], threshold
+    )
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(config, dict):
+        return {key: value for name, item in config.items() for key, value in flatten(item, f"{prefix}{name}.").items()}
+    return {prefix.rstrip("."): config}
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    path = run / "config.yaml"
+    try:
+        return flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+    except yaml.YAMLError:
+        return {}
+
+
+def varying(configs: list[dict[str, Any]]) -> list[str]:
+    """Config keys whose values differ across runs: the runs' parameters."""
+    keys = dict.fromkeys(key for config in configs for key in config)
+    return [
+        key
+        for key in keys
+        if not key.startswith(NOT_PARAMETERS) and len({json.dumps(c.get(key), sort_keys=True) for c in configs}) > 1
+    ]
+
+
+def label(run: Path, directories: list[Path]) -> str:
+    """The run's path below the directories' common parent (below a lone run's parent), without `lightning_logs/`."""
+    resolved = [directory.resolve() for directory in directories]
+    base = Path(os.path.commonpath(resolved))
+    if base == run.resolve():
+        base = base.parent
+    return str(run.resolve().relative_to(base)).replace("lightning_logs/", "")
+
+
+def study_storage(directory: Path, info: dict[str, Any]) -> str:
+    """The storage URL of a sweep's study; a default SQLite file moved with its sweep directory is read where it is."""
+    url = info["storage"]
+    path = local_file(url)
+    beside = Path(directory) / "optuna.db"
+    if (
+        url.startswith(SQLITE)
+        and path is not None
+        and path.name == "optuna.db"
+        and not path.exists()
+        and beside.is_file()
+    ):
+        return f"{SQLITE}{beside.resolve()}"
+    return url
+
+
+def sweep_trials(directory: Path) -> dict[Path, dict[str, Any]]:
+    """Run directory -> its trial (number, state, value, params, error), for a directory written by `sweep`."""
+    info = read_sweep_info(directory)
+    if info is None:
+        return {}
+    study = load_existing_study(study_storage(directory, info), info["study_name"], f"--runs {directory}")
+    trials = {}
+    for trial in study.get_trials(deepcopy=False):
+        run = trial_run_dir(trial_dir(directory, trial.number))
+        trials[run] = {
+            "trial": trial.number,
+            "state": trial.state.name,
+            "value": trial.value,
+            **trial.user_attrs,
+            "params": trial.params,
+        }
+    return trials
+
+
+def collect(directories: list[Path]) -> tuple[list[RunRecord], list[str]]:
+    """(runs, parameter keys) for every run under the directories, sweep trials annotated with their state."""
+    paths = find_runs(directories)
+    trials = {path.resolve(): trial for directory in directories for path, trial in sweep_trials(directory).items()}
+    configs = [read_config(path) for path in paths]
+    runs = []
+    for path, config in zip(paths, configs):
+        series = runlogs.read_scalars(path)
+        # `final/*` repeats the last values for TensorBoard's hparams tab.
+        final = {
+            tag: values[-1]
+            for tag, (_, values) in series.items()
+            if values and tag != "epoch" and not tag.startswith("final/")
+        }
+        snapshots = read_snapshots(path, on_damaged="skip")  # listed in the report and runs.csv, never silently
+        record = RunRecord(
+            label(path, directories), path, config, final, series, snapshots, trials.get(path.resolve(), {})
+        )
+        runs.append(record)
+    return runs, varying(configs)
+
+
+def head_scores(run: RunRecord, thresholds: dict[str, float]) -> dict[str, float]:
+    """`<head>/<score>` -> the score at the run's last snapshot, for each thresholded score."""
+    heads = run.last.get("heads", {})
+    return {
+        f"{head}/{score}": value
+        for head, scores in heads.items()
+        for score, value in scores.items()
+        if score in thresholds and isinstance(value, (int, float))
+    }
+
+
+def formations(run: RunRecord, thresholds: dict[str, float]) -> dict[str, Formation | None]:
+    """`<head>/<score>` -> when the score first reached its threshold (None: never within the run)."""
+    pairs = dict.fromkeys(
+        (head, score)
+        for summary in run.snapshots.summaries
+        for head, scores in summary.get("heads", {}).items()
+        for score in scores
+        if score in thresholds
+    )
+    return {f"{head}/{score}": formation_of(run, head, score, thresholds[score]) for head, score in pairs}
+
+
+def findings(runs: list[RunRecord], thresholds: dict[str, float]) -> list[dict[str, Any]]:
+    """For each head and thresholded score: in how many runs (with snapshots) the last snapshot reaches it."""
+    with_snapshots = [run for run in runs if run.snapshots]
+    counts: dict[str, int] = {}
+    for run in with_snapshots:
+        for key, value in head_scores(run, thresholds).items():
+            counts[key] = counts.get(key, 0) + (value >= thresholds[key.split("/")[1]])
+    rows = []
+    for key, count in counts.items():
+        head, score = key.split("/")
+        text = f"{head} is {finding(score, thresholds[score])} in {count}/{len(with_snapshots)} runs"
+        rows.append(
+            {
+                "head": head,
+                "score": score,
+                "threshold": thresholds[score],
+                "runs": count,
+                "of": len(with_snapshots),
+                "finding": text,
+            }
+        )
+    return sorted(rows, key=lambda row: (-row["runs"] / max(row["of"], 1), row["head"], row["score"]))
+
+
+def csv_rows(runs: list[RunRecord], parameters: list[str], thresholds: dict[str, float]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        row: dict[str, Any] = {"run": run.label}
+        if run.sweep:
+            row |= {
+                "trial": run.sweep.get("trial"),
+                "state": run.sweep.get("state"),
+                "objective": run.sweep.get("value"),
+                "error": run.sweep.get("error"),
+            }
+        row |= {key: run.config.get(key) for key in parameters}
+        row |= {tag: value for tag, value in sorted(run.final.items())}
+        row["last_snapshot_step"] = run.last.get("step")
+        row["damaged_snapshots"] = "; ".join(map(str, run.snapshots.damaged)) or None
+        row |= head_scores(run, thresholds)
+        for key, formed in formations(run, thresholds).items():
+            row[f"{key}/formed_at"] = None if formed is None else formed.step
+            row[f"{key}/formed_at_first_snapshot"] = None if formed is None else formed.at_first_snapshot
+        rows.append(row)
+    return rows
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """runs.csv: one row per run, a column for every key any row has; None and NaN as empty cells."""
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, columns)
+    writer.writeheader()
+    writer.writerows(
+        {
+            key: "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+            for key, value in row.items()
+        }
+        for row in rows
+    )
+    return buffer.getvalue()
