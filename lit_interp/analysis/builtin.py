@@ -242,7 +242,9 @@ def activation_patching(context: AnalysisContext) -> tuple[Summary, Tensors]:
     else:
         corrupted = patching.corrupt_previous(context.batch, context.bos_token, context.model.cfg.d_vocab)
     losses, tensors = patching.activation_patching(context.model, context.task, context.batch, corrupted, context.cache)
-    return {"patching": losses} | head_fragment({"patching_score": tensors["head_patching"]}), tensors
+    cfg = context.model.cfg
+    scores = tensors.get("head_patching", torch.full((cfg.n_layers, cfg.n_heads), torch.nan))  # NaN: see the reason
+    return {"patching": losses} | head_fragment({"patching_score": scores}), tensors
 
 
 def backup_heads(context: AnalysisContext) -> tuple[Summary, Tensors]:

@@ -144,8 +144,9 @@ def activation_patching(
 ) -> tuple[dict[str, float | str], dict[str, torch.Tensor]]:
     """Patch the residual stream per block x position and each head's output into the run on `corrupted_batch`.
 
-    Returns the metric's clean and corrupted values, their gap and the metric's noise; the scores are
-    NaN, with a `reason`, when the gap does not exceed the noise. Our own loop over TransformerLens's patch
+    Returns the metric's clean and corrupted values, their gap and the metric's noise, and the tensors
+    `resid_pre_patching` and `head_patching`; when the gap does not exceed the noise, a `reason` instead
+    of the tensors. Our own loop over TransformerLens's patch
     setters rather than `generic_activation_patch`: that one takes the position count from the input's
     last dimension (the vector size for vector inputs), reruns the whole model for each patch and draws a
     progress bar inside training; this one starts each patched run at the patched block, from the
@@ -163,11 +164,7 @@ def activation_patching(
     }
     reason = within_noise(summary["loss_gap"], summary["loss_noise"])
     if reason is not None:
-        n_layers, n_heads, n_pos = model.cfg.n_layers, model.cfg.n_heads, clean_cache["resid_pre", 0].shape[1]
-        return summary | {"reason": reason}, {
-            "resid_pre_patching": torch.full((n_layers, n_pos), torch.nan),
-            "head_patching": torch.full((n_layers, n_heads), torch.nan),
-        }
+        return summary | {"reason": reason}, {}  # no patched run: the tensors are not computed
     metric = last_position_loss(task, batch)
     return summary, {
         "resid_pre_patching": patch_residual(model, metric, clean_cache, corrupted_cache, clean, corrupted),

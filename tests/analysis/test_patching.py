@@ -129,8 +129,7 @@ def test_a_corruption_without_effect_gives_nan_scores_and_the_reason():
         summary, tensors = activation_patching(model, task, tokens, corrupted, clean_cache)
         assert summary["loss_gap"] == pytest.approx(0.0, abs=1e-6)
         assert "not more than its noise" in summary["reason"]
-        assert tensors["head_patching"].isnan().all() and tensors["resid_pre_patching"].isnan().all()
-        assert tensors["resid_pre_patching"].shape == (1, 8)
+        assert tensors == {}  # no patched run, no score tensor
 
 
 def test_a_gap_within_the_noise_is_refused():
@@ -143,7 +142,7 @@ def test_a_gap_within_the_noise_is_refused():
     _, clean_cache = model.run_with_cache(tokens)
     summary, tensors = activation_patching(model, task, tokens, corrupted, clean_cache)
     assert 0 < summary["loss_gap"] < summary["loss_noise"]
-    assert "reason" in summary and tensors["head_patching"].isnan().all()
+    assert "reason" in summary and tensors == {}
     summary, tensors = activation_patching(model, task, tokens, corrupt_previous(tokens, None, 8), clean_cache)
     assert summary["loss_gap"] > summary["loss_noise"] and "reason" not in summary  # every sequence corrupted
     assert torch.isfinite(tensors["head_patching"]).all()

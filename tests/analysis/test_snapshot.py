@@ -94,9 +94,8 @@ ALWAYS_TENSORS = {
     "ov_singular_values",
     "qk_singular_values",
 }
+PATCHING_TENSORS = {"resid_pre_patching", "head_patching"}  # expensive, and absent when patching is refused
 EXPENSIVE_TENSORS = {
-    "resid_pre_patching",
-    "head_patching",
     "backup_attribution_change",
     "head_zero_ablation_loss",
     "head_mean_ablation_loss",
@@ -141,6 +140,8 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
         assert set(summary["term_importance"]) == {"layer", "direct", "k_comp", "q_comp", "kq_comp"}
     assert summary["layers"][str(n_layers)]["logit_lens_loss"] == pytest.approx(summary["loss"], rel=1e-5)
     assert ALWAYS_TENSORS | EXPENSIVE_TENSORS | expected["tensors"] <= set(tensors)
+    assert (PATCHING_TENSORS <= set(tensors)) == ("reason" not in summary["patching"])
+    assert PATCHING_TENSORS & set(tensors) in (set(), PATCHING_TENSORS)
     json.dumps(summary, allow_nan=True)
 
 
@@ -156,7 +157,8 @@ def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
     assert set(full) - set(cheap) == expensive_sections | ({"adversarial"} if adversarial else set())
     adversarial_tensors = {name for name in full_tensors if name.startswith("adversarial_")}
     assert bool(adversarial_tensors) == adversarial
-    assert set(full_tensors) - set(cheap_tensors) == EXPENSIVE_TENSORS | adversarial_tensors
+    patched = set() if "reason" in full["patching"] else PATCHING_TENSORS
+    assert set(full_tensors) - set(cheap_tensors) == EXPENSIVE_TENSORS | adversarial_tensors | patched
     for label, scores in cheap["heads"].items():
         assert {
             name: value for name, value in full["heads"][label].items() if name not in EXPENSIVE_HEAD_KEYS
