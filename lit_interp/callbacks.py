@@ -20,13 +20,34 @@ from lit_interp.errors import require
 from lit_interp.heads import head_label
 
 
-def snapshot_steps(max_steps: int, every_n_train_steps: int | None, log_spaced: int) -> list[int]:
-    """The steps a run of `max_steps` snapshots: multiples of the cadence, `log_spaced` steps geometrically
-    spaced from 1 to max_steps (dense early, where circuits form), and max_steps itself."""
+def snapshot_grid(
+    max_steps: int, every_n_train_steps: int | None, log_spaced: int, per_decade: float = 0.0
+) -> list[int]:
+    """The scheduled snapshot steps up to max_steps: multiples of the cadence, `per_decade` steps per decade
+    (round(10 ** (i / per_decade)): the same steps whatever max_steps is), and `log_spaced` steps geometrically
+    spaced from 1 to max_steps (which depend on max_steps). Dense early, where circuits form."""
     steps = set(range(every_n_train_steps, max_steps + 1, every_n_train_steps)) if every_n_train_steps else set()
     if log_spaced:
         steps |= log_spaced_steps(max_steps, log_spaced)
-    return sorted(step for step in steps | {max_steps} if step >= 1)
+    if per_decade:
+        steps |= per_decade_steps(max_steps, per_decade)
+    return sorted(step for step in steps if 1 <= step <= max_steps)
+
+
+def snapshot_steps(
+    max_steps: int, every_n_train_steps: int | None, log_spaced: int, per_decade: float = 0.0
+) -> list[int]:
+    """The steps a run of `max_steps` snapshots: the grid, and max_steps itself (the end of training)."""
+    return sorted(set(snapshot_grid(max_steps, every_n_train_steps, log_spaced, per_decade)) | {max_steps})
+
+
+def per_decade_steps(max_steps: int, per_decade: float) -> set[int]:
+    """round(10 ** (i / per_decade)) for i = 0, 1, ... up to max_steps."""
+    steps, index = set(), 0
+    while (step := round(10 ** (index / per_decade))) <= max_steps:
+        steps.add(step)
+        index += 1
+    return steps
 
 
 def log_spaced_steps(max_steps: int, count: int) -> set[int]:
@@ -53,6 +74,7 @@ class AnalysisSnapshots(Callback):
         self,
         every_n_train_steps: int | None = None,
         log_spaced: int = 0,
+        log_spaced_per_decade: float = 0.0,
         probe_batch_size: int = 256,
         hook_mean_ablation: bool = True,
         hook_mean_ablation_every_n_snapshots: int = 1,
@@ -62,45 +84,51 @@ class AnalysisSnapshots(Callback):
         sweep_hooks: bool | None = None,
         sweep_every_n_snapshots: int | None = None,
     ):
-        """`sweep_hooks` and `sweep_every_n_snapshots` are the deprecated names of `hook_mean_ablation` and
+        """`log_spaced_per_decade` snapshots at the same steps whatever max_steps is (a run resumed to a larger
+        max_steps snapshots where a straight run would); `log_spaced` spreads that many over the run.
+        `sweep_hooks` and `sweep_every_n_snapshots` are the deprecated names of `hook_mean_ablation` and
         `hook_mean_ablation_every_n_snapshots` (a warning; "sweep" is the Optuna command)."""
         super().__init__()
-        hook_mean_ablation = _renamed("sweep_hooks", sweep_hooks, "hook_mean_ablation", hook_mean_ablation)
-        hook_mean_ablation_every_n_snapshots = _renamed(
+        self.every_n_train_steps = every_n_train_steps
+        self.log_spaced = log_spaced
+        self.log_spaced_per_decade = log_spaced_per_decade
+        self.probe_batch_size = probe_batch_size
+        self.hook_mean_ablation = _renamed("sweep_hooks", sweep_hooks, "hook_mean_ablation", hook_mean_ablation)
+        self.hook_mean_ablation_every_n_snapshots = _renamed(
             "sweep_every_n_snapshots",
             sweep_every_n_snapshots,
             "hook_mean_ablation_every_n_snapshots",
             hook_mean_ablation_every_n_snapshots,
         )
-        require(
-            every_n_train_steps is None or every_n_train_steps >= 0,
-            f"every_n_train_steps={every_n_train_steps} must be >= 0; 0 for no fixed cadence, null to follow "
-            "the checkpoints",
-        )
-        require(
-            log_spaced >= 0,
-            f"log_spaced={log_spaced} must be >= 0; e.g. 20 snapshots geometrically spaced over the run",
-        )
-        require(probe_batch_size >= 1, f"probe_batch_size={probe_batch_size} must be >= 1")
-        for name, value in {
-            "hook_mean_ablation_every_n_snapshots": hook_mean_ablation_every_n_snapshots,
-            "images_every_n_snapshots": images_every_n_snapshots,
-            "expensive_every_n_snapshots": expensive_every_n_snapshots,
-        }.items():
-            require(value >= 1, f"{name}={value} must be >= 1; 1 runs it at every snapshot")
-        self.every_n_train_steps = every_n_train_steps
-        self.log_spaced = log_spaced
-        self.probe_batch_size = probe_batch_size
-        self.hook_mean_ablation = hook_mean_ablation
-        self.hook_mean_ablation_every_n_snapshots = hook_mean_ablation_every_n_snapshots
         self.expensive_every_n_snapshots = expensive_every_n_snapshots
         self.log_images = log_images
         self.images_every_n_snapshots = images_every_n_snapshots
+        self._check_arguments()
         self.run_dir: Path | None = None  # set in setup (all ranks) or by the CLI
         self._steps: list[int] = []
+        self._grid: list[int] = []
         self._warned = False
         self._logged: set[int] = set()  # steps whose scalars this process has logged
         self._attempted: set[int] = set()  # steps this process has analyzed (or failed to)
+
+    def _check_arguments(self) -> None:
+        every = self.every_n_train_steps
+        require(
+            every is None or every >= 0,
+            f"every_n_train_steps={every} must be >= 0; 0 for no fixed cadence, null to follow the checkpoints",
+        )
+        require(
+            self.log_spaced >= 0,
+            f"log_spaced={self.log_spaced} must be >= 0; e.g. 20 snapshots geometrically spaced over the run",
+        )
+        require(
+            0 <= self.log_spaced_per_decade <= 1000,
+            f"log_spaced_per_decade={self.log_spaced_per_decade} must lie in [0, 1000]; e.g. 5 snapshots per decade",
+        )
+        require(1 <= self.probe_batch_size <= 2**24, f"probe_batch_size={self.probe_batch_size} must be in [1, 2**24]")
+        for name in ("hook_mean_ablation_every_n_snapshots", "images_every_n_snapshots", "expensive_every_n_snapshots"):
+            value = getattr(self, name)
+            require(value >= 1, f"{name}={value} must be >= 1; 1 runs it at every snapshot")
 
     def cadence(self, trainer: pl.Trainer) -> int | None:
         """Our own every_n_train_steps, else that of the trainer's step-based ModelCheckpoint."""
@@ -118,7 +146,8 @@ class AnalysisSnapshots(Callback):
         if self.run_dir is None:
             self.run_dir = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank is here
         if trainer.max_steps and trainer.max_steps > 0:
-            self._steps = snapshot_steps(trainer.max_steps, self.cadence(trainer), self.log_spaced)
+            schedule = (trainer.max_steps, self.cadence(trainer), self.log_spaced, self.log_spaced_per_decade)
+            self._grid, self._steps = snapshot_grid(*schedule), snapshot_steps(*schedule)
 
     def is_scheduled(self, trainer: pl.Trainer, step: int) -> bool:
         if self._steps:
@@ -127,9 +156,10 @@ class AnalysisSnapshots(Callback):
         return bool(every) and step % every == 0
 
     def ordinal(self, trainer: pl.Trainer, step: int) -> int:
-        """1 for the first scheduled snapshot, 2 for the second, ..."""
+        """1 for the first snapshot of the grid, 2 for the second, ... (the end of training, off the grid, is not
+        counted: the k-th grid snapshots of a resumed run are the straight run's)."""
         if self._steps:
-            return sum(1 for scheduled in self._steps if scheduled <= step)
+            return sum(1 for scheduled in self._grid if scheduled <= step)
         return step // (self.cadence(trainer) or step)
 
     def is_kth(self, trainer: pl.Trainer, k: int, final: bool) -> bool:
@@ -336,7 +366,8 @@ class TrainingDynamics(Callback):
 
 
 class ThrottledProgressBar(TQDMProgressBar):
-    """Lightning's TQDM bar, redrawn at most every `min_interval_s` seconds and at the end.
+    """Lightning's TQDM bar counting optimizer steps up to max_steps (a resumed run shows `step/max_steps` and an
+    ETA), redrawn at most every `min_interval_s` seconds and at the end, without Lightning's `v_num`.
 
     Lightning's bar redraws on every step (`refresh_rate=1`), a noticeable share of a CPU step of these
     models (docs/benchmarks.md). The CLI uses this one unless the config brings its own progress bar
@@ -348,6 +379,38 @@ class ThrottledProgressBar(TQDMProgressBar):
         require(min_interval_s >= 0, f"min_interval_s={min_interval_s} must be >= 0")
         self.min_interval_s = min_interval_s
         self._last_draw = float("-inf")
+
+    @override
+    def on_train_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_start(trainer, *args)
+        self._count_steps(trainer)  # a resumed run starts mid-epoch: no epoch start comes
+
+    @override
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._count_steps(trainer)
+
+    def _count_steps(self, trainer: pl.Trainer) -> None:
+        if trainer.max_steps and trainer.max_steps > 0 and self.train_progress_bar is not None:
+            self.train_progress_bar.total = trainer.max_steps  # the data is endless: the run's length is max_steps
+            self.train_progress_bar.n = self.train_progress_bar.initial = trainer.global_step
+            self.train_progress_bar.set_description("step")
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        bar = self.train_progress_bar
+        if bar is not None and self._should_update(trainer.global_step, bar.total):
+            bar.n = trainer.global_step
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+            bar.refresh()
+
+    @override
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        metrics = super().get_metrics(trainer, pl_module)
+        metrics.pop("v_num", None)  # the run directory is printed once at the start
+        return metrics
 
     @override
     def _should_update(self, current: int, total: int) -> bool:

@@ -82,6 +82,19 @@ class StepCheckpoint(ModelCheckpoint):
         super()._save_checkpoint(trainer, filepath)
 
     @override
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        """A save after a step that validated (at the end of training, or on SIGTERM) records the step's logging
+        counter as Lightning's own save at that validation's end does: Lightning resumes such a checkpoint by
+        skipping the validation and counting the step once more, which would log every later point one step late."""
+        loops = checkpoint.get("loops", {}).get("fit_loop", {})
+        state, batches = loops.get("epoch_loop.state_dict", {}), loops.get("epoch_loop.batch_progress", {})
+        interval = trainer.val_check_batch
+        validated = trainer.enable_validation and isinstance(interval, int) and interval > 0
+        ready = batches.get("total", {}).get("ready", -1)
+        if validated and ready > 0 and ready % interval == 0 and state.get("_batches_that_stepped") == ready:
+            state["_batches_that_stepped"] = ready - 1
+
+    @override
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -263,28 +276,67 @@ def check_same_world_size(checkpoint: dict[str, Any], path: str | Path, world_si
         )
 
 
-def find_last_checkpoint(root: Path, module_class: str | None = None) -> tuple[Path, int]:
-    """The `last.ckpt` of the highest-numbered run under `root` whose checkpoint is of `module_class`."""
+def run_task(run_dir: Path) -> str | None:
+    """The task module class a run trained: its config.yaml's model.class_path, else its last.ckpt's (None: unknown)."""
+    import yaml
+
+    from lit_interp.files import read_regular_file
+
+    try:
+        config = yaml.safe_load(read_regular_file(run_dir / "config.yaml", 2**24, "run config").decode("utf-8"))
+        name = config["model"]["class_path"]
+        if isinstance(name, str):
+            return name
+    except (ConfigError, UnicodeDecodeError, yaml.YAMLError, RecursionError, KeyError, TypeError):
+        pass
+    try:
+        return checkpoint_module_class(load_checkpoint(run_dir / "checkpoints" / "last.ckpt"))
+    except ConfigError:
+        return None
+
+
+def find_last_checkpoint(root: Path, module_class: str) -> tuple[Path, int]:
+    """The `last.ckpt` of the newest run of `module_class` under `root`; never another run's.
+
+    A run whose last.ckpt is missing or unreadable is named, with its newest readable step_*.ckpt
+    offered, and a run whose task cannot be told stops the search: an older run is never taken silently.
+    """
     runs = sorted(
-        ((version_number(p.parents[1]), p) for p in root.glob("version_*/checkpoints/last.ckpt")), reverse=True
+        ((number, path) for path in root.glob("version_*") if (number := version_number(path)) is not None),
+        reverse=True,
     )
-    runs = [(version, path) for version, path in runs if version is not None]
-    if not runs:
-        raise ConfigError(
-            f"--ckpt_path last: nothing to resume, no {root}/version_*/checkpoints/last.ckpt; start a new run "
-            "without --ckpt_path"
-        )
-    for version, path in runs:
+    for _, run in runs:
+        if not (run / "checkpoints").is_dir():
+            continue  # it never saved a checkpoint: nothing of it to resume
+        task = run_task(run)
+        if task is None:
+            raise ConfigError(
+                f"--ckpt_path last: cannot tell which task {run} trained (its config.yaml and last.ckpt are "
+                "unreadable); pass the checkpoint to resume with --ckpt_path FILE"
+            )
+        if task != module_class:
+            continue
+        last = run / "checkpoints" / "last.ckpt"
         try:
-            if module_class is None or checkpoint_module_class(load_checkpoint(path)) == module_class:
-                return path, version
-        except ConfigError:
-            continue  # a truncated or foreign file: look at older runs
-    task = module_class.rsplit(".", 1)[-1]
+            validate_schema(load_checkpoint(last), last)
+        except ConfigError as error:
+            raise ConfigError(f"--ckpt_path last: {error}; {resume_hint(run)}") from None
+        return last, version_number(run)
     raise ConfigError(
-        f"--ckpt_path last: no run of {task} under {root} (the runs there are of other tasks); start a new run "
-        "without --ckpt_path"
+        f"--ckpt_path last: no run of {module_class.rsplit('.', 1)[-1]} with checkpoints under {root}; start a new "
+        "run without --ckpt_path"
     )
+
+
+def resume_hint(run_dir: Path) -> str:
+    """Resume from the run's newest readable step_*.ckpt, or start again."""
+    for path in sorted((run_dir / "checkpoints").glob("step_*.ckpt"), key=checkpoint_step, reverse=True):
+        try:
+            validate_schema(load_checkpoint(path), path)
+            return f"resume from its newest readable checkpoint with --ckpt_path {path}"
+        except ConfigError:
+            continue
+    return "it has no readable checkpoint: start a new run without --ckpt_path"
 
 
 def checkpoint_step(path: Path) -> int:

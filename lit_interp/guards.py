@@ -78,7 +78,26 @@ INTERRUPTED_BY: dict[str, int | None] = {"signal": None}
 
 class GracefulInterrupt(Callback):
     """The first Ctrl-C asks for what SIGTERM asks: Lightning finishes the current step and raises its
-    SIGTERMException, and StepCheckpoint writes a resumable last.ckpt. A second Ctrl-C interrupts at once."""
+    SIGTERMException, and StepCheckpoint writes a resumable last.ckpt. A second Ctrl-C interrupts at once.
+
+    A validation that is running when the signal comes is finished first (Lightning would stop it
+    half-way, and the resumed run would skip that validation point for good).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._deferred = False
+
+    @override
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        connector = trainer._signal_connector  # Lightning checks it right after this hook, mid-validation
+        if connector.received_sigterm and trainer.training is False and trainer.state.fn == "fit":
+            connector.received_sigterm, self._deferred = False, True
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._deferred:  # the training loop raises Lightning's SIGTERMException after this step
+            trainer._signal_connector.received_sigterm, self._deferred = True, False
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -33,11 +33,17 @@ def is_trusted_class(name: Any, trusted: tuple[str, ...] = ()) -> bool:
     return name in trusted or any(name.startswith(prefix + ".") for prefix in trusted_prefixes())
 
 
+def run_config_hint(path: Path) -> str:
+    """The config.yaml of the run a checkpoint is from (`<run>/checkpoints/x.ckpt`), for an error's fix."""
+    path = Path(path)
+    return str(path.parent.parent / "config.yaml") if path.parent.name == "checkpoints" else "the run's config.yaml"
+
+
 def untrusted_class_error(path: Path, what: str, name: Any) -> ConfigError:
     shown = name if isinstance(name, str) and CLASS_PATH.fullmatch(name) else repr(name)[:200]  # one line, always
     return ConfigError(
-        f"checkpoint {path} names {what} class {shown}, which is neither lit_interp's nor registered; pass the run's "
-        "config with --config (its config.yaml) or register the package under the lit_interp.tasks entry point"
+        f"checkpoint {path} names {what} class {shown}, which is neither lit_interp's nor registered; pass "
+        f"--config {run_config_hint(path)} or register the package under the lit_interp.tasks entry point"
     )
 
 
@@ -147,7 +153,7 @@ def task_config_of(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
     def part(hparams: dict[str, Any], what: str) -> dict[str, Any]:
         if "_class_path" not in hparams:
             raise ConfigError(
-                f"the checkpoint does not record its {what} class; pass --config with the run's config.yaml"
+                f"checkpoint {path} does not record its {what} class; pass --config {run_config_hint(path)}"
             )
         if not is_trusted_class(hparams["_class_path"]):
             raise untrusted_class_error(path, what, hparams["_class_path"])

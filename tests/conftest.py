@@ -13,6 +13,12 @@ from lit_interp.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+MODULAR_ADDITION_TINY = [
+    "--model.init_args.d_model=16",
+    "--model.init_args.d_head=4",
+    "--model.init_args.d_mlp=32",
+    "--data.init_args.p=23",
+]
 # Overrides that shrink each config's model so a run takes seconds on 2 cores.
 TINY = {
     "prev_token_digits": ["--model.init_args.d_model=16"],
@@ -24,6 +30,8 @@ TINY = {
         "--model.init_args.d_head=8",
         "--model.init_args.d_mlp=32",
     ],
+    "modular_addition": MODULAR_ADDITION_TINY,
+    "modular_addition_cpu": MODULAR_ADDITION_TINY,
 }
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 

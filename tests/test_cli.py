@@ -97,20 +97,18 @@ def test_resume_is_exact(config, tmp_path, monkeypatch):
     assert resumed["lr_schedulers"] == straight["lr_schedulers"]
 
 
-def test_resume_from_an_explicit_file_and_validate_it():
-    tiny_fit(
-        "bos_ints_attn_only",
-        "--trainer.max_steps=4",
-        "--trainer.val_check_interval=4",
-        "--checkpoint.every_n_train_steps=2",
-    )
-    tiny_fit(
-        "bos_ints_attn_only",
-        "--trainer.max_steps=6",
-        "--ckpt_path",
-        "lightning_logs/version_0/checkpoints/step_0000002.ckpt",
-    )
-    assert last_checkpoint()["global_step"] == 6
+def test_resuming_an_earlier_checkpoint_branches_into_a_new_run_and_validate_needs_only_it():
+    args = ["--trainer.val_check_interval=4", "--checkpoint.every_n_train_steps=2"]
+    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=4", *args)
+    parent = fingerprint(Path("lightning_logs/version_0"))
+    early = "lightning_logs/version_0/checkpoints/step_0000002.ckpt"
+    tiny_fit("bos_ints_attn_only", "--trainer.max_steps=6", "--ckpt_path", early, *args)
+    # The run went on to step 4: resuming its step-2 checkpoint in place would overwrite its later files.
+    assert fingerprint(Path("lightning_logs/version_0")) == parent
+    assert last_checkpoint(1)["global_step"] == 6
+    branched = json.loads(Path("lightning_logs/version_1/branched_from.json").read_text())
+    assert branched == {"run": "lightning_logs/version_0", "checkpoint": early, "step": 2, "parent_reached_step": 4}
+    before = fingerprint(Path("."))
     cli = run_cli(
         [
             "validate",
@@ -118,11 +116,12 @@ def test_resume_from_an_explicit_file_and_validate_it():
             str(CONFIGS / "bos_ints_attn_only.yaml"),
             *TINY["bos_ints_attn_only"],
             "--ckpt_path",
-            "lightning_logs/version_0/checkpoints/last.ckpt",
+            "lightning_logs/version_1/checkpoints/last.ckpt",
             *QUIET,
         ]
     )
     assert 0.0 <= float(cli.trainer.callback_metrics["val/acc"]) <= 1.0
+    assert fingerprint(Path(".")) == before, "validate evaluates a checkpoint and writes nothing"
 
 
 def fingerprint(root: Path) -> dict[str, str]:
@@ -141,8 +140,8 @@ BAD_ARGS = [
     (["--config", "{digits}", "--ckpt_path", "missing.ckpt"], "missing.ckpt"),
     (["--config", "{digits}", "--ckpt_path", "truncated.ckpt"], "truncated.ckpt"),
     (["--config", "{digits}", "--ckpt_path", "lightning_logs/version_1/checkpoints/last.ckpt"], "BosIntsModule"),
-    (["--config", "{bos}", "--ckpt_path", "lightning_logs/version_1/checkpoints/last.ckpt"], "shape"),
-    (["--config", "{digits}", "--trainer.val_check_interval=0"], "val_check_interval=0 must be positive"),
+    (["--config", "{bos}", "--ckpt_path", "lightning_logs/version_1/checkpoints/last.ckpt"], "d_model: 16 -> 128"),
+    (["--config", "{digits}", "--trainer.val_check_interval=0"], "val_check_interval=0 is not accepted"),
     (["--config", "{digits}", "--model.init_args.d_head=7"], "d_head=7 must be even"),
     (["--config", "{digits}", "--data.init_args.seed=-1"], "seed=-1 must be >= 0"),
     (["--config", "latin1.yaml"], "latin1.yaml is not UTF-8"),
@@ -150,7 +149,7 @@ BAD_ARGS = [
     (["--config", "{digits}", "--trainer.logger.init_args.save_dir=a_file"], "a_file/lightning_logs: Not a directory"),
     (["--config", "{digits}", "--data.init_args.batch_size=500000"], "batch_size=500000 with n_ctx=10 needs about"),
     (["--config", "{bos}", "--data.init_args.n_ctx=100000"], "n_ctx=100000 is longer than"),
-    (["--config", "{digits}", "--trainer.devices=0"], "devices=0 selects no device"),
+    (["--config", "{digits}", "--trainer.devices=0"], "trainer.devices=0 is not accepted"),
     (["--config", "{digits}", "--model.init_args.lr=abc"], "model.init_args.lr: expected a float, got 'abc'"),
     (["--config", "{digits}", "--seed_everything=abc"], "seed_everything: expected a bool or an int, got 'abc'"),
     (["--config", "{digits}", "--trainer.max_step=60"], "unrecognized arguments: --trainer.max_step=60"),
@@ -203,7 +202,9 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, needle, capsys, t
 def test_resume_last_with_nothing_to_resume_says_so(capsys):
     with pytest.raises(SystemExit):
         run_lit_interp("fit", "--ckpt_path", "last")
-    assert "nothing to resume" in capsys.readouterr().err
+    assert "--ckpt_path last: no run of PrevTokenDigitsModule with checkpoints under lightning_logs" in (
+        capsys.readouterr().err
+    )
     assert not Path("lightning_logs").exists()
 
 

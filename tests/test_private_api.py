@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CONFIGS, TINY, tiny_fit
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -15,7 +16,6 @@ from lit_interp.callbacks import ThrottledProgressBar
 from lit_interp.checkpoints import StepCheckpoint
 from lit_interp.commands.train import LitInterpCLI
 from lit_interp.tasks.base import TaskModule
-from tests.conftest import CONFIGS, TINY, tiny_fit
 
 NO_ANALYSIS = ["--trainer.callbacks=[]"]
 

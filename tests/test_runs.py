@@ -94,7 +94,7 @@ def test_csv_and_tensorboard_loggers_both_receive_the_analysis():
         "--trainer.log_every_n_steps=2",
         f"--trainer.logger={TENSORBOARD_AND_CSV}",
         "--trainer.callbacks.init_args.probe_batch_size=16",
-        "--trainer.callbacks.init_args.log_spaced=0",
+        "--trainer.callbacks.init_args.log_spaced_per_decade=0",
         "--trainer.callbacks.init_args.every_n_train_steps=2",
     )
     run = Path("lightning_logs/version_0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from lit_interp.analysis import attribution, circuits, patching, recurrence
+from lit_interp.analysis import attribution, circuits, fourier, patching, recurrence
 from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses
 from lit_interp.analysis.adversarial import adversarial_analysis
 from lit_interp.analysis.attribution import (
@@ -240,7 +240,8 @@ def activation_patching(context: AnalysisContext) -> tuple[Summary, Tensors]:
     if _is_recurrence(context):
         corrupted = recurrence.with_other_parameters(context.batch, context.datamodule.order)
     else:
-        corrupted = patching.corrupt_previous(context.batch, context.bos_token, context.model.cfg.d_vocab)
+        # Ids below d_vocab_out are answers; the rest (an "=" token) are not inputs to corrupt into.
+        corrupted = patching.corrupt_previous(context.batch, context.bos_token, context.model.cfg.d_vocab_out)
     losses, tensors = patching.activation_patching(context.model, context.task, context.batch, corrupted, context.cache)
     cfg = context.model.cfg
     scores = tensors.get("head_patching", torch.full((cfg.n_layers, cfg.n_heads), torch.nan))  # NaN: see the reason
@@ -276,6 +277,85 @@ def parameter_probes(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}) | {"probes": section}, {}
 
 
+def _is_modular_addition_data(context: AnalysisContext) -> bool:
+    """A datamodule holding a train/test split of the pairs mod p (`ModularAdditionDataModule`)."""
+    return all(hasattr(context.datamodule, name) for name in ("p", "train_pairs", "test_pairs"))
+
+
+def _is_modular_addition(context: AnalysisContext) -> bool:
+    """Modular addition data and a model with MLPs: what the Fourier progress measures read."""
+    return _is_modular_addition_data(context) and not context.model.cfg.attn_only
+
+
+def _all_pairs(context: AnalysisContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits at `=` over all p² pairs and the last layer's neurons there, once per snapshot."""
+    if "all_pairs" not in context.memo:
+        context.memo["all_pairs"] = fourier.all_pairs_run(context.model, context.datamodule.p)
+    return context.memo["all_pairs"]
+
+
+def _key_frequencies(context: AnalysisContext) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(key frequencies, the neurons' 2-D spectrum, each neuron's frequency and its share), once per snapshot."""
+    if "key_frequencies" not in context.memo:
+        _, neurons = _all_pairs(context)
+        spectrum = fourier.neuron_fourier(neurons)
+        frequency, fraction = fourier.neuron_frequencies(fourier.frequency_fractions(spectrum))
+        context.memo["key_frequencies"] = fourier.key_frequencies(frequency, fraction), spectrum, frequency, fraction
+    return context.memo["key_frequencies"]
+
+
+def fourier_spectra(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    model, p = context.processed, context.datamodule.p
+    embed = fourier.embedding_fourier_norms(model.W_E[:p])  # the number tokens, not `=`
+    neuron_logit = fourier.neuron_logit_fourier_norms(model.blocks[-1].mlp.W_out, model.W_U)
+    summary = {"embed_gini": fourier.gini(embed), "neuron_logit_gini": fourier.gini(neuron_logit)}
+    return {"fourier": summary}, {"embed_fourier_norms": embed, "neuron_logit_fourier_norms": neuron_logit}
+
+
+def neuron_frequencies(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    keys, spectrum, frequency, fraction = _key_frequencies(context)
+    explained = fraction.nan_to_num(0.0) >= fourier.NEURON_FRACTION
+    assigned = explained & torch.isin(frequency, torch.tensor(keys, dtype=torch.long, device=frequency.device))
+    summary = {
+        "key_frequencies": keys,
+        "n_key_frequencies": len(keys),
+        "neuron_fraction_explained": fraction.nanmean().item(),
+        "key_neuron_fraction": assigned.double().mean().item(),
+    }
+    return {"fourier": summary}, {
+        "neuron_fourier_norms": spectrum.pow(2).sum(-1).sqrt(),
+        "neuron_frequency": frequency.float(),
+        "neuron_frequency_fraction": fraction,
+    }
+
+
+def progress_measures(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    logits, _ = _all_pairs(context)
+    keys = _key_frequencies(context)[0]
+    data = context.datamodule
+    train_pairs = data.train_pairs.to(logits.device)
+    coefficients, mean_logits = fourier.logit_sum_coefficients(logits), logits.double().mean(0)
+    train_loss, train_acc = fourier.pair_loss_and_accuracy(logits, train_pairs)
+    test_loss, test_acc = fourier.pair_loss_and_accuracy(logits, data.test_pairs.to(logits.device))
+    summary = {
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "test_loss": test_loss,
+        "test_acc": test_acc,
+        "restricted_loss": fourier.restricted_loss(mean_logits, coefficients, keys),
+        "excluded_loss": fourier.excluded_loss(logits[train_pairs], train_pairs, coefficients, keys),
+        "sum_squared_weights": fourier.sum_squared_weights(context.model),
+    }
+    # What restricted and excluded loss with any other key frequencies (the final snapshot's) need.
+    tensors = {
+        "logit_sum_coefficients": coefficients,
+        "logit_mean": mean_logits,
+        "train_logits": logits[train_pairs],
+        "train_pairs": train_pairs.float(),
+    }
+    return {"progress_measures": summary}, tensors
+
+
 def _is_recurrence(context: AnalysisContext) -> bool:
     return not context.token_task and all(hasattr(context.datamodule, name) for name in ("order", "coefficient_bounds"))
 
@@ -304,11 +384,19 @@ BUILTIN_ANALYSES = [
     Analysis("neurons", neurons, applies=lambda context: not context.model.cfg.attn_only),
     Analysis("recurrence_loss", recurrence_loss, applies=_is_recurrence),
     Analysis("embedding_subspace", embedding_subspace, applies=lambda context: not context.token_task),
+    Analysis("fourier_spectra", fourier_spectra, applies=_is_modular_addition),
+    Analysis("neuron_frequencies", neuron_frequencies, applies=_is_modular_addition),
+    Analysis("progress_measures", progress_measures, applies=_is_modular_addition),
     Analysis("hook_mean_ablation", hook_mean_ablation, applies=lambda context: context.hook_mean_ablation),
     # One partial forward pass per head and mode: most of a snapshot's cost on the larger configs.
     Analysis("head_ablation", head_ablation, expensive=True),
     # Two forward passes on constructed inputs (like patching): a robustness check, not a training signal.
-    Analysis("adversarial_inputs", adversarial_inputs, applies=lambda context: context.token_task, expensive=True),
+    Analysis(
+        "adversarial_inputs",
+        adversarial_inputs,
+        applies=lambda context: context.token_task and not _is_modular_addition_data(context),  # [a, a, b]: no input
+        expensive=True,
+    ),
     Analysis("activation_patching", activation_patching, applies=_patchable, expensive=True),
     Analysis("backup_heads", backup_heads, expensive=True),
     Analysis("parameter_probes", parameter_probes, applies=_is_recurrence, expensive=True),

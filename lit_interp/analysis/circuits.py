@@ -39,13 +39,17 @@ def eigenvalue_scores(circuit: FactoredMatrix) -> HeadScores:
 
 
 def full_ov_factored(model: HookedTransformer) -> FactoredMatrix:
-    """W_E W_OV W_U per head as a FactoredMatrix [layer head d_vocab d_vocab], never formed: input to output, direct.
+    """W_E W_OV W_U per head as a FactoredMatrix [layer head shared shared], never formed: input to output, direct.
 
     For tokens, row s is what the head adds to the logits when it attends to token s; for the
     recurrence, W_E is the linear input map and W_U the output map, so it takes an attended input
     vector to what the head adds to the predicted vector (through ln_final's weight, not its scale).
+    Copying reads input id s against output id s (as `ov_copying_scores` does), so where the input
+    vocabulary is larger than the output's (an extra "=" token) only the shared ids are kept: a square
+    circuit, whose eigenvalues exist.
     """
-    return model.W_E @ model.OV @ model.W_U
+    shared = min(model.cfg.d_vocab, model.cfg.d_vocab_out)
+    return model.W_E[:shared] @ model.OV @ model.W_U[:, :shared]
 
 
 def effective_rank(

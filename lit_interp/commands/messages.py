@@ -16,6 +16,9 @@ def user_error_message(error: BaseException) -> str | None:
         if isinstance(cause, ConfigError):
             return str(cause)
         cause = cause.__cause__ or cause.__context__
+    if type(error).__module__.startswith("omegaconf"):
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return f"a config interpolation cannot be resolved ({first}); fix the ${{...}} reference"
     if isinstance(error, UnicodeDecodeError):
         return f"a config file is not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8"
     if is_out_of_memory(error):

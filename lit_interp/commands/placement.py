@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+BRANCHED_FROM_JSON = "branched_from.json"  # a run resumed from an earlier point of another: that run and step
 # Loggers whose runs live in `<save_dir>/<name>/version_N`, the run directory lit_interp writes into.
 VERSIONED_LOGGERS = ("TensorBoardLogger", "CSVLogger")
 
@@ -57,3 +58,21 @@ def purge_step(checkpoint: dict, trainer_config) -> int | None:
     max_steps (a finished run: the final save comes after everything it logs, and nothing replays)."""
     step, max_steps = int(checkpoint.get("global_step", 0)), trainer_config.get("max_steps") or -1
     return None if 0 < max_steps <= step else step
+
+
+def checkpoint_progress(run_dir: Path, resumed: Path) -> int:
+    """The furthest step the run checkpointed: its periodic checkpoints' steps, and its last.ckpt's when that is
+    not the checkpoint being resumed. (Snapshots after the last checkpoint are no progress: a resumed run
+    replays and re-logs them.)"""
+    from lit_interp.checkpoints import checkpoint_step, load_checkpoint
+    from lit_interp.errors import ConfigError
+
+    steps = [checkpoint_step(path) for path in (run_dir / "checkpoints").glob("step_*.ckpt")]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.is_file() and last.resolve() != Path(resumed).resolve():
+        try:
+            step = load_checkpoint(last).get("global_step")
+            steps += [step] if isinstance(step, int) else []
+        except ConfigError:
+            pass  # an unreadable last.ckpt records no progress
+    return max(steps, default=0)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import LearningRateMonitor, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
@@ -24,10 +25,12 @@ from lit_interp import checkpoints, rundir
 from lit_interp import loggers as logging_utils
 from lit_interp.callbacks import AnalysisSnapshots, ThrottledProgressBar
 from lit_interp.commands.arguments import USER_ERROR_EXIT, fail
-from lit_interp.commands.checks import check_trainer_values, reject_linked_model_values
+from lit_interp.commands.checks import check_checkpoint_values, check_command_line, check_seed, check_trainer_values
 from lit_interp.commands.messages import user_error_message
-from lit_interp.commands.placement import place_loggers, purge_step, runs_root
+from lit_interp.commands.placement import BRANCHED_FROM_JSON, checkpoint_progress, place_loggers, purge_step, runs_root
+from lit_interp.commands.resume import check_resume, record_resume
 from lit_interp.errors import ConfigError
+from lit_interp.files import write_json
 from lit_interp.guards import INTERRUPTED_BY, FiniteLossGuard, GracefulInterrupt, NonFiniteLossError
 from lit_interp.memory import require_batch_fits
 from lit_interp.rebuild import is_trusted_class, task_config_of, untrusted_class_error
@@ -40,6 +43,7 @@ TASK_OPTIONS = ("--config", "-c", "--model", "--data", "--model.class_path", "--
 # lit_interp's own trainer defaults for every task (a config's trainer block comes on top).
 TRAINER_DEFAULTS = {
     "max_epochs": -1,
+    "enable_model_summary": False,  # its FLOPs column reads 0 here; one line at the start says what trains
     "check_val_every_n_epoch": None,
     "precision": None,
     "logger": {
@@ -85,7 +89,13 @@ def config_defaults(task_given: bool) -> dict[str, Any]:
 
 
 class SaveAndLogConfig(SaveConfigCallback):
-    """Writes config.yaml into the run directory and shows the resolved config in TensorBoard."""
+    """Writes config.yaml into the run directory and shows the resolved config in TensorBoard (fit only:
+    validate and test evaluate a checkpoint and write no run)."""
+
+    @override
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
 
     @override
     def save_config(self, trainer, pl_module, stage: str) -> None:
@@ -107,6 +117,8 @@ class LitInterpCLI(LightningCLI):
         self.task_given = any(arg.split("=")[0] in TASK_OPTIONS for arg in argv)
         self.run_dir: Path | None = None
         self.checkpoint: dict[str, Any] | None = None
+        self.branched_from: dict[str, Any] | None = None  # a rewind: the run and step this new version continues
+        self.resume_changes: dict[str, Any] = {}  # the allowed config changes of a resume, recorded in the run
         self._lock: rundir.RunLock | None = None
         self._created: list[Path] = []  # directories this command made, removed again if it fails before writing
         try:
@@ -152,6 +164,17 @@ class LitInterpCLI(LightningCLI):
         parser.set_defaults(config_defaults(self.task_given))
 
     @override
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then refuse the values Lightning would turn into a traceback (before any seed is set)."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand is not None:
+            config = self.config[subcommand]
+            check_seed(config.get("seed_everything"))
+            check_trainer_values(config.trainer)
+            check_checkpoint_values(config.get("checkpoint"))
+
+    @override
     def _parse_ckpt_path(self) -> None:
         """Resolve `--ckpt_path` (`last` or a file) before anything is built or written (replaces Lightning's,
         which would import the class a checkpoint names before anything checks it)."""
@@ -193,7 +216,6 @@ class LitInterpCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         trainer = config.trainer
-        check_trainer_values(trainer)
         on_gpu = torch.cuda.is_available() and trainer.accelerator not in ("cpu",)
         if trainer.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
             raise ConfigError(
@@ -206,7 +228,17 @@ class LitInterpCLI(LightningCLI):
             # The embedding's backward accumulates in thread order on CPU; deterministic
             # kernels cost ~no speed here and make runs and resumes bit-identical.
             trainer.deterministic = True
+        if self.subcommand != "fit":
+            # An evaluation prints its metrics and writes nothing: no run directory, no logger, and the
+            # checkpoint callback pointed at the checkpoint's own directory (it saves nothing here).
+            trainer.logger = False
+            if config.get("checkpoint") is not None and config.ckpt_path:
+                config.checkpoint.dirpath = str(Path(config.ckpt_path).parent)
+            return
         self.run_dir = self._choose_run_dir(config)
+        if self.checkpoint is not None:
+            parent = Path(self.branched_from["run"]) if self.branched_from else self.run_dir
+            self.resume_changes = check_resume(parent, self.checkpoint, config.as_dict())
         if config.get("checkpoint") is not None and not config.checkpoint.dirpath:
             config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
 
@@ -220,6 +252,7 @@ class LitInterpCLI(LightningCLI):
             new_roots = [path for path in (root, *root.parents) if not path.exists()]
             resumed = self.subcommand == "fit" and config.ckpt_path
             version = checkpoints.version_of(Path(config.ckpt_path), root) if resumed else None
+            version = None if version is not None and self._rewinds(root / f"version_{version}") else version
             if version is None:
                 run_dir = rundir.create_new_run(root)
                 self._created = [run_dir, *new_roots]
@@ -229,6 +262,17 @@ class LitInterpCLI(LightningCLI):
             os.environ[rundir.RUN_DIR_ENV] = str(run_dir)
         place_loggers(config.trainer, run_dir, self.checkpoint if self.subcommand == "fit" else None)
         return run_dir
+
+    def _rewinds(self, run_dir: Path) -> bool:
+        """Whether the checkpoint is behind where its run went on to: resuming it in place would overwrite the run's
+        later checkpoints and snapshots with another history, so it branches into a new version instead."""
+        step = self.checkpoint["global_step"]
+        reached = checkpoint_progress(run_dir, Path(self.config.fit.ckpt_path))
+        if reached <= step:
+            return False
+        self.branched_from = {"run": str(run_dir), "checkpoint": self.config.fit.ckpt_path, "step": step}
+        self.branched_from["parent_reached_step"] = reached
+        return True
 
     def _discard_unused_run(self) -> None:
         """A run that failed before writing anything leaves nothing behind (nor the directories made for it)."""
@@ -255,7 +299,11 @@ class LitInterpCLI(LightningCLI):
         kwargs["callbacks"] = self._callbacks(trainer)
         if not trainer.get("plugins"):
             kwargs["plugins"] = [checkpoints.AtomicCheckpointIO()]
-        created = super().instantiate_trainer(**kwargs)
+        try:
+            created = super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ModuleNotFoundError) as error:  # a trainer value Lightning refuses
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ConfigError(f"trainer: {first}") from None
         for callback in created.callbacks:
             if isinstance(callback, AnalysisSnapshots):
                 callback.run_dir = self.run_dir
@@ -280,24 +328,84 @@ class LitInterpCLI(LightningCLI):
     def _before_run(self) -> None:
         if self.checkpoint is not None and self.subcommand == "fit":
             checkpoints.check_same_world_size(self.checkpoint, self.config.fit.ckpt_path, self.trainer.world_size)
+            if self.trainer.is_global_zero:
+                self._record_resume()
+        if self.subcommand == "fit" and self.trainer.is_global_zero:
+            print(f"lit_interp: {self._what_trains()}", file=sys.stderr)
         startup_done()
+
+    def _what_trains(self) -> str:
+        """One line: the task, its size, precision and device, the run directory, and the steps ahead."""
+        parameters = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        start = self.checkpoint["global_step"] if self.checkpoint is not None else 0
+        device = self.trainer.strategy.root_device.type
+        what = f"{type(self.model).__name__} ({parameters:,} parameters, {trainable:,} trained; "
+        what += f"{self.trainer.precision} on {device} x{self.trainer.world_size})"
+        verb = "resuming" if start else "training"
+        return f"{verb} {what} in {self.run_dir}, steps {start} to {self.trainer.max_steps}"
+
+    def _record_resume(self) -> None:
+        """What a resume is, said once and kept in the run: a branch, the changes, or a finished run."""
+        step, max_steps = self.checkpoint["global_step"], self.trainer.max_steps
+        if self.branched_from is not None:
+            write_json(self.run_dir / BRANCHED_FROM_JSON, self.branched_from)
+            print(
+                f"lit_interp: {self.branched_from['run']} went on to step {self.branched_from['parent_reached_step']}; "
+                f"continuing from step {step} in a new run, {self.run_dir}",
+                file=sys.stderr,
+            )
+        record_resume(self.run_dir, step, self.resume_changes)
+        if 0 < max_steps <= step:
+            print(
+                f"lit_interp: {self.run_dir} is finished (step {step}, max_steps={max_steps}); nothing to train: "
+                "raise --trainer.max_steps to continue it",
+                file=sys.stderr,
+            )
 
     before_fit = before_validate = before_test = _before_run
 
 
-def run_cli(args: list[str] | None = None) -> LitInterpCLI:
-    """The command in-process (tests, notebooks): exceptions propagate; `main` turns user errors into one line."""
+class LightningNoise(logging.Filter):
+    """Lightning's lines a researcher does not need: an advert, absent accelerators, what lit_interp says itself."""
+
+    DROPPED = ("💡 Tip", "GPU available", "TPU available", "HPU available", "Received SIGTERM", "Bypassing", "Restor")
+
+    @override
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.DROPPED)
+
+
+NOISY_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch.trainer.connectors.signal_connector")
+NOISY_WARNINGS = (
+    "LightningCLI's args parameter is intended",  # lit_interp passes its own argv on, not a second command line
+    ".*treespec.*",  # a deprecation inside Lightning's own code
+    "Checkpoint directory .* exists and is not empty",  # a resumed run writes into its own checkpoints/
+    "Experiment logs directory .* exists and is not empty",  # continue_csv_metrics keeps the rows
+)
+
+
+def quiet_lightning() -> None:
     # The seed is in the run's config.yaml; its log line would sit between a user's command and its one-line error.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    # `python -m lit_interp` passes its own argv on: the same list as sys.argv, not a second command line.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended", category=UserWarning)
+    for name in NOISY_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(existing, LightningNoise) for existing in logger.filters):
+            logger.addFilter(LightningNoise())
+    for message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+
+
+def run_cli(args: list[str] | None = None) -> LitInterpCLI:
+    """The command in-process (tests, notebooks): exceptions propagate; `main` turns user errors into one line."""
+    quiet_lightning()
     return LitInterpCLI(args)
 
 
 def main(argv: list[str]) -> None:
     """fit, validate or test: a user's mistake is one line and exit 2; Ctrl-C or SIGTERM leave a resumable run."""
     try:
-        reject_linked_model_values(argv)
+        check_command_line(argv)
         run_cli(argv)
     except NonFiniteLossError as error:
         print(f"lit_interp: error: {error}", file=sys.stderr)

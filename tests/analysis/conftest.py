@@ -8,6 +8,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule, AffineRecurrenceModule
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
+from lit_interp.tasks.modular_addition import ModularAdditionDataModule, ModularAdditionModule
 from lit_interp.tasks.prev_token_digits import DigitsDataModule, PrevTokenDigitsModule
 
 
@@ -37,10 +38,13 @@ def tiny_task(name: str):
             n_ctx=13, d_vocab=40, first_target_pos=2, n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32
         )
         return module, AffineRecurrenceDataModule(batch_size=8)
+    if name == "modular_addition":
+        module = ModularAdditionModule(d_vocab=24, d_model=16, n_heads=2, d_head=8, d_mlp=32)
+        return module, ModularAdditionDataModule(p=23)
     raise ValueError(name)
 
 
-TASKS = ["prev_token_digits", "bos_ints_attn_only", "bos_ints_mlp", "affine_recurrence"]
+TASKS = ["prev_token_digits", "bos_ints_attn_only", "bos_ints_mlp", "affine_recurrence", "modular_addition"]
 
 
 def hooked(**config) -> HookedTransformer:

@@ -153,6 +153,21 @@ def test_full_circuit_eigenvalue_score_of_a_token_permutation_is_zero_and_of_nan
     assert eigenvalue_scores(full_ov_factored(model)).isnan().all()
 
 
+def test_full_circuit_eigenvalue_score_reads_the_ids_input_and_output_share():
+    """An input vocabulary of 12 with an output vocabulary of 8 (extra input tokens, as an "=" token): the head
+    copies ids 0-7 and maps the extra inputs onto the negated outputs, which the shared-id circuit leaves out."""
+    model = hooked(d_vocab=12, d_vocab_out=8)
+    with torch.no_grad():
+        model.embed.W_E[:] = torch.eye(16)[:12]
+        model.unembed.W_U[:] = torch.eye(16)[:, :8] - torch.cat([torch.zeros(8, 8), torch.eye(8)[:4].repeat(2, 1)])
+        model.blocks[0].attn.W_V[0] = torch.eye(16)
+        model.blocks[0].attn.W_O[0] = torch.eye(16)
+    circuit = full_ov_factored(model)
+    assert circuit.shape == (1, 1, 8, 8)
+    torch.testing.assert_close(circuit.AB[0, 0], full_ov_circuits(model)[0, 0, :8])
+    assert eigenvalue_scores(circuit).item() == pytest.approx(1.0, abs=1e-5)
+
+
 def test_full_circuit_eigenvalue_score_of_a_vector_head_reads_input_to_output():
     """Vector inputs: W_E maps 5-dim inputs into d_model, W_U back; a head adding its attended input scores +1."""
     module = AffineRecurrenceModule(

@@ -36,12 +36,15 @@ def test_corruption_replaces_only_the_input_the_last_answer_comes_from():
     assert torch.equal(corrupted[:, [0, 1, 2, 4]], vectors[:, [0, 1, 2, 4]])
 
 
-@pytest.mark.parametrize("task", ["prev_token_digits", "bos_ints_attn_only", "bos_ints_mlp"])
+@pytest.mark.parametrize("task", ["prev_token_digits", "bos_ints_attn_only", "bos_ints_mlp", "modular_addition"])
 def test_token_corruption_changes_the_last_answer_of_every_sequence(task):
     module, data = tiny_task(task)
     batch = data.make_batch(Stream.PROBE, 0, 256)
-    corrupted = corrupt_previous(batch, getattr(data, "bos_token", None), data.d_vocab)
+    d_vocab_out = module.model.cfg.d_vocab_out  # what activation_patching passes: answers only, never "="
+    corrupted = corrupt_previous(batch, getattr(data, "bos_token", None), d_vocab_out)
     assert (module.targets(corrupted)[:, -1] != module.targets(batch)[:, -1]).all()
+    changed = corrupted[:, -2] != batch[:, -2]
+    assert changed.all() and (corrupted[:, -2] < d_vocab_out).all()
     if hasattr(data, "bos_token"):
         assert (corrupted[:, 1:] != data.bos_token).all()
 

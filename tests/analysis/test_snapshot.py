@@ -81,6 +81,28 @@ EXPECTED = {
         expensive_sections={"probes"},
         tensors={"neuron_firing_frequency", "positional_qk_circuit.L1H1"},
     ),
+    "modular_addition": dict(
+        metric="acc",
+        heads={"ov_copying_score"},
+        absent_heads={"duplicate_score", "induction_score"},  # [a, b, =] cannot hold a repeated segment
+        absent_tensors={"repeated_sequence_patterns"},
+        sections={"fourier", "progress_measures"},
+        layers={"logit_lens_acc", "mlp_direct_attribution", "dead_neuron_fraction"},
+        tensors={
+            "example_inputs",
+            "positional_qk_circuit.L0H1",
+            "ov_neuron_circuit.L0H1",
+            "embed_fourier_norms",
+            "neuron_logit_fourier_norms",
+            "neuron_fourier_norms",
+            "neuron_frequency",
+            "neuron_frequency_fraction",
+            "logit_sum_coefficients",
+            "logit_mean",
+            "train_logits",
+            "train_pairs",
+        },
+    ),
 }
 ALWAYS_TENSORS = {
     "attention_patterns",
@@ -114,8 +136,9 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
     assert set(summary["metrics"]) == {expected["metric"]}
     labels = module.model.all_head_labels()
     assert list(summary["heads"]) == labels
+    absent_heads = expected.get("absent_heads", set())
     assert all(
-        set(scores) == COMMON_HEAD_KEYS | EXPENSIVE_HEAD_KEYS | expected["heads"]
+        set(scores) == (COMMON_HEAD_KEYS | EXPENSIVE_HEAD_KEYS | expected["heads"]) - absent_heads
         for scores in summary["heads"].values()
     )
     n_layers = module.model.cfg.n_layers
@@ -139,7 +162,9 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
     if "term_importance" in expected["sections"]:
         assert set(summary["term_importance"]) == {"layer", "direct", "k_comp", "q_comp", "kq_comp"}
     assert summary["layers"][str(n_layers)]["logit_lens_loss"] == pytest.approx(summary["loss"], rel=1e-5)
-    assert ALWAYS_TENSORS | EXPENSIVE_TENSORS | expected["tensors"] <= set(tensors)
+    always = ALWAYS_TENSORS - expected.get("absent_tensors", set())
+    assert always | EXPENSIVE_TENSORS | expected["tensors"] <= set(tensors)
+    assert not expected.get("absent_tensors", set()) & set(tensors)
     assert (PATCHING_TENSORS <= set(tensors)) == ("reason" not in summary["patching"])
     assert PATCHING_TENSORS & set(tensors) in (set(), PATCHING_TENSORS)
     json.dumps(summary, allow_nan=True)
@@ -195,11 +220,17 @@ for task in TASKS:
     assert torch.isnan(head_singular_values(module.model)["qk"]).all()
     summary, _ = run_analysis(module, data, step=1, probe_batch_size=8)
     keys = ("ov_eigen_score", "qk_eigen_score", "ov_effective_rank", "direct_attribution", "zero_ablation_loss",
-            "prev_token_score", "attention_entropy", "induction_score")
+            "prev_token_score", "attention_entropy")
+    keys += () if task == "modular_addition" else ("induction_score",)  # [a, b, =] holds no repeat
     for key in keys:
         assert math.isnan(summary["heads"]["L0H0"][key]), (task, key)
     if "composition" in summary:
         assert math.isnan(summary["composition"]["q"][0][-1])
+    if "fourier" in summary:
+        assert math.isnan(summary["fourier"]["embed_gini"]) and math.isnan(summary["fourier"]["neuron_logit_gini"])
+        assert summary["fourier"]["key_frequencies"] == []
+        measures = summary["progress_measures"]
+        assert all(math.isnan(value) for key, value in measures.items() if key != "sum_squared_weights"), measures
 print("ok")
 """
 
