@@ -22,7 +22,7 @@ def read_scalars(run: Path, skip_prefixes: tuple[str, ...] = ("analysis/",)) -> 
 
 def read_event_files(run: Path) -> dict[str, Series]:
     """Scalars from `events.out.tfevents.*` directly in `run` (the TensorBoardLogger's version directory)."""
-    files = sorted(run.glob("events.out.tfevents.*"))
+    files = sorted(path for path in run.glob("events.out.tfevents.*") if path.is_file())  # never a FIFO: it blocks
     if not files:
         return {}
     from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator

@@ -213,7 +213,27 @@ def check_summary(summary: Any, path: Path) -> dict[str, Any]:
         values = summary.get(section, {})
         if not isinstance(values, dict) or not all(map(is_number_or_null, values.values())):
             raise _schema_error(path, f"has a '{section}' section that is not a mapping of names to numbers")
+    if "composition" in summary and not is_composition(summary["composition"]):
+        raise _schema_error(path, "has a 'composition' section that is not labels and square [writer reader] scores")
     return summary
+
+
+def is_composition(section: Any) -> bool:
+    """`{"labels": [head, ...], "q"|"k"|"v": [[score or null, ...], ...]}`, every matrix labels x labels."""
+    if not isinstance(section, dict) or not isinstance(section.get("labels"), list):
+        return False
+    labels = section["labels"]
+    if not all(isinstance(label, str) for label in labels):
+        return False
+    matrices = [value for key, value in section.items() if key != "labels"]
+    return all(
+        isinstance(matrix, list)
+        and len(matrix) == len(labels)
+        and all(
+            isinstance(row, list) and len(row) == len(labels) and all(map(is_number_or_null, row)) for row in matrix
+        )
+        for matrix in matrices
+    )
 
 
 def snapshot_probe_size(checkpoint: dict[str, Any]) -> int | None:

@@ -29,6 +29,8 @@ KEY_HPARAMS = (
     "n_ctx",
     "d_vocab",
     "order",
+    "p",
+    "train_fraction",
 )
 
 

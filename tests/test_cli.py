@@ -159,6 +159,48 @@ BAD_ARGS = [
         if not torch.cuda.is_available()
         else []
     ),
+    # Trainer values Lightning refuses with a traceback, or runs and crashes on.
+    *(
+        (["--config", "{digits}", f"--trainer.{key}={value}"], f"trainer.{key}={shown} is not accepted")
+        for key, value, shown in [
+            ("devices", "-3", "-3"),
+            ("devices", "abc", "abc"),
+            ("strategy", "nonsense", "nonsense"),
+            ("strategy", "deepspeed", "deepspeed"),
+            ("strategy", "fsdp", "fsdp"),
+            ("val_check_interval", "2.5", "2.5"),
+            ("val_check_interval", "1e-9", "1e-09"),
+            ("accumulate_grad_batches", "0", "0"),
+            ("gradient_clip_algorithm", "bogus", "bogus"),
+            ("gradient_clip_val", "-1", "-1"),
+            ("log_every_n_steps", "-1", "-1"),
+            ("max_time", "garbage", "garbage"),
+            ("fast_dev_run", "-1", "-1"),
+            ("num_nodes", "0", "0"),
+            ("limit_val_batches", "-1", "-1"),
+            ("accelerator", "tpu", "tpu"),
+            ("accelerator", "mps", "mps"),
+            ("precision", "transformer-engine", "transformer-engine"),
+            ("precision", "64-true", "64-true"),
+        ]
+    ),
+    *(
+        [(["--config", "{digits}", "--trainer.devices=[0,1]"], "trainer.devices=[0, 1] is not accepted")]
+        if not torch.cuda.is_available()
+        else []
+    ),
+    (["--config", "{digits}", "--checkpoint.every_n_train_steps=-1"], "checkpoint.every_n_train_steps=-1 must be"),
+    (["--config", "{digits}", "--seed_everything=-1"], "seed_everything=-1 must be an integer from 0 to 4294967295"),
+    (["--config", "{digits}", f"--seed_everything={2**70}"], f"seed_everything={2**70} must be an integer"),
+    (["--config", "{digits}", "--trainer.default_root_dir=" + "x" * 300], "longer than the filesystem allows"),
+    # Interpolations: unresolvable, circular, or reading a secret into the saved config.
+    (["--config", "{digits}", "--config", "nope.yaml"], "cannot be resolved (Interpolation key 'nope' not found)"),
+    (["--config", "{digits}", "--config", "loop.yaml"], "cannot be resolved (Recursive interpolation detected)"),
+    (["--config", "{digits}", "--config", "env.yaml"], "env.yaml reads an environment variable"),
+    (["--config", "{digits}", "--model.init_args.lr=${oc.env:HOME}"], "an option reads an environment variable"),
+    # A model on another task's data.
+    (["--model", "{bos_module}", "--data", "{digits_data}"], "BosIntsModule learns sequences that start with BOS"),
+    (["--model", "{recurrence_module}", "--data", "{digits_data}"], "AffineRecurrenceModule cannot train on"),
 ]
 
 
@@ -187,10 +229,22 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(args, needle, capsys, t
     Path("latin1.yaml").write_bytes("trainer:\n  max_steps: 2 # caf\xe9\n".encode("latin-1"))
     Path("a_file").write_text("not a directory")
     Path("truncated.ckpt").write_bytes(Path("lightning_logs/version_0/checkpoints/last.ckpt").read_bytes()[:2000])
+    Path("nope.yaml").write_text("model:\n  init_args:\n    d_model: ${nope}\n")
+    Path("loop.yaml").write_text(
+        "model:\n  init_args:\n    d_model: ${model.init_args.d_head}\n    d_head: ${model.init_args.d_model}\n"
+    )
+    Path("env.yaml").write_text("model:\n  init_args:\n    lr: ${oc.env:HOME}\n")
     before = fingerprint(tmp_path)
     capsys.readouterr()
     names = {"digits": "prev_token_digits", "bos": "bos_ints_attn_only", "recurrence": "affine_recurrence"}
-    args = [a.format(**{k: str(CONFIGS / f"{v}.yaml") for k, v in names.items()}) for a in args]
+    classes = {
+        "bos_module": "lit_interp.tasks.bos_ints.BosIntsModule",
+        "recurrence_module": "lit_interp.tasks.affine_recurrence.AffineRecurrenceModule",
+        "digits_data": "lit_interp.tasks.prev_token_digits.DigitsDataModule",
+    }
+    values = {k: str(CONFIGS / f"{v}.yaml") for k, v in names.items()} | classes
+    for name, value in values.items():
+        args = [arg.replace("{" + name + "}", value) for arg in args]
     with pytest.raises(SystemExit) as exit_info:
         run_lit_interp("fit", *args)
     assert exit_info.value.code == 2

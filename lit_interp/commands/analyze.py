@@ -125,6 +125,7 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     from lit_interp.rebuild import config_classes, rebuild
     from lit_interp.report.checkpoint import checkpoint_report
     from lit_interp.snapshots import snapshot_probe_size
+    from lit_interp.threads import choose_threads, use_threads
 
     path = args.ckpt_path
     out = output_dir(args.out, path.parent / f"analysis_{path.stem}", args.overwrite)
@@ -135,6 +136,8 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     module, datamodule = rebuild(checkpoint, path, trusted)
     probe_batch_size = args.probe_batch_size or snapshot_probe_size(checkpoint) or DEFAULT_PROBE_BATCH_SIZE
     require_batch_fits(module.model.cfg, probe_batch_size, "--probe_batch_size")
+    if device == "cpu":
+        use_threads(choose_threads(None, module.model.cfg, probe_batch_size))
     module.to(device)
     step = checkpoint.get("global_step", 0)
     hooks = not (args.no_hook_mean_ablation or args.no_sweep_hooks)

@@ -25,6 +25,7 @@ ALLOWED = (
     "trainer.val_check_interval",
     "trainer.num_sanity_val_steps",
     "trainer.profiler",
+    "threads",  # a resumed run keeps its own count unless told otherwise
 )
 NOT_RECORDED = ("config", "ckpt_path", "checkpoint.dirpath", "trainer.logger.init_args.", "trainer.default_root_dir")
 

@@ -21,7 +21,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
-from lit_interp import checkpoints, rundir
+from lit_interp import checkpoints, rundir, threads
 from lit_interp import loggers as logging_utils
 from lit_interp.callbacks import AnalysisSnapshots, ThrottledProgressBar
 from lit_interp.commands.arguments import USER_ERROR_EXIT, fail
@@ -119,6 +119,7 @@ class LitInterpCLI(LightningCLI):
         self.checkpoint: dict[str, Any] | None = None
         self.branched_from: dict[str, Any] | None = None  # a rewind: the run and step this new version continues
         self.resume_changes: dict[str, Any] = {}  # the allowed config changes of a resume, recorded in the run
+        self.thread_choice: threads.ThreadChoice | None = None
         self._lock: rundir.RunLock | None = None
         self._created: list[Path] = []  # directories this command made, removed again if it fails before writing
         try:
@@ -161,6 +162,12 @@ class LitInterpCLI(LightningCLI):
         for name in LINKED_ARGUMENTS:
             parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
         parser.add_lightning_class_args(checkpoints.StepCheckpoint, "checkpoint")
+        parser.add_argument(
+            "--threads",
+            type=int | None,
+            default=None,
+            help=f"intra-op CPU threads (default: chosen from a step's work; or set {threads.ENVIRONMENT})",
+        )
         parser.set_defaults(config_defaults(self.task_given))
 
     @override
@@ -295,6 +302,8 @@ class LitInterpCLI(LightningCLI):
         if isinstance(getattr(self.model, "model", None), torch.nn.Module) and self.datamodule is not None:
             require_batch_fits(self.model.model.cfg, self.datamodule.batch_size)
             require_batch_fits(self.model.model.cfg, self.datamodule.val_batch_size, "data.val_batch_size")
+            self.model.check_data(self.datamodule)
+        self._choose_threads()
         trainer = {**self.config_init[self.subcommand].trainer, **kwargs}
         kwargs["callbacks"] = self._callbacks(trainer)
         if not trainer.get("plugins"):
@@ -312,6 +321,21 @@ class LitInterpCLI(LightningCLI):
                 if isinstance(logger, CSVLogger):
                     logging_utils.continue_csv_metrics(logger, purge_step(self.checkpoint, self.config.fit.trainer))
         return created
+
+    def _choose_threads(self) -> None:
+        """The intra-op thread count of a CPU run (lit_interp.threads); GPU runs keep PyTorch's."""
+        config = self.config[self.subcommand]
+        requested = threads.parse_count(config.get("threads"), "--threads")
+        on_gpu = torch.cuda.is_available() and config.trainer.accelerator not in ("cpu",)
+        model = getattr(self.model, "model", None)
+        if on_gpu or model is None or self.datamodule is None:
+            self.thread_choice = None
+            return
+        resumed = (self.checkpoint or {}).get("lit_interp", {}).get("threads")
+        resumed = resumed if isinstance(resumed, int) and 1 <= resumed <= threads.MAX_THREADS else None
+        devices = config.trainer.devices if isinstance(config.trainer.devices, int) else 1
+        self.thread_choice = threads.choose_threads(requested, model.cfg, self.datamodule.batch_size, devices, resumed)
+        threads.use_threads(self.thread_choice)
 
     def _callbacks(self, trainer: dict[str, Any]) -> list:
         """The config's callbacks, the guards before them (the analysis never sees a diverged step), and ours after."""
@@ -341,7 +365,8 @@ class LitInterpCLI(LightningCLI):
         start = self.checkpoint["global_step"] if self.checkpoint is not None else 0
         device = self.trainer.strategy.root_device.type
         what = f"{type(self.model).__name__} ({parameters:,} parameters, {trainable:,} trained; "
-        what += f"{self.trainer.precision} on {device} x{self.trainer.world_size})"
+        what += f"{self.trainer.precision} on {device} x{self.trainer.world_size}"
+        what += f", {self.thread_choice})" if self.thread_choice is not None else ")"
         verb = "resuming" if start else "training"
         return f"{verb} {what} in {self.run_dir}, steps {start} to {self.trainer.max_steps}"
 

@@ -203,13 +203,7 @@ def slider_sections(snapshots: list[Snapshot]) -> tuple[Section | None, list[Sec
     circuit_budget = (MAX_SLIDER_VALUES - min(attention_values, budget)) // max(1, len(circuits))
     attention_section, sections = None, []
     if attention:
-        titles = head_labels(*attention[-1][1].shape[:2])
-        frames = [(step, [m for layer in array for m in layer]) for step, array in attention]
-        figure = step_slider(frames, titles, attention_scale(), Axes("key_pos", "query_pos"), budget)
-        note = (
-            "Mean attention on the probe batch; move the slider to step through the snapshots (colour fixed to [0, 1])."
-        )
-        attention_section = Section("Attention patterns across training", [embed(figure)], note)
+        attention_section = attention_slider(attention, budget)
     for group, (frames, titles, shape, block) in circuits.items():
         heading, x_name, y_name, value_name = SLIDER_GROUPS[group]
         axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
@@ -221,8 +215,27 @@ def slider_sections(snapshots: list[Snapshot]) -> tuple[Section | None, list[Sec
     return attention_section, sections
 
 
+def frame_side(n_matrices: int, budget: int) -> int:
+    """The largest side (at most SLIDER_MAX_SIDE) at which two frames of `n_matrices` square matrices fit `budget`."""
+    return max(4, min(SLIDER_MAX_SIDE, math.isqrt(max(budget // (2 * max(n_matrices, 1)), 1))))
+
+
+def attention_slider(attention: list[tuple[int, np.ndarray]], budget: int) -> Section:
+    """Each head's mean pattern on a step slider, block means past the side the budget allows (any n_ctx)."""
+    n_layers, n_heads, n_query, n_key = attention[-1][1].shape
+    side = frame_side(n_layers * n_heads, budget)
+    frames = [(step, [shrink(m, side)[0] for layer in array for m in layer]) for step, array in attention]
+    block = shrink(attention[-1][1][0, 0], side)[1]
+    axes = Axes("key_pos", "query_pos", block_labels(n_key, block), block_labels(n_query, block))
+    figure = step_slider(frames, head_labels(n_layers, n_heads), attention_scale(), axes, budget)
+    note = "Mean attention on the probe batch; move the slider to step through the snapshots (colour fixed to [0, 1])."
+    note += f" Shown as means over {block}x{block} blocks of positions." if block > 1 else ""
+    return Section("Attention patterns across training", [embed(figure)], note)
+
+
 def circuit_frames(loaded: list[tuple[int, dict[str, np.ndarray]]], group: str):
-    """(step, per-head matrices shrunk to MAX_SIDE) of steps with the last step's heads; titles, shape, block."""
+    """(step, per-head matrices shrunk to fit a quarter of the budget) of steps with the last step's heads; titles,
+    shape, block."""
     frames = [
         (step, {name: array for name, array in tensors.items() if name.startswith(group + ".") and array.ndim == 2})
         for step, tensors in loaded
@@ -232,9 +245,10 @@ def circuit_frames(loaded: list[tuple[int, dict[str, np.ndarray]]], group: str):
         return None
     heads = list(frames[-1][1])
     shape = frames[-1][1][heads[0]].shape
-    block = shrink(frames[-1][1][heads[0]], SLIDER_MAX_SIDE)[1]
+    side = frame_side(len(heads), MAX_SLIDER_VALUES // 4)
+    block = shrink(frames[-1][1][heads[0]], side)[1]
     kept = [
-        (step, [shrink(matrices[head], SLIDER_MAX_SIDE)[0] for head in heads])
+        (step, [shrink(matrices[head], side)[0] for head in heads])
         for step, matrices in frames
         if list(matrices) == heads
     ]

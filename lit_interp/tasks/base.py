@@ -246,6 +246,20 @@ class TaskModule(pl.LightningModule):
         """The task's loss on a model output: what analysis ablations compare against."""
         raise NotImplementedError
 
+    def check_data(self, datamodule: SyntheticDataModule) -> None:
+        """Refuse data this task cannot learn from, in one line naming both: by default, two sequences of the
+        data must pass through the model and the loss. A task that needs more (BOS at position 0) checks it too."""
+        batch = datamodule.make_batch(Stream.PROBE, 0, 2, device=self.device)
+        try:
+            with torch.no_grad():
+                self.loss(self(batch), batch)
+        except (RuntimeError, IndexError, ValueError, TypeError) as error:
+            reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+            raise ConfigError(
+                f"{type(self).__name__} cannot train on the batches of {type(datamodule).__name__} ({reason}); "
+                "pair the model with its task's data module"
+            ) from None
+
     def analyses(self) -> list[Analysis]:  # noqa: F821 (lit_interp.analysis.registry imports this module)
         """This task's own analyses (`lit_interp.analysis.registry.Analysis`), run beside the built-in ones."""
         return []
@@ -306,6 +320,7 @@ class TaskModule(pl.LightningModule):
         checkpoint["lit_interp"] = {
             "module_class": f"{type(self).__module__}.{type(self).__qualname__}",
             "world_size": trainer.world_size if trainer is not None else 1,
+            "threads": torch.get_num_threads(),  # it changes float sums: a resumed run keeps it
             # Each logger's own run, so a resumed run continues it (TensorBoard and CSV by directory).
             "loggers": {
                 type(logger).__name__: str(logger.version)

@@ -7,9 +7,10 @@ from typing import Any
 import torch
 from typing_extensions import override
 
-from lit_interp.errors import require
+from lit_interp.errors import ConfigError, require
 from lit_interp.tasks.base import (
     PreviousTokenModule,
+    Stream,
     SyntheticDataModule,
     build_hooked_transformer,
     zero_and_freeze_biases,
@@ -61,6 +62,17 @@ class BosIntsModule(PreviousTokenModule):
     `biases=False` zeroes and freezes every bias (seed 001's model has none), as `positional_embeddings=False`
     does W_pos.
     """
+
+    @override
+    def check_data(self, datamodule: SyntheticDataModule) -> None:
+        super().check_data(datamodule)
+        bos_token = getattr(datamodule, "bos_token", None)
+        batch = datamodule.make_batch(Stream.PROBE, 0, 2)
+        if bos_token is None or not bool((batch[:, 0] == bos_token).all()):
+            raise ConfigError(
+                f"{type(self).__name__} learns sequences that start with BOS, and {type(datamodule).__name__}'s do "
+                "not; use lit_interp.tasks.bos_ints.BosIntsDataModule (or data with a bos_token at position 0)"
+            )
 
     def __init__(
         self,
