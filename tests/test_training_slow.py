@@ -7,9 +7,14 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
+from analysis.conftest import seed_001_score_terms
 from conftest import CONFIGS, QUIET
 
+from lit_interp.analysis.term_importance import TERMS, attention_score_terms
 from lit_interp.commands.train import run_cli
+from lit_interp.tasks.base import BIAS_NAME, Stream
+from lit_interp.tasks.bos_ints import BosIntsDataModule
 
 pytestmark = pytest.mark.slow
 
@@ -41,11 +46,22 @@ def test_seed_001_bos_ints_attn_only_layer_1_copies_the_previous_token():
     later = snapshot["heads"]["L1H0"]
     assert later["prev_token_score"] >= 0.5, "layer 1's head attends to the previous token"
     assert later["ov_copying_score"] >= 0.95, "and its OV circuit copies what it attends to"
+    assert later["ov_eigen_score"] >= 0.9, "the full OV circuit's eigenvalues are positive: a copying head"
     adversarial = snapshot["adversarial"]
     assert adversarial["no_bos_loss"] >= 20 * adversarial["clean_loss"], "position comes from BOS"
     assert adversarial["repeated_tokens_loss"] >= 5 * adversarial["clean_loss"], "repeated tokens confuse the counting"
     terms = snapshot["term_importance"]  # seed 001: the direct and K+Q terms matter most
     assert min(terms["direct"], terms["kq_comp"]) > max(terms["k_comp"], terms["q_comp"]), terms
+    biases = {name: p for name, p in model.named_parameters() if BIAS_NAME.search(name)}
+    assert biases and all(p.abs().sum() == 0 and not p.requires_grad for p in biases.values()), "no biases, as in seed"
+    # The seed's own check: its four terms sum to the layer-1 scores (atol 1e-3); and ours are its terms.
+    with torch.no_grad():
+        _, cache = model.run_with_cache(BosIntsDataModule().make_batch(Stream.PROBE, 0, 256).to(model.W_E.device))
+        seed, ours = seed_001_score_terms(model, cache), attention_score_terms(model, cache, 1)
+    causal = torch.ones(10, 10, dtype=torch.bool, device=model.W_E.device).tril()
+    torch.testing.assert_close(sum(seed.values())[..., causal], cache["attn_scores", 1][..., causal], atol=1e-3, rtol=0)
+    for name in TERMS:
+        torch.testing.assert_close(ours[name][..., causal], seed[name][..., causal], atol=1e-3, rtol=1e-4)
 
 
 def test_seed_004_bos_ints_mlp_needs_its_embedding():

@@ -156,3 +156,36 @@ def outside_subspace_fraction(
             values.append(((out - inside).pow(2).sum() / out.pow(2).sum()).item())
         fractions[kind] = torch.tensor(values)
     return fractions
+
+
+def outside_subspace_ratio(
+    vectors: Float[torch.Tensor, "... d_model"], basis: Float[torch.Tensor, "d_model rank"]
+) -> float:
+    """Mean over vectors of |x - P x| / |x|, P the projection onto `basis`'s span (seed 002's statistic).
+
+    Unlike `outside_subspace_fraction`, every vector weighs alike whatever its norm; zero vectors are
+    left out, and none left gives NaN.
+    """
+    vectors = vectors.reshape(-1, vectors.shape[-1])
+    norms = vectors.norm(dim=-1)
+    outside = (vectors - (vectors @ basis) @ basis.T).norm(dim=-1)
+    kept = norms > 0
+    return (outside[kept] / norms[kept]).mean().item() if kept.any() else float("nan")
+
+
+def block_outside_subspace_ratios(
+    cache: ActivationCache, basis: Float[torch.Tensor, "d_model rank"], centre: bool
+) -> list[float]:
+    """`outside_subspace_ratio` of each block's output (`resid_post - resid_pre`, every sequence and position).
+
+    Seed 002 reads the processed model, whose residual stream is the real one less its mean over d_model
+    when the processed copy centres the writing weights: pass `centre=centres_writing_weights(cfg)` and
+    the processed `W_E`'s basis to get its number from the real cache.
+    """
+    ratios = []
+    for layer in range(cache.model.cfg.n_layers):
+        block_out = cache["resid_post", layer] - cache["resid_pre", layer]
+        if centre:
+            block_out = block_out - block_out.mean(-1, keepdim=True)
+        ratios.append(outside_subspace_ratio(block_out, basis))
+    return ratios

@@ -7,12 +7,17 @@ import torch
 from lit_interp.analysis import attribution, circuits, fourier, patching, recurrence
 from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses
 from lit_interp.analysis.adversarial import adversarial_analysis
-from lit_interp.analysis.attribution import component_direct_attribution, outside_subspace_fraction
+from lit_interp.analysis.attribution import (
+    block_outside_subspace_ratios,
+    component_direct_attribution,
+    outside_subspace_fraction,
+)
 from lit_interp.analysis.circuits import (
     composition_scores,
     effective_rank,
     eigenvalue_scores,
     full_ov_circuits,
+    full_ov_factored,
     full_qk_circuits,
     has_positional_embeddings,
     head_singular_values,
@@ -51,7 +56,9 @@ from lit_interp.analysis.registry import (
 from lit_interp.analysis.rotary import is_rotary, mean_off_diagonal, rotary_similarities
 from lit_interp.analysis.term_importance import supports_term_importance
 from lit_interp.analysis.term_importance import term_importance as term_importance_losses
+from lit_interp.analysis.weights import centres_writing_weights
 from lit_interp.heads import head_label
+from lit_interp.tasks.base import Stream
 
 N_EXAMPLES = 8  # probe sequences whose own attention patterns a report shows
 # Probe sequences repeated for the duplicate and induction scores: their own forward pass, and
@@ -113,7 +120,11 @@ def ov_circuits(context: AnalysisContext) -> tuple[Summary, Tensors]:
 def eigenvalues_and_singular_values(context: AnalysisContext) -> tuple[Summary, Tensors]:
     model = context.processed
     singular = head_singular_values(model)
-    scores = {"ov_eigen_score": eigenvalue_scores(model.OV), "qk_eigen_score": eigenvalue_scores(model.QK)}
+    scores = {
+        "ov_eigen_score": eigenvalue_scores(full_ov_factored(model)),
+        "ov_residual_eigen_score": eigenvalue_scores(model.OV),
+        "qk_eigen_score": eigenvalue_scores(model.QK),
+    }
     scores |= {f"{name}_effective_rank": effective_rank(values) for name, values in singular.items()}
     return head_fragment(scores), {f"{name}_singular_values": values for name, values in singular.items()}
 
@@ -215,16 +226,26 @@ def neurons(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 
 def embedding_subspace(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    basis = circuits.embedding_subspace(context.model.W_E)
-    fractions = outside_subspace_fraction(context.cache, basis)
-    return layer_fragment({f"{kind}_outside_embedding_fraction": values for kind, values in fractions.items()}), {}
+    fractions = outside_subspace_fraction(context.cache, circuits.embedding_subspace(context.model.W_E))
+    ratios = block_outside_subspace_ratios(
+        context.cache,
+        circuits.embedding_subspace(context.processed.W_E),
+        centre=centres_writing_weights(context.model.cfg),
+    )
+    per_layer = {f"{kind}_outside_embedding_fraction": values for kind, values in fractions.items()}
+    return layer_fragment(per_layer | {"block_out_outside_embedding_ratio": ratios}), {}
 
 
 def activation_patching(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    losses, tensors = patching.activation_patching(
-        context.model, context.task, context.batch, context.cache, context.bos_token
-    )
-    return {"patching": losses} | head_fragment({"patching_score": tensors["head_patching"]}), tensors
+    if _is_recurrence(context):
+        corrupted = recurrence.with_other_parameters(context.batch, context.datamodule.order)
+    else:
+        # Ids below d_vocab_out are answers; the rest (an "=" token) are not inputs to corrupt into.
+        corrupted = patching.corrupt_previous(context.batch, context.bos_token, context.model.cfg.d_vocab_out)
+    losses, tensors = patching.activation_patching(context.model, context.task, context.batch, corrupted, context.cache)
+    cfg = context.model.cfg
+    scores = tensors.get("head_patching", torch.full((cfg.n_layers, cfg.n_heads), torch.nan))  # NaN: see the reason
+    return {"patching": losses} | head_fragment({"patching_score": scores}), tensors
 
 
 def backup_heads(context: AnalysisContext) -> tuple[Summary, Tensors]:
@@ -248,9 +269,12 @@ def recurrence_loss(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 
 def parameter_probes(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    coefficients, constant = _coefficients(context)
-    r2 = recurrence.parameter_probes(context.cache, coefficients, constant)
-    return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}), {}
+    datamodule = context.datamodule
+    vectors = datamodule.make_batch(Stream.LINEAR_PROBE, 0, recurrence.PROBE_SEQUENCES, device=context.batch.device)
+    residuals = recurrence.last_position_residuals(context.model, context.task.model_input(vectors))
+    coefficients, constant = recurrence_parameters(vectors, datamodule.order)
+    r2, section = recurrence.parameter_probes(residuals, coefficients, constant)
+    return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}) | {"probes": section}, {}
 
 
 def _is_modular_addition_data(context: AnalysisContext) -> bool:

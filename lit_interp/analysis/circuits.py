@@ -30,9 +30,26 @@ def ov_copying_scores(full_ov: Float[torch.Tensor, "layer head d_vocab d_vocab_o
 
 
 def eigenvalue_scores(circuit: FactoredMatrix) -> HeadScores:
-    """Σλ / Σ|λ| of each head's OV or QK matrix (seed 002): +1 copies / attends to itself, -1 the opposite."""
+    """Σλ / Σ|λ| of each head's matrix in `circuit` [layer head ...] (seed 002): +1 when every eigenvalue is positive.
+
+    Read from the d_head x d_head product BA, whose eigenvalues are AB's apart from zeros (which add nothing).
+    """
     values = eigenvalues(circuit)
     return (values.sum(-1) / values.abs().sum(-1)).real
+
+
+def full_ov_factored(model: HookedTransformer) -> FactoredMatrix:
+    """W_E W_OV W_U per head as a FactoredMatrix [layer head shared shared], never formed: input to output, direct.
+
+    For tokens, row s is what the head adds to the logits when it attends to token s; for the
+    recurrence, W_E is the linear input map and W_U the output map, so it takes an attended input
+    vector to what the head adds to the predicted vector (through ln_final's weight, not its scale).
+    Copying reads input id s against output id s (as `ov_copying_scores` does), so where the input
+    vocabulary is larger than the output's (an extra "=" token) only the shared ids are kept: a square
+    circuit, whose eigenvalues exist.
+    """
+    shared = min(model.cfg.d_vocab, model.cfg.d_vocab_out)
+    return model.W_E[:shared] @ model.OV @ model.W_U[:, :shared]
 
 
 def effective_rank(

@@ -1,4 +1,8 @@
-"""Activation patching (seed 003): clean activations patched into a corrupted run, scored 1 = clean, 0 = corrupted."""
+"""Activation patching (seed 003): clean activations patched into a corrupted run, scored 1 = clean, 0 = corrupted.
+
+The scores are ratios over the clean-corrupted gap of the metric, so they are given only when that gap
+stands clear of the metric's own noise (`within_noise`); otherwise they are NaN and the reason says why.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +23,11 @@ Metric = Callable[[torch.Tensor], float]
 
 
 def corrupt_previous(batch: torch.Tensor, bos_token: int | None, d_vocab: int) -> torch.Tensor:
-    """The batch with the input the last position's answer comes from replaced (each task's clean/corrupted pair).
+    """The batch with the input the last position's answer comes from replaced (the token tasks' corruption).
 
     Token tasks predict the previous token: the token before the last position becomes the next
-    ordinary id. The recurrence predicts the vector after the last input from it: the last input
-    vector becomes the next sequence's. Either way the last position's answer changes, nothing else does.
+    ordinary id, so the last position's answer changes in every sequence. A vector task with no
+    corruption of its own gets its last input vector replaced by the next sequence's.
     """
     corrupted = batch.clone()
     if is_token_task(batch):
@@ -37,15 +41,41 @@ def corrupt_previous(batch: torch.Tensor, bos_token: int | None, d_vocab: int) -
     return corrupted
 
 
-def last_position_loss(task: Task, clean_batch: torch.Tensor) -> Metric:
-    """The loss at the last position against the clean answer: cross-entropy for tokens, MSE for vectors."""
+def last_position_losses(task: Task, clean_batch: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Each sequence's loss at the last position against the clean answer: cross-entropy for tokens, MSE for vectors."""
     target = task.targets(clean_batch)[:, -1]
 
-    def metric(output: torch.Tensor) -> float:
+    def losses(output: torch.Tensor) -> torch.Tensor:
         last = output[:, -1].float()
-        return (F.mse_loss(last, target) if target.is_floating_point() else F.cross_entropy(last, target)).item()
+        if target.is_floating_point():
+            return (last - target).pow(2).mean(-1)
+        return F.cross_entropy(last, target, reduction="none")
 
-    return metric
+    return losses
+
+
+def last_position_loss(task: Task, clean_batch: torch.Tensor) -> Metric:
+    """The batch-mean loss at the last position against the clean answer: the metric every patch is scored by."""
+    losses = last_position_losses(task, clean_batch)
+    return lambda output: losses(output).mean().item()
+
+
+def half_batch_difference(per_sequence: torch.Tensor) -> float:
+    """The metric's noise: how far its mean over the first half of the batch is from its mean over the second."""
+    half = len(per_sequence) // 2
+    if half == 0:
+        return float("nan")
+    return (per_sequence[:half].mean() - per_sequence[half:].mean()).abs().item()
+
+
+def within_noise(gap: float, noise: float) -> str | None:
+    """Why a clean-corrupted gap cannot carry patching scores (they are ratios over it), or None if it can."""
+    if gap > noise:  # False for NaN too
+        return None
+    return (
+        f"the corruption moves the last-position loss by {gap:.3g}, not more than its noise {noise:.3g} (the clean "
+        "loss's difference between the two halves of the probe batch): every patching score would be a ratio of noise"
+    )
 
 
 def _normalise(loss: torch.Tensor, clean: float, corrupted: float) -> torch.Tensor:
@@ -106,21 +136,37 @@ def patch_heads(
 
 
 def activation_patching(
-    model: HookedTransformer, task: Task, batch: torch.Tensor, clean_cache: ActivationCache, bos_token: int | None
-) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """Patch the residual stream per block x position and each head's output into the corrupted run.
+    model: HookedTransformer,
+    task: Task,
+    batch: torch.Tensor,
+    corrupted_batch: torch.Tensor,
+    clean_cache: ActivationCache,
+) -> tuple[dict[str, float | str], dict[str, torch.Tensor]]:
+    """Patch the residual stream per block x position and each head's output into the run on `corrupted_batch`.
 
-    Our own loop over TransformerLens's patch setters rather than `generic_activation_patch`: that one
-    takes the position count from the input's last dimension (the vector size for vector inputs),
-    reruns the whole model for each patch and draws a progress bar inside training; this one starts
-    each patched run at the patched block, from the corrupted run's cache.
+    Returns the metric's clean and corrupted values, their gap and the metric's noise, and the tensors
+    `resid_pre_patching` and `head_patching`; when the gap does not exceed the noise, a `reason` instead
+    of the tensors. Our own loop over TransformerLens's patch
+    setters rather than `generic_activation_patch`: that one takes the position count from the input's
+    last dimension (the vector size for vector inputs), reruns the whole model for each patch and draws a
+    progress bar inside training; this one starts each patched run at the patched block, from the
+    corrupted run's cache.
     """
-    metric = last_position_loss(task, batch)
-    corrupted_batch = corrupt_previous(batch, bos_token, model.cfg.d_vocab)
+    losses = last_position_losses(task, batch)
     corrupted_output, corrupted_cache = model.run_with_cache(task.model_input(corrupted_batch))
-    clean, corrupted = metric(model(clean_cache["resid_pre", 0], start_at_layer=0)), metric(corrupted_output)
-    tensors = {
+    clean_losses = losses(model(clean_cache["resid_pre", 0], start_at_layer=0))
+    clean, corrupted = clean_losses.mean().item(), losses(corrupted_output).mean().item()
+    summary: dict[str, float | str] = {
+        "clean_last_position_loss": clean,
+        "corrupted_last_position_loss": corrupted,
+        "loss_gap": corrupted - clean,
+        "loss_noise": half_batch_difference(clean_losses),
+    }
+    reason = within_noise(summary["loss_gap"], summary["loss_noise"])
+    if reason is not None:
+        return summary | {"reason": reason}, {}  # no patched run: the tensors are not computed
+    metric = last_position_loss(task, batch)
+    return summary, {
         "resid_pre_patching": patch_residual(model, metric, clean_cache, corrupted_cache, clean, corrupted),
         "head_patching": patch_heads(model, metric, clean_cache, corrupted_cache, clean, corrupted),
     }
-    return {"clean_last_position_loss": clean, "corrupted_last_position_loss": corrupted}, tensors

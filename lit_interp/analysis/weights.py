@@ -36,6 +36,12 @@ def processed_copy(model: HookedTransformer, center_unembed: bool) -> HookedTran
     return processed
 
 
+def centres_writing_weights(cfg) -> bool:
+    """Whether `processed_copy` centres the writing weights: TransformerLens does so only under LN or LNPre (every
+    reader then subtracts the mean first), so the processed residual stream is the real one less its mean."""
+    return cfg.normalization_type in ("LN", "LNPre") and not getattr(cfg, "final_rms", False)
+
+
 def processed_view(model: HookedTransformer, center_unembed: bool) -> HookedTransformer:
     """`processed_copy(model, center_unembed)`, kept and refilled in place on every call for the same `model`.
 

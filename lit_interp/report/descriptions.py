@@ -13,10 +13,12 @@ SCORES = {
     "mean_ablation_loss": "Probe loss with this head's output (hook_z) replaced by its batch mean at each position.",
     "ov_copying_score": "Fraction of input tokens whose largest logit in the full OV circuit W_E W_OV W_U is the token "
     "itself (1: the head copies).",
-    "ov_eigen_score": "Sum of the eigenvalues of W_OV over the sum of their absolute values: +1 copies its input, "
-    "-1 suppresses it.",
-    "qk_eigen_score": "Sum of the eigenvalues of W_QK over the sum of their absolute values: +1 attends to keys like "
-    "the query.",
+    "ov_eigen_score": "Sum of the eigenvalues of the full OV circuit W_E W_OV W_U (input to output, direct path) over "
+    "the sum of their absolute values: +1 all positive, the head copies the input it attends to; -1 it suppresses it.",
+    "ov_residual_eigen_score": "Seed 002's score: the same ratio for W_OV alone, in d_model space (+1: every "
+    "eigenvalue positive), counting residual directions that no input is embedded in.",
+    "qk_eigen_score": "Sum of the eigenvalues of W_QK alone (d_model space, seed 002) over the sum of their absolute "
+    "values: +1 all positive, as for a query attending to keys along its own residual direction.",
     "direct_attribution": "The head's direct effect on the correct output (correct minus mean logit, or the target "
     "direction), through the final norm, averaged over target positions.",
     "rotary_q_similarity": "Mean cosine similarity of the head's queries between different positions (rotary models).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import functools
 import math
+import re
 from typing import Any
 
 import lightning.pytorch as pl
@@ -30,6 +31,7 @@ class Stream(enum.IntEnum):
     VAL = 1
     TEST = 2
     PROBE = 3  # the analysis snapshots' fixed probe batches, never trained on
+    LINEAR_PROBE = 4  # the linear probes' own, larger set: only its activations are read
 
 
 def batch_generator(
@@ -153,6 +155,26 @@ def zero_and_freeze_pos_embed(model: HookedTransformer) -> None:
     with torch.no_grad():
         model.pos_embed.W_pos.zero_()
     model.pos_embed.W_pos.requires_grad_(False)
+
+
+# Every bias of a HookedTransformer: attention b_Q b_K b_V b_O, MLP b_in b_out, the unembedding's b_U, each norm's b.
+BIAS_NAME = re.compile(r"(^|\.)(b|b_\w+)$")
+
+
+def zero_and_freeze_biases(model: HookedTransformer) -> list[str]:
+    """HookedTransformer has no 'no biases' option: zero every bias and stop its gradient; returns their names.
+
+    A frozen parameter never reaches the optimizer (`configure_optimizers` takes only those that
+    need a gradient), so weight decay and resumed optimizer state cannot move it either.
+    """
+    names = []
+    for name, parameter in model.named_parameters():
+        if BIAS_NAME.search(name):
+            with torch.no_grad():
+                parameter.zero_()
+            parameter.requires_grad_(False)
+            names.append(name)
+    return names
 
 
 def lr_multiplier(step: int, warmup_steps: int, decay_steps: int = 0, min_lr_ratio: float = 0.0) -> float:

@@ -13,6 +13,7 @@ from lit_interp.tasks.base import (
     Stream,
     SyntheticDataModule,
     build_hooked_transformer,
+    zero_and_freeze_biases,
     zero_and_freeze_pos_embed,
 )
 
@@ -56,7 +57,11 @@ class BosIntsDataModule(SyntheticDataModule):
 
 
 class BosIntsModule(PreviousTokenModule):
-    """Seed 001 by default (2 layers, 1 head, attention-only, no norm); seed 004 adds MLPs and LayerNorm."""
+    """Seed 001's shape by default (2 layers, 1 head, attention-only, no norm); seed 004 adds MLPs and LayerNorm.
+
+    `biases=False` zeroes and freezes every bias (seed 001's model has none), as `positional_embeddings=False`
+    does W_pos.
+    """
 
     @override
     def check_data(self, datamodule: SyntheticDataModule) -> None:
@@ -83,6 +88,7 @@ class BosIntsModule(PreviousTokenModule):
         act_fn: str = "relu",
         normalization_type: str | None = None,
         positional_embeddings: bool = False,
+        biases: bool = True,
         **optimizer_args: Any,
     ):
         super().__init__(n_ctx, d_vocab, first_target_pos, **optimizer_args)
@@ -104,3 +110,5 @@ class BosIntsModule(PreviousTokenModule):
         )
         if not positional_embeddings:
             zero_and_freeze_pos_embed(self.model)
+        if not biases:
+            zero_and_freeze_biases(self.model)

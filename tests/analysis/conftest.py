@@ -27,7 +27,7 @@ def tiny_task(name: str):
     if name == "prev_token_digits":
         return PrevTokenDigitsModule(d_model=16), DigitsDataModule(batch_size=8)
     if name == "bos_ints_attn_only":
-        return BosIntsModule(d_model=16, d_head=16), BosIntsDataModule(batch_size=8)
+        return BosIntsModule(d_model=16, d_head=16, biases=False), BosIntsDataModule(batch_size=8)
     if name == "bos_ints_mlp":
         module = BosIntsModule(
             n_ctx=12, d_vocab=30, d_model=16, d_head=16, attn_only=False, d_mlp=32, normalization_type="LN"
@@ -63,3 +63,17 @@ def hooked(**config) -> HookedTransformer:
     model = HookedTransformer(HookedTransformerConfig(**{**defaults, **config}, device="cpu"))
     model.eval()
     return model
+
+
+def seed_001_score_terms(model, cache):
+    """Seed 001's four layer-1 terms, its own formula: e W_QK e^T, e W_QK W_OV^T e^T A^T, A e W_OV W_QK e^T, and
+    A e W_OV W_QK W_OV^T e^T A^T (e the embeddings, A layer 0's pattern, one head per layer, no biases)."""
+    e, A = cache["embed"][:, None], cache["pattern", 0]
+    W_QK, W_OV = model.QK[1, 0].AB, model.OV[0, 0].AB
+    scale = model.cfg.d_head**0.5
+    return {
+        "direct": e @ W_QK @ e.mT / scale,
+        "k_comp": e @ W_QK @ W_OV.mT @ e.mT @ A.mT / scale,
+        "q_comp": A @ e @ W_OV @ W_QK @ e.mT / scale,
+        "kq_comp": A @ e @ W_OV @ W_QK @ W_OV.mT @ e.mT @ A.mT / scale,
+    }

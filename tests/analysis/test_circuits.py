@@ -10,6 +10,7 @@ from lit_interp.analysis.circuits import (
     effective_rank,
     eigenvalue_scores,
     full_ov_circuits,
+    full_ov_factored,
     full_qk_circuits,
     has_positional_embeddings,
     head_singular_values,
@@ -119,6 +120,69 @@ def test_eigenvalue_scores_of_plus_and_minus_identity(sign):
     model = identity_ov_model(sign)
     assert eigenvalue_scores(model.OV).item() == pytest.approx(sign)
     assert eigenvalue_scores(model.QK).item() == pytest.approx(sign)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_full_circuit_eigenvalue_score_of_a_copying_and_a_suppressing_head(sign):
+    processed = processed_copy(identity_ov_model(sign), center_unembed=True)
+    # W_E W_OV W_U = sign * (I - 1/16): fifteen eigenvalues of sign, one of 0
+    assert eigenvalue_scores(full_ov_factored(processed)).item() == pytest.approx(sign, abs=1e-5)
+
+
+def test_a_head_that_copies_tokens_scores_one_whatever_it_does_outside_the_embedding():
+    """Tokens embedded in dims 0-7, where the head copies; it negates dims 8-15 three times over, which no
+    token reaches: the residual-space score (seed 002's W_OV alone) reads -0.5, the full circuit +1."""
+    model = hooked(d_vocab=8)
+    with torch.no_grad():
+        model.embed.W_E[:] = torch.eye(16)[:8]
+        model.unembed.W_U[:] = torch.eye(16)[:, :8]
+        model.blocks[0].attn.W_V[0] = torch.eye(16)
+        model.blocks[0].attn.W_O[0] = torch.diag(torch.cat([torch.ones(8), -3 * torch.ones(8)]))
+    assert eigenvalue_scores(model.OV).item() == pytest.approx(-0.5)
+    assert eigenvalue_scores(full_ov_factored(model)).item() == pytest.approx(1.0)
+    torch.testing.assert_close(full_ov_factored(model).AB, full_ov_circuits(model))
+
+
+def test_full_circuit_eigenvalue_score_of_a_token_permutation_is_zero_and_of_nan_weights_nan():
+    model = identity_ov_model()
+    with torch.no_grad():
+        model.blocks[0].attn.W_O[0] = torch.eye(16).roll(1, dims=0)  # each token's output is the next token
+    assert eigenvalue_scores(full_ov_factored(model)).item() == pytest.approx(0.0, abs=1e-5)
+    with torch.no_grad():
+        model.unembed.W_U[0, 0] = float("nan")
+    assert eigenvalue_scores(full_ov_factored(model)).isnan().all()
+
+
+def test_full_circuit_eigenvalue_score_reads_the_ids_input_and_output_share():
+    """An input vocabulary of 12 with an output vocabulary of 8 (extra input tokens, as an "=" token): the head
+    copies ids 0-7 and maps the extra inputs onto the negated outputs, which the shared-id circuit leaves out."""
+    model = hooked(d_vocab=12, d_vocab_out=8)
+    with torch.no_grad():
+        model.embed.W_E[:] = torch.eye(16)[:12]
+        model.unembed.W_U[:] = torch.eye(16)[:, :8] - torch.cat([torch.zeros(8, 8), torch.eye(8)[:4].repeat(2, 1)])
+        model.blocks[0].attn.W_V[0] = torch.eye(16)
+        model.blocks[0].attn.W_O[0] = torch.eye(16)
+    circuit = full_ov_factored(model)
+    assert circuit.shape == (1, 1, 8, 8)
+    torch.testing.assert_close(circuit.AB[0, 0], full_ov_circuits(model)[0, 0, :8])
+    assert eigenvalue_scores(circuit).item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_full_circuit_eigenvalue_score_of_a_vector_head_reads_input_to_output():
+    """Vector inputs: W_E maps 5-dim inputs into d_model, W_U back; a head adding its attended input scores +1."""
+    module = AffineRecurrenceModule(
+        n_ctx=6, d_vocab=5, first_target_pos=2, n_layers=1, d_model=16, n_heads=1, d_head=16
+    )
+    model = module.model
+    with torch.no_grad():
+        model.embed.W_E[:] = torch.randn(5, 16)
+        model.unembed.W_U[:] = torch.linalg.pinv(model.W_E)  # reads back the input vector
+        model.blocks[0].attn.W_V[0] = 2 * torch.eye(16)
+        model.blocks[0].attn.W_O[0] = torch.eye(16)
+    assert eigenvalue_scores(full_ov_factored(model)).item() == pytest.approx(1.0, abs=1e-5)
+    with torch.no_grad():
+        model.blocks[0].attn.W_O[0] = -torch.eye(16)
+    assert eigenvalue_scores(full_ov_factored(model)).item() == pytest.approx(-1.0, abs=1e-5)
 
 
 def test_eigenvalue_score_of_a_rotation_is_zero():

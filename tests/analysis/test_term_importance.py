@@ -10,7 +10,7 @@ from lit_interp.analysis.term_importance import TERMS, attention_score_terms, su
 from lit_interp.tasks.base import Stream
 from lit_interp.tasks.bos_ints import BosIntsModule
 
-from .conftest import hooked, tiny_task
+from .conftest import hooked, seed_001_score_terms, tiny_task
 
 
 def with_random_biases(model):
@@ -40,6 +40,27 @@ def test_terms_sum_to_real_scores(config):
         torch.testing.assert_close(
             sum(terms.values())[..., causal], cache["attn_scores", layer][..., causal], rtol=1e-4, atol=1e-4
         )
+
+
+@pytest.mark.parametrize("biases", [False, True])
+def test_seed_001_split_sums_to_the_scores_only_without_biases_and_ours_equals_it_there(biases):
+    _, data = tiny_task("bos_ints_attn_only")
+    module = BosIntsModule(d_model=16, d_head=16, biases=biases)
+    with torch.no_grad():
+        for parameter in module.model.parameters():
+            if parameter.requires_grad:
+                parameter.normal_(std=0.3)  # every trainable weight, and the biases when there are any
+    _, cache = module.model.run_with_cache(data.make_batch(Stream.PROBE, 0, 8))
+    seed = seed_001_score_terms(module.model, cache)
+    causal = torch.ones(10, 10, dtype=torch.bool).tril()
+    error = (sum(seed.values()) - cache["attn_scores", 1])[..., causal].abs().max().item()
+    ours = attention_score_terms(module.model, cache, 1)  # raises unless its terms sum to the scores
+    if biases:
+        assert error > 0.1, "with biases the seed's split misses the scores: why ours puts them in the direct term"
+    else:
+        assert error < 1e-3  # the seed's own check (atol 1e-3)
+        for name in TERMS:
+            torch.testing.assert_close(ours[name][..., causal], seed[name][..., causal], rtol=1e-4, atol=1e-4)
 
 
 def test_layer_zero_has_only_the_direct_term():

@@ -83,6 +83,33 @@ def test_positional_embeddings_are_zero_and_stay_out_of_the_optimizer():
     assert id(module.model.W_pos) not in optimized
 
 
+@pytest.mark.parametrize("attn_only", [True, False])
+def test_bias_free_models_keep_every_bias_zero_and_out_of_the_optimizer(attn_only):
+    sizes = dict(d_model=16, d_head=16) | (
+        {} if attn_only else dict(attn_only=False, d_mlp=32, normalization_type="LN")
+    )
+    module, data = BosIntsModule(biases=False, weight_decay=0.1, **sizes), BosIntsDataModule()
+    biases = {name: p for name, p in module.model.named_parameters() if name.rsplit(".", 1)[-1].startswith("b")}
+    expected = {"b_Q", "b_K", "b_V", "b_O", "b_U"} | (set() if attn_only else {"b_in", "b_out", "b"})
+    assert {name.rsplit(".", 1)[-1] for name in biases} == expected
+    assert all(p.abs().sum() == 0 and not p.requires_grad for p in biases.values())
+    optimizer = module.configure_optimizers()["optimizer"]
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in biases.values()} and id(module.model.W_E) in optimized
+    for step in range(3):
+        batch = data.make_batch(Stream.TRAIN, step, 8)
+        module.loss(module(batch), batch).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(p.abs().sum() == 0 for p in biases.values()), "a step with weight decay moved a frozen bias"
+    assert module.model.W_E.requires_grad and module.model.blocks[0].attn.W_Q.requires_grad
+
+
+def test_models_train_their_biases_by_default():
+    module = BosIntsModule(d_model=16, d_head=16)
+    assert all(p.requires_grad for name, p in module.model.named_parameters() if ".b_" in name)
+
+
 def test_warmup_rises_linearly_then_holds():
     module = BosIntsModule(d_model=16, d_head=16, lr=1e-3, warmup_steps=4)
     config = module.configure_optimizers()
