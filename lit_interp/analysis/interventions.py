@@ -1,0 +1,159 @@
+"""Interventions on weights (seed 002): edits applied to a copy of a model, never to the trained weights, and evaluated.
+
+```python
+from lit_interp.analysis.interventions import LowRankIdentityQK, ZeroHeadOutput, edited_losses
+losses = edited_losses(processed_copy(model, center_unembed=False), task, batch, {
+    "L0 but H7 zeroed": [ZeroHeadOutput(0, head) for head in range(7)],
+    "L2H0-4 QK identity": [LowRankIdentityQK(2, head) for head in range(5)],
+})
+```
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from transformer_lens import HookedTransformer
+
+from lit_interp.analysis.losses import Task
+from lit_interp.errors import require
+
+
+class WeightEdit(Protocol):
+    """An edit of one head's weights, in place: `apply(model)` under no_grad, touching only `model.blocks[layer]`."""
+
+    layer: int
+    head: int
+
+    def apply(self, model: HookedTransformer) -> None: ...
+
+
+def _check_head(model: HookedTransformer, layer: int, head: int) -> None:
+    cfg = model.cfg
+    require(0 <= layer < cfg.n_layers, f"layer={layer} is outside the model's layers 0..{cfg.n_layers - 1}")
+    require(0 <= head < cfg.n_heads, f"head={head} is outside the model's heads 0..{cfg.n_heads - 1}")
+
+
+@dataclass(frozen=True)
+class ZeroHeadOutput:
+    """W_V and W_O of one head set to zero (seed 002): the head writes nothing (b_O, shared by the layer, stays).
+
+    The same forward pass as zeroing the head's `hook_z`, so one such edit alone gives the head's
+    `zero_ablation_loss`; several at once keep only the other heads.
+    """
+
+    layer: int
+    head: int
+
+    def apply(self, model: HookedTransformer) -> None:
+        _check_head(model, self.layer, self.head)
+        attn = model.blocks[self.layer].attn
+        with torch.no_grad():
+            attn.W_V[self.head] = 0.0
+            attn.W_O[self.head] = 0.0
+
+
+@dataclass(frozen=True)
+class LowRankIdentityQK:
+    """W_Q of one head replaced by a random [d_model d_head] matrix and W_K by its pseudo-inverse transposed (seed 002).
+
+    Then W_QK = W_Q W_Q⁺ is the orthogonal projection onto W_Q's column space: a rank-d_head
+    identity, so a query attends to the keys most like itself. W_Q's entries are uniform in
+    [0, 1) as in the seed, drawn from a generator seeded with (`seed`, layer, head), so heads get
+    different subspaces; b_Q and b_K stay as they are.
+    """
+
+    layer: int
+    head: int
+    seed: int = 0
+
+    def apply(self, model: HookedTransformer) -> None:
+        _check_head(model, self.layer, self.head)
+        attn = model.blocks[self.layer].attn
+        state = np.random.SeedSequence([self.seed, self.layer, self.head]).generate_state(1, np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+        W_Q = torch.rand(model.cfg.d_model, model.cfg.d_head, generator=generator, dtype=torch.float64)
+        with torch.no_grad():
+            attn.W_Q[self.head] = W_Q.to(attn.W_Q)
+            attn.W_K[self.head] = torch.linalg.pinv(W_Q).T.to(attn.W_K)
+
+
+def edited_copy(model: HookedTransformer, edits: Sequence[WeightEdit]) -> HookedTransformer:
+    """A deep copy of `model` (eval mode) with every edit applied in order; `model` is never touched."""
+    edited = copy.deepcopy(model).eval()
+    for edit in edits:
+        edit.apply(edited)
+    return edited
+
+
+@contextmanager
+def _applied(model: HookedTransformer, edits: Sequence[WeightEdit]) -> Iterator[HookedTransformer]:
+    """The edits applied to `model` in place and undone after: for many edit sets on one private copy."""
+    layers = sorted({edit.layer for edit in edits})
+    for edit in edits:
+        _check_head(model, edit.layer, edit.head)
+    saved = {layer: copy.deepcopy(model.blocks[layer].attn.state_dict()) for layer in layers}
+    try:
+        for edit in edits:
+            edit.apply(model)
+        yield model
+    finally:
+        for layer, state in saved.items():
+            model.blocks[layer].attn.load_state_dict(state)
+
+
+def edited_losses(
+    model: HookedTransformer, task: Task, batch: torch.Tensor, experiments: Mapping[str, Sequence[WeightEdit]]
+) -> dict[str, float]:
+    """The task's loss on `batch` under each named list of edits, each applied alone to one copy of `model`.
+
+    Pass the processed copy (`processed_copy`) to edit the weights a circuit reading sees, as seed 002 does.
+    """
+    private = copy.deepcopy(model).eval()
+    losses = {}
+    with torch.no_grad():
+        for name, edits in experiments.items():
+            with _applied(private, edits) as edited:
+                losses[name] = task.loss(edited(task.model_input(batch)), batch).item()
+    return losses
+
+
+def kept_head_losses(model: HookedTransformer, task: Task, batch: torch.Tensor) -> Float[torch.Tensor, "layer head"]:
+    """Loss with every other head of the head's layer zeroed (`ZeroHeadOutput`): the head alone does its layer's job.
+
+    Seed 002 zeroes heads 0-6 of layer 0 and keeps head 7. With one head per layer this is the clean loss.
+    """
+    cfg = model.cfg
+    experiments = {
+        f"L{layer}H{head}": [ZeroHeadOutput(layer, other) for other in range(cfg.n_heads) if other != head]
+        for layer in range(cfg.n_layers)
+        for head in range(cfg.n_heads)
+    }
+    losses = edited_losses(model, task, batch, experiments)
+    return torch.tensor(list(losses.values())).reshape(cfg.n_layers, cfg.n_heads)
+
+
+def qk_identity_losses(
+    model: HookedTransformer, task: Task, batch: torch.Tensor, seed: int = 0
+) -> tuple[Float[torch.Tensor, "layer head"], Float[torch.Tensor, " layer"]]:
+    """Loss with one head's QK replaced by a low-rank identity (`LowRankIdentityQK`), and with every head of a layer.
+
+    Seed 002 replaces heads 0-4 of its last layer and keeps its loss: those heads attend to the
+    vectors most like the query.
+    """
+    cfg = model.cfg
+    layers, heads = range(cfg.n_layers), range(cfg.n_heads)
+    experiments: dict[str, list[WeightEdit]] = {
+        f"L{layer}H{head}": [LowRankIdentityQK(layer, head, seed)] for layer in layers for head in heads
+    }
+    experiments |= {f"L{layer}": [LowRankIdentityQK(layer, head, seed) for head in heads] for layer in layers}
+    losses = edited_losses(model, task, batch, experiments)
+    by_head = torch.tensor([losses[f"L{layer}H{head}"] for layer in layers for head in heads])
+    return by_head.reshape(cfg.n_layers, cfg.n_heads), torch.tensor([losses[f"L{layer}"] for layer in layers])
