@@ -27,6 +27,8 @@ def recurrence():
 
 def test_zeroing_w_v_and_w_o_is_zeroing_the_head_s_output_and_leaves_the_model_alone():
     module, batch = recurrence()
+    with torch.no_grad():
+        module.model.blocks[1].attn.b_V.normal_()  # with W_V alone zeroed, b_V would still pass through W_O
     weights = {name: tensor.clone() for name, tensor in module.model.state_dict().items()}
     losses = edited_losses(module.model, module, batch, {f"L1H{h}": [ZeroHeadOutput(1, h)] for h in range(2)})
     zeroed = head_ablation_losses(module.model, module, batch, "zero")
@@ -68,6 +70,21 @@ def test_qk_identity_losses_per_head_and_per_layer():
     assert by_head[0, 1].item() == pytest.approx(module.loss(one(module.model_input(batch)), batch).item(), rel=1e-5)
     both = edited_copy(module.model, [LowRankIdentityQK(1, head) for head in range(2)])
     assert by_layer[1].item() == pytest.approx(module.loss(both(module.model_input(batch)), batch).item(), rel=1e-5)
+
+
+def test_edits_are_applied_to_a_copy_only():
+    module, batch = recurrence()
+    edited = []
+
+    class Spy:
+        layer, head = 0, 0
+
+        def apply(self, model):
+            edited.append(model)
+
+    edited_losses(module.model, module, batch, {"spy": [Spy()]})
+    edited_copy(module.model, [Spy()])
+    assert len(edited) == 2 and all(model is not module.model for model in edited)
 
 
 def test_an_edit_of_a_head_the_model_lacks_names_it():

@@ -37,8 +37,9 @@ def test_logit_difference_is_correct_minus_best_incorrect():
     assert best_incorrect(logits, targets).tolist() == [2, 0]
 
 
-def test_head_attributions_add_up_to_the_logit_difference_less_embeddings_and_biases():
-    model = hooked(n_layers=2, n_heads=2, d_vocab=10, n_ctx=10)
+@pytest.mark.parametrize("normalization_type", [None, "LNPre"])
+def test_head_attributions_add_up_to_the_logit_difference_less_embeddings_and_biases(normalization_type):
+    model = hooked(n_layers=2, n_heads=2, d_vocab=10, n_ctx=10, normalization_type=normalization_type)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if ".b_" in name or name == "unembed.b_U":
@@ -51,6 +52,8 @@ def test_head_attributions_add_up_to_the_logit_difference_less_embeddings_and_bi
     heads = head_logit_difference_attribution(cache, W_U, targets, incorrect, first_target_pos=1)
     direction = (W_U[:, targets] - W_U[:, incorrect]).permute(1, 2, 0)
     rest = cache["resid_pre", 0][:, 1:] + sum(block.attn.b_O for block in model.blocks)
+    if normalization_type:  # the final norm centres and rescales every component alike
+        rest = (rest - rest.mean(-1, keepdim=True)) / cache["ln_final.hook_scale"][:, 1:]
     b_U = model.unembed.b_U
     expected = logit_difference(logits[:, 1:], targets) - (rest * direction).sum(-1) - (b_U[targets] - b_U[incorrect])
     assert heads.shape == (2, 2)
@@ -83,7 +86,7 @@ def test_shares_of_a_logit_difference_within_noise_are_nan_with_the_reason():
 
 
 def test_logit_difference_patching_restores_the_changed_input_and_the_head_that_moves_it():
-    model = previous_token_copier()
+    model = previous_token_copier(silent_heads=1)  # L0H1 reads the corrupted token but writes nothing
     tokens = digits()
     logits, cache = model.run_with_cache(tokens)
     summary, tensors = logit_difference_patching(model, TASK, tokens, logits, cache, bos_token=None)
@@ -93,7 +96,7 @@ def test_logit_difference_patching_restores_the_changed_input_and_the_head_that_
     expected = torch.zeros(1, 10)
     expected[0, -2] = 1.0  # the corrupted token's own position
     torch.testing.assert_close(residual, expected, atol=1e-4, rtol=0)
-    assert tensors["head_patching_logit_difference"].item() == pytest.approx(1.0, abs=1e-4)
+    assert tensors["head_patching_logit_difference"].tolist() == [[pytest.approx(1.0, abs=1e-4), 0.0]]
 
 
 def test_patching_a_corruption_that_changes_nothing_is_nan_with_the_reason():

@@ -39,6 +39,8 @@ def test_linear_fit_of_a_line_and_of_a_constant():
     assert math.isnan(slope[1]) and math.isnan(r2[1])  # no spread in x: no line
     _, r2 = linear_fit(x[:1], torch.tensor([[1.0, -1.0, -1.0, 1.0]]))
     assert r2.item() == pytest.approx(0.0, abs=1e-6)
+    slope, r2 = linear_fit(x[:1], torch.tensor([[0.0, 2.0, 1.0, 3.0]]))  # correlation 0.8
+    assert slope.item() == pytest.approx(0.8) and r2.item() == pytest.approx(0.64)
 
 
 def test_the_summed_ov_fit_of_heads_scaling_by_2_and_3_has_slope_5():

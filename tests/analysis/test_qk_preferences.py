@@ -43,6 +43,13 @@ def test_recency_preference_of_rising_falling_and_flat_scores():
     assert recency_preference(-rising, first_key=1).item() == pytest.approx(-1.0)
     assert math.isnan(recency_preference(torch.zeros(1, 6, 6)).item())
     assert math.isnan(recency_preference(rising[..., :2, :2]).item())  # no query sees 3 keys
+    own_low = rising.clone()
+    own_low[0, 5, 5] = -10.0  # the last query scores itself lowest: its own key counts
+    ranks = [1, 2, 3, 4, 5, 0]  # keys 0..4 rising, the query's own key 5 last
+    mean_rank, mean_key = sum(ranks) / 6, 2.5
+    covariance = sum((r - mean_rank) * (k - mean_key) for r, k in zip(ranks, range(6)))
+    last = covariance / sum((k - mean_key) ** 2 for k in range(6))  # equal spreads: ranks of 0..5
+    assert recency_preference(own_low).item() == pytest.approx((3 * 1.0 + last) / 4)  # queries 2, 3, 4 and 5
 
 
 def test_the_snapshot_reads_recency_off_the_last_layer_k_plus_q_term():
