@@ -330,13 +330,18 @@ def attention_under_ablation(context: AnalysisContext) -> tuple[Summary, Tensors
 
 
 def weight_edits(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    """Seed 002's two experiments on the processed copy: each last-layer head's QK (and each layer's) made a
+    low-rank identity; each layer-0 head kept alone."""
     model, task, batch = context.processed, context.task, context.batch
-    by_head, by_layer = qk_identity_losses(model, task, batch)
-    scores = {"qk_identity_loss": by_head}
+    last = model.cfg.n_layers - 1
+    by_head, by_layer = qk_identity_losses(model, task, batch, head_layers=[last])
+    heads: dict[str, dict[str, float]] = {
+        f"L{last}H{head}": {"qk_identity_loss": loss} for head, loss in enumerate(by_head[0].tolist())
+    }
     if model.cfg.n_heads >= 2:
-        scores["kept_alone_loss"] = kept_head_losses(model, task, batch)
-    summary = head_fragment(scores) | layer_fragment({"layer_qk_identity_loss": by_layer})
-    return summary, {f"head_{name}": values for name, values in scores.items()}
+        for head, loss in enumerate(kept_head_losses(model, task, batch, layers=[0])[0].tolist()):
+            heads.setdefault(f"L0H{head}", {})["kept_alone_loss"] = loss
+    return {"heads": heads} | layer_fragment({"layer_qk_identity_loss": by_layer}), {}
 
 
 def loss_by_c(context: AnalysisContext) -> tuple[Summary, Tensors]:
@@ -505,7 +510,7 @@ BUILTIN_ANALYSES = [
         applies=lambda context: context.model.cfg.n_layers >= 2,
         expensive=True,
     ),
-    # A copy of the model and one forward pass per edit set (two or three per head).
+    # A copy of the model and one forward pass per edit set, from the first edited block: 2 n_heads + n_layers.
     Analysis("weight_edits", weight_edits, expensive=True),
     # Forward passes over constructed sequences: 33 values of c, every shorter length.
     Analysis("loss_by_c", loss_by_c, applies=_is_recurrence, expensive=True),

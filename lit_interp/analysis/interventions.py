@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from transformer_lens import HookedTransformer
 
-from lit_interp.analysis.losses import Task
+from lit_interp.analysis.losses import Task, residual_before
 from lit_interp.errors import require
 
 
@@ -114,46 +114,63 @@ def edited_losses(
 ) -> dict[str, float]:
     """The task's loss on `batch` under each named list of edits, each applied alone to one copy of `model`.
 
-    Pass the processed copy (`processed_copy`) to edit the weights a circuit reading sees, as seed 002 does.
+    Each edited pass starts at the first edited block, from the unedited copy's residual stream
+    there: the blocks before it compute what they always do. Pass the processed copy
+    (`processed_copy`) to edit the weights a circuit reading sees, as seed 002 does.
     """
     private = copy.deepcopy(model).eval()
+    n_layers = private.cfg.n_layers
     losses = {}
     with torch.no_grad():
+        _, clean = private.run_with_cache(
+            task.model_input(batch), names_filter=lambda name: name.endswith(("hook_resid_pre", "hook_resid_post"))
+        )
         for name, edits in experiments.items():
+            start = min((edit.layer for edit in edits), default=n_layers)
             with _applied(private, edits) as edited:
-                losses[name] = task.loss(edited(task.model_input(batch)), batch).item()
+                output = edited(residual_before(clean, start, n_layers), start_at_layer=start)
+            losses[name] = task.loss(output, batch).item()
     return losses
 
 
-def kept_head_losses(model: HookedTransformer, task: Task, batch: torch.Tensor) -> Float[torch.Tensor, "layer head"]:
+def kept_head_losses(
+    model: HookedTransformer, task: Task, batch: torch.Tensor, layers: Sequence[int] | None = None
+) -> Float[torch.Tensor, "layer head"]:
     """Loss with every other head of the head's layer zeroed (`ZeroHeadOutput`): the head alone does its layer's job.
 
-    Seed 002 zeroes heads 0-6 of layer 0 and keeps head 7. With one head per layer this is the clean loss.
+    One row per layer of `layers` (default: every layer). Seed 002 zeroes heads 0-6 of layer 0 and
+    keeps head 7. With one head per layer this is the clean loss.
     """
-    cfg = model.cfg
+    layers = range(model.cfg.n_layers) if layers is None else layers
+    heads = range(model.cfg.n_heads)
     experiments = {
-        f"L{layer}H{head}": [ZeroHeadOutput(layer, other) for other in range(cfg.n_heads) if other != head]
-        for layer in range(cfg.n_layers)
-        for head in range(cfg.n_heads)
+        f"L{layer}H{head}": [ZeroHeadOutput(layer, other) for other in heads if other != head]
+        for layer in layers
+        for head in heads
     }
     losses = edited_losses(model, task, batch, experiments)
-    return torch.tensor(list(losses.values())).reshape(cfg.n_layers, cfg.n_heads)
+    return torch.tensor(list(losses.values())).reshape(len(layers), len(heads))
 
 
 def qk_identity_losses(
-    model: HookedTransformer, task: Task, batch: torch.Tensor, seed: int = 0
+    model: HookedTransformer,
+    task: Task,
+    batch: torch.Tensor,
+    head_layers: Sequence[int] | None = None,
+    seed: int = 0,
 ) -> tuple[Float[torch.Tensor, "layer head"], Float[torch.Tensor, " layer"]]:
-    """Loss with one head's QK replaced by a low-rank identity (`LowRankIdentityQK`), and with every head of a layer.
+    """Loss with one head's QK replaced by a low-rank identity (`LowRankIdentityQK`), for each head of `head_layers`
+    (default: every layer), and with every head of a layer at once, for every layer.
 
     Seed 002 replaces heads 0-4 of its last layer and keeps its loss: those heads attend to the
     vectors most like the query.
     """
-    cfg = model.cfg
-    layers, heads = range(cfg.n_layers), range(cfg.n_heads)
+    layers, heads = range(model.cfg.n_layers), range(model.cfg.n_heads)
+    head_layers = layers if head_layers is None else head_layers
     experiments: dict[str, list[WeightEdit]] = {
-        f"L{layer}H{head}": [LowRankIdentityQK(layer, head, seed)] for layer in layers for head in heads
+        f"L{layer}H{head}": [LowRankIdentityQK(layer, head, seed)] for layer in head_layers for head in heads
     }
     experiments |= {f"L{layer}": [LowRankIdentityQK(layer, head, seed) for head in heads] for layer in layers}
     losses = edited_losses(model, task, batch, experiments)
-    by_head = torch.tensor([losses[f"L{layer}H{head}"] for layer in layers for head in heads])
-    return by_head.reshape(cfg.n_layers, cfg.n_heads), torch.tensor([losses[f"L{layer}"] for layer in layers])
+    by_head = torch.tensor([losses[f"L{layer}H{head}"] for layer in head_layers for head in heads])
+    return by_head.reshape(len(head_layers), len(heads)), torch.tensor([losses[f"L{layer}"] for layer in layers])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import einops
 import torch
 from jaxtyping import Float
 from transformer_lens import HookedTransformer
@@ -24,6 +25,12 @@ def random_unit_vectors(n: int, d_vocab: int, device: torch.device | str = "cpu"
     return unit_vectors(torch.rand(n, d_vocab, generator=generator)).to(device)
 
 
+def summed_ov_maps(model: HookedTransformer) -> Float[torch.Tensor, "layer d_vocab d_model"]:
+    """W_E Σ_h W_OV^h per layer: what the layer's heads together write when each attends only to input x."""
+    summed_ov = einops.einsum(model.W_V, model.W_O, "layer head m d, layer head d n -> layer m n")
+    return model.W_E @ summed_ov
+
+
 def summed_ov_outputs(
     model: HookedTransformer, inputs: Float[torch.Tensor, "n d_vocab"], layer: int
 ) -> Float[torch.Tensor, "n d_vocab"]:
@@ -32,8 +39,10 @@ def summed_ov_outputs(
     `model` must be processed (LayerNorm folded): ln_final is then a bare normalisation and W_U
     carries its scale. The unembedding bias is left out, as the seed does.
     """
-    summed_ov = model.OV[layer].AB.sum(0)  # d_model d_model
-    moved = (inputs @ model.W_E) @ summed_ov
+    return _read_out(model, inputs @ summed_ov_maps(model)[layer])
+
+
+def _read_out(model: HookedTransformer, moved: Float[torch.Tensor, "n d_model"]) -> Float[torch.Tensor, "n d_vocab"]:
     if model.cfg.normalization_type is not None:  # a model without norms has no ln_final
         moved = model.ln_final(moved[:, None])[:, 0]
     return moved @ model.W_U
@@ -65,8 +74,8 @@ def summed_ov_fit(
     """
     inputs = unit_vectors(inputs)
     slopes, r2s = [], []
-    for layer in range(model.cfg.n_layers):
-        slope, r2 = linear_fit(inputs, summed_ov_outputs(model, inputs, layer))
+    for summed in summed_ov_maps(model):
+        slope, r2 = linear_fit(inputs, _read_out(model, inputs @ summed))
         slopes.append(slope.mean())
         r2s.append(r2.mean())
     return {"slope": torch.stack(slopes), "r2": torch.stack(r2s)}

@@ -8,7 +8,7 @@ import torch
 from lit_interp.analysis import run_analysis
 from lit_interp.analysis.attention_positions import even_offset_attention
 from lit_interp.analysis.circuits import full_qk_circuits
-from lit_interp.analysis.interventions import kept_head_losses
+from lit_interp.analysis.interventions import kept_head_losses, qk_identity_losses
 from lit_interp.analysis.logit_difference import best_incorrect, head_logit_difference_attribution, logit_difference
 from lit_interp.analysis.patterns import attention_pattern
 from lit_interp.analysis.qk_preferences import qk_diagonal_contrast
@@ -57,9 +57,13 @@ def test_attention_split_by_the_sign_of_each_probe_sequence_s_c(recurrence_snaps
 def test_weight_edits_read_the_processed_copy(recurrence_snapshot):
     module, data, summary, tensors = recurrence_snapshot
     batch = data.make_batch(Stream.PROBE, 0, 16)
-    kept = kept_head_losses(processed_copy(module.model, center_unembed=False), module, batch)
-    torch.testing.assert_close(tensors["head_kept_alone_loss"], kept)
+    processed = processed_copy(module.model, center_unembed=False)
+    kept = kept_head_losses(processed, module, batch, layers=[0])
     assert summary["heads"]["L0H1"]["kept_alone_loss"] == pytest.approx(kept[0, 1].item(), rel=1e-5)
+    by_head, by_layer = qk_identity_losses(processed, module, batch, head_layers=[1])
+    assert summary["heads"]["L1H0"]["qk_identity_loss"] == pytest.approx(by_head[0, 0].item(), rel=1e-5)
+    assert summary["layers"]["0"]["layer_qk_identity_loss"] == pytest.approx(by_layer[0].item(), rel=1e-5)
+    assert "qk_identity_loss" not in summary["heads"]["L0H0"] and "kept_alone_loss" not in summary["heads"]["L1H0"]
 
 
 def test_the_qk_diagonal_of_a_bos_task_leaves_bos_out_and_reads_the_processed_circuit():

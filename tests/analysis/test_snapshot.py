@@ -32,10 +32,9 @@ EXPENSIVE_HEAD_KEYS = {"patching_score", "backup_attribution_change", "zero_abla
 # Token tasks' seed-003 logit difference: cheap attribution, expensive patching and backup.
 LOGIT_DIFFERENCE = dict(
     heads={"qk_diagonal_contrast", "logit_difference_attribution", "logit_difference_share"},
-    expensive_heads={"qk_identity_loss", "logit_difference_patching_score", "backup_logit_difference_change"},
+    expensive_heads={"logit_difference_patching_score", "backup_logit_difference_change"},
     expensive_sections={"logit_difference_patching", "backup_logit_difference"},
     expensive_tensors={
-        "head_qk_identity_loss",
         "resid_pre_patching_logit_difference",
         "head_patching_logit_difference",
         "backup_logit_difference_change",
@@ -105,7 +104,8 @@ EXPECTED = {
         metric="r2",
         heads={"fixed_position_attention", "fixed_position", "ov_large_entry_fraction"}
         | {"even_offset_attention_negative_c", "even_offset_attention_positive_c"},
-        expensive_heads={"qk_identity_loss", "kept_alone_loss"},
+        expensive_heads=set(),
+        first_layer_heads={"kept_alone_loss"},
         sections={"composition", "recurrence"},
         expensive_sections={"attention_under_ablation", "loss_by_c", "loss_by_seq_len"},
         layers={
@@ -122,7 +122,7 @@ EXPECTED = {
         tensors={"neuron_firing_frequency", "positional_qk_circuit.L1H1", "example_neuron_activations"}
         | {"example_predictions", "example_targets", "attention_by_key_position"}
         | {"attention_patterns_negative_c", "attention_patterns_positive_c"},
-        expensive_tensors={"head_qk_identity_loss", "head_kept_alone_loss", "c_grid", "loss_by_c"}
+        expensive_tensors={"c_grid", "loss_by_c"}
         | UNDER_ABLATION
         | {f"{kind}_matrix.L{layer}H{head}" for kind in ("ov", "qk") for layer in range(2) for head in range(2)},
     ),
@@ -167,8 +167,9 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
     assert list(summary["heads"]) == labels
     n_layers = module.model.cfg.n_layers
     for label, scores in summary["heads"].items():
-        last_layer = label.startswith(f"L{n_layers - 1}H")
-        extra = expected.get("last_layer_heads", set()) if last_layer else set()
+        extra = {"qk_identity_loss"} if label.startswith(f"L{n_layers - 1}H") else set()  # weight edits, as seed 002
+        extra |= expected.get("last_layer_heads", set()) if label.startswith(f"L{n_layers - 1}H") else set()
+        extra |= expected.get("first_layer_heads", set()) if label.startswith("L0H") else set()
         assert (
             set(scores)
             == COMMON_HEAD_KEYS | EXPENSIVE_HEAD_KEYS | expected["heads"] | expected["expensive_heads"] | extra
@@ -210,7 +211,7 @@ def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
         set(full_tensors) - set(cheap_tensors)
         == EXPENSIVE_TENSORS | expected["expensive_tensors"] | adversarial_tensors
     )
-    expensive_heads = EXPENSIVE_HEAD_KEYS | expected["expensive_heads"]
+    expensive_heads = EXPENSIVE_HEAD_KEYS | expected["expensive_heads"] | {"qk_identity_loss", "kept_alone_loss"}
     for label, scores in cheap["heads"].items():
         assert same(
             {name: value for name, value in full["heads"][label].items() if name not in expensive_heads}, scores
