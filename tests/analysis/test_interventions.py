@@ -70,6 +70,10 @@ def test_qk_identity_losses_per_head_and_per_layer():
     assert by_head[0, 1].item() == pytest.approx(module.loss(one(module.model_input(batch)), batch).item(), rel=1e-5)
     both = edited_copy(module.model, [LowRankIdentityQK(1, head) for head in range(2)])
     assert by_layer[1].item() == pytest.approx(module.loss(both(module.model_input(batch)), batch).item(), rel=1e-5)
+    mixed = [ZeroHeadOutput(1, 0), LowRankIdentityQK(0, 1)]  # from block 0 on, though the first edit is in block 1
+    full = edited_copy(module.model, mixed)
+    expected = module.loss(full(module.model_input(batch)), batch).item()
+    assert edited_losses(module.model, module, batch, {"mixed": mixed})["mixed"] == pytest.approx(expected, rel=1e-5)
     last, _ = qk_identity_losses(module.model, module, batch, head_layers=[1])
     torch.testing.assert_close(last, by_head[1:])
     assert kept_head_losses(module.model, module, batch, layers=[1]).shape == (1, 2)

@@ -43,8 +43,13 @@ def test_loss_by_c_is_the_task_loss_on_each_grid_point_outside_the_training_rang
     grid = torch.tensor([-4.0, -1.0, 0.5, 3.0])
     losses = loss_by_coefficient(module.model, module, data, grid, n_sequences=3)
     expected = [recurrences(data, 3, c=c)[:, 3:].pow(2).mean().item() for c in grid.tolist()]
-    assert losses.tolist() == pytest.approx(expected, rel=1e-5)
+    assert losses.tolist() == pytest.approx(expected, rel=1e-5)  # the zero prediction: the targets' mean square
     assert len(set(losses.tolist())) == 4  # c changes the sequences
+    module, data = tiny_task("affine_recurrence")  # a model that reads its input
+    losses = loss_by_coefficient(module.model, module, data, grid, n_sequences=3)
+    batches = [recurrences(data, 3, c=c) for c in grid.tolist()]
+    expected = [module.loss(module.model(module.model_input(batch)), batch).item() for batch in batches]
+    assert losses.tolist() == pytest.approx(expected, rel=1e-5)
 
 
 def test_loss_by_sequence_length_covers_every_length_with_a_target():
