@@ -331,15 +331,15 @@ def attention_under_ablation(context: AnalysisContext) -> tuple[Summary, Tensors
 
 def weight_edits(context: AnalysisContext) -> tuple[Summary, Tensors]:
     """Seed 002's two experiments on the processed copy: each last-layer head's QK (and each layer's) made a
-    low-rank identity; each layer-0 head kept alone."""
+    low-rank identity; each layer-0 head kept alone. In place on the processed view: each edit is undone after."""
     model, task, batch = context.processed, context.task, context.batch
     last = model.cfg.n_layers - 1
-    by_head, by_layer = qk_identity_losses(model, task, batch, head_layers=[last])
+    by_head, by_layer = qk_identity_losses(model, task, batch, head_layers=[last], in_place=True)
     heads: dict[str, dict[str, float]] = {
         f"L{last}H{head}": {"qk_identity_loss": loss} for head, loss in enumerate(by_head[0].tolist())
     }
     if model.cfg.n_heads >= 2:
-        for head, loss in enumerate(kept_head_losses(model, task, batch, layers=[0])[0].tolist()):
+        for head, loss in enumerate(kept_head_losses(model, task, batch, layers=[0], in_place=True)[0].tolist()):
             heads.setdefault(f"L0H{head}", {})["kept_alone_loss"] = loss
     return {"heads": heads} | layer_fragment({"layer_qk_identity_loss": by_layer}), {}
 

@@ -110,15 +110,21 @@ def _applied(model: HookedTransformer, edits: Sequence[WeightEdit]) -> Iterator[
 
 
 def edited_losses(
-    model: HookedTransformer, task: Task, batch: torch.Tensor, experiments: Mapping[str, Sequence[WeightEdit]]
+    model: HookedTransformer,
+    task: Task,
+    batch: torch.Tensor,
+    experiments: Mapping[str, Sequence[WeightEdit]],
+    in_place: bool = False,
 ) -> dict[str, float]:
     """The task's loss on `batch` under each named list of edits, each applied alone to one copy of `model`.
 
-    Each edited pass starts at the first edited block, from the unedited copy's residual stream
+    Each edited pass starts at the first edited block, from the unedited model's residual stream
     there: the blocks before it compute what they always do. Pass the processed copy
-    (`processed_copy`) to edit the weights a circuit reading sees, as seed 002 does.
+    (`processed_copy`) to edit the weights a circuit reading sees, as seed 002 does. `in_place=True`
+    edits `model` itself and restores every edited block after each experiment, for a copy the
+    caller already owns (a deep copy of a model costs more than a small model's forward pass).
     """
-    private = copy.deepcopy(model).eval()
+    private = model if in_place else copy.deepcopy(model).eval()
     n_layers = private.cfg.n_layers
     losses = {}
     with torch.no_grad():
@@ -134,12 +140,16 @@ def edited_losses(
 
 
 def kept_head_losses(
-    model: HookedTransformer, task: Task, batch: torch.Tensor, layers: Sequence[int] | None = None
+    model: HookedTransformer,
+    task: Task,
+    batch: torch.Tensor,
+    layers: Sequence[int] | None = None,
+    in_place: bool = False,
 ) -> Float[torch.Tensor, "layer head"]:
     """Loss with every other head of the head's layer zeroed (`ZeroHeadOutput`): the head alone does its layer's job.
 
     One row per layer of `layers` (default: every layer). Seed 002 zeroes heads 0-6 of layer 0 and
-    keeps head 7. With one head per layer this is the clean loss.
+    keeps head 7. With one head per layer this is the clean loss. `in_place` as for `edited_losses`.
     """
     layers = range(model.cfg.n_layers) if layers is None else layers
     heads = range(model.cfg.n_heads)
@@ -148,7 +158,7 @@ def kept_head_losses(
         for layer in layers
         for head in heads
     }
-    losses = edited_losses(model, task, batch, experiments)
+    losses = edited_losses(model, task, batch, experiments, in_place)
     return torch.tensor(list(losses.values())).reshape(len(layers), len(heads))
 
 
@@ -158,19 +168,23 @@ def qk_identity_losses(
     batch: torch.Tensor,
     head_layers: Sequence[int] | None = None,
     seed: int = 0,
+    in_place: bool = False,
 ) -> tuple[Float[torch.Tensor, "layer head"], Float[torch.Tensor, " layer"]]:
     """Loss with one head's QK replaced by a low-rank identity (`LowRankIdentityQK`), for each head of `head_layers`
     (default: every layer), and with every head of a layer at once, for every layer.
 
     Seed 002 replaces heads 0-4 of its last layer and keeps its loss: those heads attend to the
-    vectors most like the query.
+    vectors most like the query. With one head per layer the layer's edit is the head's, run once.
+    `in_place` as for `edited_losses`.
     """
     layers, heads = range(model.cfg.n_layers), range(model.cfg.n_heads)
     head_layers = layers if head_layers is None else head_layers
     experiments: dict[str, list[WeightEdit]] = {
         f"L{layer}H{head}": [LowRankIdentityQK(layer, head, seed)] for layer in head_layers for head in heads
     }
-    experiments |= {f"L{layer}": [LowRankIdentityQK(layer, head, seed) for head in heads] for layer in layers}
-    losses = edited_losses(model, task, batch, experiments)
+    layer_name = (lambda layer: f"L{layer}H0") if len(heads) == 1 else (lambda layer: f"L{layer}")
+    experiments |= {layer_name(layer): [LowRankIdentityQK(layer, head, seed) for head in heads] for layer in layers}
+    losses = edited_losses(model, task, batch, experiments, in_place)
     by_head = torch.tensor([losses[f"L{layer}H{head}"] for layer in head_layers for head in heads])
-    return by_head.reshape(len(head_layers), len(heads)), torch.tensor([losses[f"L{layer}"] for layer in layers])
+    by_layer = torch.tensor([losses[layer_name(layer)] for layer in layers])
+    return by_head.reshape(len(head_layers), len(heads)), by_layer

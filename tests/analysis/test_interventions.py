@@ -100,3 +100,22 @@ def test_an_edit_of_a_head_the_model_lacks_names_it():
         edited_copy(module.model, [ZeroHeadOutput(0, 5)])
     with pytest.raises(ConfigError, match="layer=2 is outside"):
         edited_losses(module.model, module, batch, {"bad": [LowRankIdentityQK(2, 0)]})
+
+
+def test_edits_in_place_give_the_same_losses_and_restore_every_weight():
+    module, batch = recurrence()
+    model = edited_copy(module.model, [])
+    weights = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    copied, _ = qk_identity_losses(model, module, batch)
+    in_place, _ = qk_identity_losses(model, module, batch, in_place=True)
+    torch.testing.assert_close(in_place, copied, rtol=0, atol=0)
+    assert all(torch.equal(tensor, weights[name]) for name, tensor in model.state_dict().items())
+
+
+def test_with_one_head_per_layer_the_layer_edit_is_the_head_edit():
+    module, data = tiny_task("bos_ints_attn_only")
+    batch = data.make_batch(Stream.PROBE, 0, 8)
+    by_head, by_layer = qk_identity_losses(module.model, module, batch)
+    torch.testing.assert_close(by_layer, by_head[:, 0])
+    full = edited_copy(module.model, [LowRankIdentityQK(1, 0)])
+    assert by_layer[1].item() == pytest.approx(module.loss(full(batch), batch).item(), rel=1e-5)
