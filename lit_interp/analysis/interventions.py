@@ -99,14 +99,19 @@ def _applied(model: HookedTransformer, edits: Sequence[WeightEdit]) -> Iterator[
     layers = sorted({edit.layer for edit in edits})
     for edit in edits:
         _check_head(model, edit.layer, edit.head)
-    saved = {layer: copy.deepcopy(model.blocks[layer].attn.state_dict()) for layer in layers}
+    saved = {
+        (layer, name): parameter.detach().clone()
+        for layer in layers
+        for name, parameter in model.blocks[layer].attn.named_parameters()
+    }
     try:
         for edit in edits:
             edit.apply(model)
         yield model
     finally:
-        for layer, state in saved.items():
-            model.blocks[layer].attn.load_state_dict(state)
+        with torch.no_grad():
+            for (layer, name), value in saved.items():
+                model.blocks[layer].attn.get_parameter(name).copy_(value)
 
 
 def edited_losses(
@@ -126,15 +131,18 @@ def edited_losses(
     """
     private = model if in_place else copy.deepcopy(model).eval()
     n_layers = private.cfg.n_layers
+    starts = {name: min((edit.layer for edit in edits), default=n_layers) for name, edits in experiments.items()}
     losses = {}
     with torch.no_grad():
-        _, clean = private.run_with_cache(
-            task.model_input(batch), names_filter=lambda name: name.endswith(("hook_resid_pre", "hook_resid_post"))
-        )
+        if any(starts.values()):  # some pass starts after block 0: it needs the unedited residual stream there
+            _, clean = private.run_with_cache(
+                task.model_input(batch), names_filter=lambda name: name.endswith(("hook_resid_pre", "hook_resid_post"))
+            )
         for name, edits in experiments.items():
-            start = min((edit.layer for edit in edits), default=n_layers)
+            start = starts[name]
+            inputs = task.model_input(batch) if start == 0 else residual_before(clean, start, n_layers)
             with _applied(private, edits) as edited:
-                output = edited(residual_before(clean, start, n_layers), start_at_layer=start)
+                output = edited(inputs, start_at_layer=start if start else None)
             losses[name] = task.loss(output, batch).item()
     return losses
 

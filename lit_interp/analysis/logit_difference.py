@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 
-import einops
 import torch
 from jaxtyping import Float, Int
 from transformer_lens import ActivationCache, HookedTransformer
@@ -69,7 +68,8 @@ def head_logit_difference_attribution(
     stack = cache.apply_ln_to_stack(
         stack_head_results(cache, first_target_pos), pos_slice=slice(first_target_pos, None)
     )
-    direction = einops.rearrange(W_U[:, targets] - W_U[:, incorrect], "d_model batch pos -> batch pos d_model")
+    W_U_rows = W_U.T  # d_vocab d_model: gathering rows keeps the direction contiguous (several times faster)
+    direction = W_U_rows[targets] - W_U_rows[incorrect]  # batch pos d_model
     return project(stack, direction).mean(-1).reshape(cfg.n_layers, cfg.n_heads)
 
 
@@ -121,7 +121,9 @@ def logit_difference_patching(
         return logit_difference(output[:, -1], target).mean().item()
 
     corrupted_batch = corrupt_previous(batch, bos_token, model.cfg.d_vocab)
-    corrupted_output, corrupted_cache = model.run_with_cache(task.model_input(corrupted_batch))
+    corrupted_output, corrupted_cache = model.run_with_cache(  # what the patch functions read, nothing more
+        task.model_input(corrupted_batch), names_filter=lambda name: name.endswith(("hook_resid_pre", "hook_z"))
+    )
     clean_values = logit_difference(clean_output[:, -1], target)
     corrupted_values = logit_difference(corrupted_output[:, -1], target)
     clean, corrupted = clean_values.mean().item(), corrupted_values.mean().item()
