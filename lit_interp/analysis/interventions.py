@@ -1,7 +1,7 @@
 """Interventions on weights (seed 002): edits applied to a copy of a model, never to the trained weights, and evaluated.
 
 ```python
-from lit_interp.analysis.interventions import LowRankIdentityQK, ZeroHeadOutput, edited_losses
+from lit_interp.analysis import LowRankIdentityQK, ZeroHeadOutput, edited_losses, processed_copy
 losses = edited_losses(processed_copy(model, center_unembed=False), task, batch, {
     "L0 but H7 zeroed": [ZeroHeadOutput(0, head) for head in range(7)],
     "L2H0-4 QK identity": [LowRankIdentityQK(2, head) for head in range(5)],

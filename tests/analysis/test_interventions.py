@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -15,6 +18,7 @@ from lit_interp.analysis.interventions import (
     qk_identity_losses,
 )
 from lit_interp.errors import ConfigError
+from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule, AffineRecurrenceModule
 from lit_interp.tasks.base import Stream
 
 from .conftest import tiny_task
@@ -119,3 +123,15 @@ def test_with_one_head_per_layer_the_layer_edit_is_the_head_edit():
     torch.testing.assert_close(by_layer, by_head[:, 0])
     full = edited_copy(module.model, [LowRankIdentityQK(1, 0)])
     assert by_layer[1].item() == pytest.approx(module.loss(full(batch), batch).item(), rel=1e-5)
+
+
+def test_the_documented_example_runs_on_a_model_of_seed_002_s_shape():
+    docs = (Path(__file__).parents[2] / "docs" / "analysis.md").read_text()
+    section = docs.split("## Editing weights and reading single predictions")[1]
+    code = section.split("```python\n")[1].split("```")[0]
+    module = AffineRecurrenceModule(n_layers=3, n_heads=8, d_model=16, d_head=4, d_mlp=32)
+    data = AffineRecurrenceDataModule()
+    run = SimpleNamespace(model=module.model, module=module, probe_batch=lambda: data.make_batch(Stream.PROBE, 0, 8))
+    namespace = {"run": run}
+    exec(compile(code.replace("edited_losses(", "losses = edited_losses(", 1), "docs/analysis.md", "exec"), namespace)
+    assert set(namespace["losses"]) == {"L0H7 alone", "L2H0-4 QK identity"}
