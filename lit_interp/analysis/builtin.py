@@ -292,6 +292,11 @@ def _reads_and_writes_vectors(context: AnalysisContext) -> bool:
     return not context.token_task and context.model.cfg.d_vocab_out == context.model.cfg.d_vocab
 
 
+def _token_task_with_other_heads(context: AnalysisContext) -> bool:
+    """Backup needs a head besides the ablated one to take over."""
+    return context.token_task and context.model.cfg.n_layers * context.model.cfg.n_heads >= 2
+
+
 def _patchable(context: AnalysisContext) -> bool:
     """The answer's source (position -2 of the batch) must be an ordinary input, not BOS."""
     return context.batch.shape[1] >= 2 + int(context.has_bos)
@@ -523,7 +528,5 @@ BUILTIN_ANALYSES = [
         applies=lambda context: context.token_task and _patchable(context),
         expensive=True,
     ),
-    Analysis(
-        "backup_logit_difference", backup_logit_difference, applies=lambda context: context.token_task, expensive=True
-    ),
+    Analysis("backup_logit_difference", backup_logit_difference, applies=_token_task_with_other_heads, expensive=True),
 ]

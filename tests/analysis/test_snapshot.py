@@ -49,16 +49,16 @@ EXPECTED = {
         heads={"ov_copying_score", "rotary_q_similarity", "rotary_qk_offset", "rotary_k_similarity"}
         | {"fixed_position_attention", "fixed_position"}
         | LOGIT_DIFFERENCE["heads"],
-        expensive_heads=LOGIT_DIFFERENCE["expensive_heads"],
+        expensive_heads={"logit_difference_patching_score"},  # one head: no backup
         sections={"adversarial", "logit_difference"},
-        expensive_sections=LOGIT_DIFFERENCE["expensive_sections"],
+        expensive_sections={"logit_difference_patching"},
         layers={"logit_lens_acc"},
         expensive_layers={"layer_qk_identity_loss"},
         adversarial={"clean_loss", "repeated_tokens_loss"},
         tensors={"rotary_similarity.q.L0H0", "rotary_similarity.q_vs_k.L0H0", "example_inputs"}
         | {"rotary_qk_offset_scores", "attention_by_key_position"}
         | LOGIT_DIFFERENCE["tensors"],
-        expensive_tensors=LOGIT_DIFFERENCE["expensive_tensors"],
+        expensive_tensors=LOGIT_DIFFERENCE["expensive_tensors"] - {"backup_logit_difference_change"},
     ),
     "bos_ints_attn_only": dict(
         metric="acc",
