@@ -350,7 +350,7 @@ def weight_edits(context: AnalysisContext) -> tuple[Summary, Tensors]:
 
 
 def loss_by_c(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    losses = loss_by_coefficient(context.model, context.task, context.datamodule)
+    losses, errors = loss_by_coefficient(context.model, context.task, context.datamodule)
     low, high = context.datamodule.coefficient_bounds
     inside = (C_GRID >= low) & (C_GRID <= high)
     summary = {
@@ -359,12 +359,17 @@ def loss_by_c(context: AnalysisContext) -> tuple[Summary, Tensors]:
         "inside_training_range": losses[inside].mean().item(),
         "outside_training_range": losses[~inside].mean().item() if (~inside).any() else float("nan"),
     }
-    return {"loss_by_c": summary}, {"c_grid": C_GRID.clone(), "loss_by_c": losses}
+    return {"loss_by_c": summary}, {"c_grid": C_GRID.clone(), "loss_by_c": losses, "loss_by_c_standard_error": errors}
 
 
 def loss_by_seq_len(context: AnalysisContext) -> tuple[Summary, Tensors]:
     losses = loss_by_sequence_length(context.model, context.task, context.datamodule)
-    return {"loss_by_seq_len": {str(seq_len): loss for seq_len, loss in losses.items()}}, {}
+    summary = {"loss_by_seq_len": {str(seq_len): loss for seq_len, (loss, _) in losses.items()}}
+    return summary, {
+        "seq_len": torch.tensor(list(losses), dtype=torch.float32),
+        "loss_by_seq_len": torch.tensor([loss for loss, _ in losses.values()]),
+        "loss_by_seq_len_standard_error": torch.tensor([error for _, error in losses.values()]),
+    }
 
 
 def attention_by_c_sign(context: AnalysisContext) -> tuple[Summary, Tensors]:

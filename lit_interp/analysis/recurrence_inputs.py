@@ -33,30 +33,42 @@ def recurrences(datamodule: Any, n_sequences: int, c: float | None = None, seq_l
     return pinned.generate(torch.Generator().manual_seed(GRID_SEED), n_sequences)
 
 
+def per_sequence_losses(task: Task, output: torch.Tensor, batch: torch.Tensor) -> Float[torch.Tensor, " batch"]:
+    """The task's loss on each sequence alone: their mean is the batch loss, their spread its noise."""
+    return torch.tensor(
+        [task.loss(output[index : index + 1], batch[index : index + 1]).item() for index in range(len(batch))]
+    )
+
+
+def mean_and_standard_error(losses: torch.Tensor) -> tuple[float, float]:
+    return losses.mean().item(), (losses.std() / len(losses) ** 0.5).item()
+
+
 def loss_by_coefficient(
     model: HookedTransformer,
     task: Task,
     datamodule: Any,
     grid: torch.Tensor = C_GRID,
     n_sequences: int = SEQUENCES_PER_POINT,
-) -> Float[torch.Tensor, " c"]:
-    """The task's loss on `n_sequences` recurrences with every c_k = c, for each c of `grid` (one forward pass).
+) -> tuple[Float[torch.Tensor, " c"], Float[torch.Tensor, " c"]]:
+    """The task's loss on `n_sequences` recurrences with every c_k = c, for each c of `grid` (one forward pass),
+    and its standard error over the sequences.
 
     The grid reaches outside the training bounds (`coefficient_bounds`) on purpose: seed 002 asks
-    how the model extrapolates.
+    how the model extrapolates. Differences within a few standard errors are noise.
     """
     device = model.W_E.device
     batches = torch.stack([recurrences(datamodule, n_sequences, c=c) for c in grid.tolist()]).to(device)
-    output = model(task.model_input(batches.flatten(0, 1)))
-    return torch.tensor(
-        [task.loss(chunk, batch).item() for chunk, batch in zip(output.unflatten(0, batches.shape[:2]), batches)]
-    )
+    outputs = model(task.model_input(batches.flatten(0, 1))).unflatten(0, batches.shape[:2])
+    points = [mean_and_standard_error(per_sequence_losses(task, *pair)) for pair in zip(outputs, batches)]
+    return torch.tensor([mean for mean, _ in points]), torch.tensor([error for _, error in points])
 
 
 def loss_by_sequence_length(
     model: HookedTransformer, task: Task, datamodule: Any, n_sequences: int = SEQUENCES_PER_POINT
-) -> dict[int, float]:
-    """The task's loss on recurrences of each length from the shortest with a target to the task's own.
+) -> dict[int, tuple[float, float]]:
+    """The task's loss (and its standard error over sequences) on recurrences of each length, from the shortest
+    with a target to the task's own.
 
     A causal model reads a prefix exactly as it reads the start of a longer sequence; what changes
     is the data: each sequence is normalised by its own largest norm (seed 002 tries length 5).
@@ -65,7 +77,7 @@ def loss_by_sequence_length(
     losses = {}
     for seq_len in range(first + 2, datamodule.seq_len + 1):  # the model reads seq_len - 1 vectors
         batch = recurrences(datamodule, n_sequences, seq_len=seq_len).to(model.W_E.device)
-        losses[seq_len] = task.loss(model(task.model_input(batch)), batch).item()
+        losses[seq_len] = mean_and_standard_error(per_sequence_losses(task, model(task.model_input(batch)), batch))
     return losses
 
 

@@ -41,12 +41,14 @@ def test_recurrences_have_the_chosen_c_and_length_and_leave_the_datamodule_alone
 def test_loss_by_c_is_the_task_loss_on_each_grid_point_outside_the_training_range_too():
     module, data = silent_recurrence_model()
     grid = torch.tensor([-4.0, -1.0, 0.5, 3.0])
-    losses = loss_by_coefficient(module.model, module, data, grid, n_sequences=3)
+    losses, errors = loss_by_coefficient(module.model, module, data, grid, n_sequences=3)
     expected = [recurrences(data, 3, c=c)[:, 3:].pow(2).mean().item() for c in grid.tolist()]
     assert losses.tolist() == pytest.approx(expected, rel=1e-5)  # the zero prediction: the targets' mean square
+    squares = recurrences(data, 3, c=-1.0)[:, 3:].pow(2).mean((1, 2))
+    assert errors[1].item() == pytest.approx((squares.std() / 3**0.5).item(), rel=1e-5)
     assert len(set(losses.tolist())) == 4  # c changes the sequences
     module, data = tiny_task("affine_recurrence")  # a model that reads its input
-    losses = loss_by_coefficient(module.model, module, data, grid, n_sequences=3)
+    losses, _ = loss_by_coefficient(module.model, module, data, grid, n_sequences=3)
     batches = [recurrences(data, 3, c=c) for c in grid.tolist()]
     expected = [module.loss(module.model(module.model_input(batch)), batch).item() for batch in batches]
     assert losses.tolist() == pytest.approx(expected, rel=1e-5)
@@ -56,8 +58,8 @@ def test_loss_by_sequence_length_covers_every_length_with_a_target():
     module, data = silent_recurrence_model()
     losses = loss_by_sequence_length(module.model, module, data, n_sequences=3)
     assert list(losses) == list(range(4, 15))  # first_target_pos 2: the shortest has one target, at position 3
-    expected = recurrences(data, 3, seq_len=6)[:, 3:].pow(2).mean().item()
-    assert losses[6] == pytest.approx(expected, rel=1e-5)
+    squares = recurrences(data, 3, seq_len=6)[:, 3:].pow(2).mean((1, 2))
+    assert losses[6] == pytest.approx((squares.mean().item(), (squares.std() / 3**0.5).item()), rel=1e-5)
 
 
 def test_attention_by_sign_averages_each_side_and_leaves_an_empty_side_nan():

@@ -30,15 +30,18 @@ def recurrence_snapshot():
 
 def test_loss_by_c_splits_the_grid_at_the_training_bounds(recurrence_snapshot):
     module, data, summary, tensors = recurrence_snapshot
-    losses = loss_by_coefficient(module.model, module, data)
+    losses, errors = loss_by_coefficient(module.model, module, data)
     torch.testing.assert_close(tensors["loss_by_c"], losses)
+    torch.testing.assert_close(tensors["loss_by_c_standard_error"], errors)
     torch.testing.assert_close(tensors["c_grid"], C_GRID)
     inside = C_GRID.abs() <= 2
     assert summary["loss_by_c"]["inside_training_range"] == pytest.approx(losses[inside].mean().item(), rel=1e-5)
     assert summary["loss_by_c"]["outside_training_range"] == pytest.approx(losses[~inside].mean().item(), rel=1e-5)
     assert (summary["loss_by_c"]["training_c_low"], summary["loss_by_c"]["training_c_high"]) == (-2.0, 2.0)
     lengths = loss_by_sequence_length(module.model, module, data)
-    assert summary["loss_by_seq_len"] == pytest.approx({str(length): loss for length, loss in lengths.items()})
+    assert summary["loss_by_seq_len"] == pytest.approx({str(length): loss for length, (loss, _) in lengths.items()})
+    assert tensors["seq_len"].tolist() == list(lengths)
+    assert tensors["loss_by_seq_len_standard_error"].tolist() == pytest.approx([error for _, error in lengths.values()])
 
 
 def test_attention_split_by_the_sign_of_each_probe_sequence_s_c(recurrence_snapshot):

@@ -122,7 +122,8 @@ EXPECTED = {
         tensors={"neuron_firing_frequency", "positional_qk_circuit.L1H1", "example_neuron_activations"}
         | {"example_predictions", "example_targets", "attention_by_key_position"}
         | {"attention_patterns_negative_c", "attention_patterns_positive_c"},
-        expensive_tensors={"c_grid", "loss_by_c"}
+        expensive_tensors={"c_grid", "loss_by_c", "loss_by_c_standard_error", "seq_len", "loss_by_seq_len"}
+        | {"loss_by_seq_len_standard_error"}
         | UNDER_ABLATION
         | {f"{kind}_matrix.L{layer}H{head}" for kind in ("ov", "qk") for layer in range(2) for head in range(2)},
     ),
