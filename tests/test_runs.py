@@ -371,6 +371,7 @@ def test_tensorboard_of_a_resumed_run_equals_the_uninterrupted_one(tmp_path, mon
     assert (run / "checkpoints/last.ckpt").stat().st_mtime_ns >= summary
     time.sleep(1.1)
     tiny_fit("bos_ints_attn_only", *args, "--ckpt_path", "last")
-    assert scalars(run) == resumed
+    # json: a score refused on this input (NaN) equals itself
+    assert json.dumps(scalars(run), sort_keys=True) == json.dumps(resumed, sort_keys=True)
     assert csv_rows(run) == straight_rows
     assert (run / "final_metrics.json").stat().st_mtime_ns == summary
