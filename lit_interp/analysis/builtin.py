@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from lit_interp.analysis import attribution, circuits, fourier, patching, recurrence
+from lit_interp.analysis import attribution, circuits, fourier, logit_difference, patching, recurrence
 from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses
 from lit_interp.analysis.adversarial import adversarial_analysis
+from lit_interp.analysis.attention_positions import (
+    attention_by_key_position,
+    bos_attention_by_query,
+    bos_attention_trend,
+    even_offset_attention,
+    fixed_position_attention,
+)
 from lit_interp.analysis.attribution import (
     block_outside_subspace_ratios,
     component_direct_attribution,
@@ -26,23 +33,34 @@ from lit_interp.analysis.circuits import (
     ov_neuron_circuits,
     positional_qk_circuits,
 )
+from lit_interp.analysis.examples import attention_with_layer_mean_ablated, targets_by_position, top_k_from_logits
+from lit_interp.analysis.interventions import kept_head_losses, qk_identity_losses
 from lit_interp.analysis.neurons import (
     dead_neuron_fraction,
     neuron_activation_by_position,
     neuron_firing_frequency,
 )
+from lit_interp.analysis.ov_summaries import RANDOM_VECTORS, large_entry_fraction, random_unit_vectors, summed_ov_fit
 from lit_interp.analysis.patterns import (
     attention_entropy,
     attention_pattern,
     bos_scores,
+    mean_attention_patterns,
     mean_attention_scores,
     previous_token_scores,
     repeated_sequence_scores,
 )
+from lit_interp.analysis.qk_preferences import qk_diagonal_contrast, recency_preference
 from lit_interp.analysis.recurrence import (
     coefficient_bin_edges,
     loss_by_coefficient_size,
     recurrence_parameters,
+)
+from lit_interp.analysis.recurrence_inputs import (
+    C_GRID,
+    attention_by_sign,
+    loss_by_coefficient,
+    loss_by_sequence_length,
 )
 from lit_interp.analysis.registry import (
     Analysis,
@@ -53,14 +71,22 @@ from lit_interp.analysis.registry import (
     layer_fragment,
     per_head,
 )
-from lit_interp.analysis.rotary import is_rotary, mean_off_diagonal, rotary_similarities
-from lit_interp.analysis.term_importance import supports_term_importance
+from lit_interp.analysis.rotary import (
+    is_rotary,
+    mean_off_diagonal,
+    position_similarity,
+    rotary_qk_offset,
+    rotary_qk_offset_scores,
+    rotary_similarities,
+)
+from lit_interp.analysis.term_importance import attention_score_terms, supports_term_importance
 from lit_interp.analysis.term_importance import term_importance as term_importance_losses
 from lit_interp.analysis.weights import centres_writing_weights
 from lit_interp.heads import head_label
 from lit_interp.tasks.base import Stream
 
 N_EXAMPLES = 8  # probe sequences whose own attention patterns a report shows
+TOP_K = 5  # next-token predictions kept per position of each example
 # Probe sequences repeated for the duplicate and induction scores: their own forward pass, and
 # 64 x half the context already averages thousands of query positions.
 REPEATED_SEQUENCES = 64
@@ -360,9 +386,194 @@ def _is_recurrence(context: AnalysisContext) -> bool:
     return not context.token_task and all(hasattr(context.datamodule, name) for name in ("order", "coefficient_bounds"))
 
 
+def _is_first_order_recurrence(context: AnalysisContext) -> bool:
+    """The sign of c splits sequences into oscillating and monotone ones only when c is a single coefficient."""
+    return _is_recurrence(context) and context.datamodule.order == 1
+
+
+def _reads_and_writes_vectors(context: AnalysisContext) -> bool:
+    """A vector task whose output lives in its input's space (seed 002's OV fit compares the two)."""
+    return not context.token_task and context.model.cfg.d_vocab_out == context.model.cfg.d_vocab
+
+
+def _token_task_with_other_heads(context: AnalysisContext) -> bool:
+    """Backup needs a head besides the ablated one to take over."""
+    return context.token_task and context.model.cfg.n_layers * context.model.cfg.n_heads >= 2
+
+
 def _patchable(context: AnalysisContext) -> bool:
     """The answer's source (position -2 of the batch) must be an ordinary input, not BOS."""
     return context.batch.shape[1] >= 2 + int(context.has_bos)
+
+
+def example_predictions(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    """Token tasks: the top-k predictions of the example sequences; vector tasks: their predictions and targets."""
+    if context.token_task:
+        examples = context.batch[:N_EXAMPLES]
+        top = top_k_from_logits(context.output[:N_EXAMPLES], TOP_K, targets_by_position(context.task, examples))
+        return {}, {
+            "example_top_k_tokens": top.tokens.float(),
+            "example_top_k_probs": top.probs,
+            "example_target_rank": top.target_rank,
+        }
+    first = context.first_target_pos
+    return {}, {
+        "example_predictions": context.output[:N_EXAMPLES, first:],
+        "example_targets": context.targets[:N_EXAMPLES],
+    }
+
+
+def example_neuron_activations(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    activations = [context.cache["post", layer][0] for layer in range(context.model.cfg.n_layers)]
+    return {}, {"example_neuron_activations": torch.stack(activations)}
+
+
+def attention_under_ablation(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    losses, tensors = {}, {}
+    for layer in range(context.model.cfg.n_layers - 1):  # the last layer has no later attention to change
+        loss, patterns = attention_with_layer_mean_ablated(context.model, context.task, context.batch, layer)
+        losses[f"layer_{layer}_mean_ablated_loss"] = loss
+        tensors[f"attention_patterns_layer_{layer}_mean_ablated"] = patterns.mean(0)
+        tensors[f"example_attention_patterns_layer_{layer}_mean_ablated"] = patterns[:N_EXAMPLES]
+    return {"attention_under_ablation": losses}, tensors
+
+
+def weight_edits(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    """Seed 002's two experiments on the processed copy: each last-layer head's QK (and each layer's) made a
+    low-rank identity; each layer-0 head kept alone. In place on the processed view: each edit is undone after."""
+    model, task, batch = context.processed, context.task, context.batch
+    last = model.cfg.n_layers - 1
+    by_head, by_layer = qk_identity_losses(model, task, batch, head_layers=[last], in_place=True)
+    heads: dict[str, dict[str, float]] = {
+        f"L{last}H{head}": {"qk_identity_loss": loss} for head, loss in enumerate(by_head[0].tolist())
+    }
+    if model.cfg.n_heads >= 2:
+        for head, loss in enumerate(kept_head_losses(model, task, batch, layers=[0], in_place=True)[0].tolist()):
+            heads.setdefault(f"L0H{head}", {})["kept_alone_loss"] = loss
+    return {"heads": heads} | layer_fragment({"layer_qk_identity_loss": by_layer}), {}
+
+
+def loss_by_c(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    losses, errors = loss_by_coefficient(context.model, context.task, context.datamodule)
+    low, high = context.datamodule.coefficient_bounds
+    inside = (C_GRID >= low) & (C_GRID <= high)
+    summary = {
+        "training_c_low": low,
+        "training_c_high": high,
+        "inside_training_range": losses[inside].mean().item(),
+        "outside_training_range": losses[~inside].mean().item() if (~inside).any() else float("nan"),
+    }
+    return {"loss_by_c": summary}, {"c_grid": C_GRID.clone(), "loss_by_c": losses, "loss_by_c_standard_error": errors}
+
+
+def loss_by_seq_len(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    losses = loss_by_sequence_length(context.model, context.task, context.datamodule)
+    summary = {"loss_by_seq_len": {str(seq_len): loss for seq_len, (loss, _) in losses.items()}}
+    return summary, {
+        "seq_len": torch.tensor(list(losses), dtype=torch.float32),
+        "loss_by_seq_len": torch.tensor([loss for loss, _ in losses.values()]),
+        "loss_by_seq_len_standard_error": torch.tensor([error for _, error in losses.values()]),
+    }
+
+
+def attention_by_c_sign(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    coefficients, _ = _coefficients(context)
+    n_layers = context.model.cfg.n_layers
+    patterns = torch.stack([attention_pattern(context.cache, layer) for layer in range(n_layers)], dim=1)
+    negative, positive = attention_by_sign(patterns, coefficients[:, 0])
+    scores = {
+        "even_offset_attention_negative_c": even_offset_attention(negative),
+        "even_offset_attention_positive_c": even_offset_attention(positive),
+    }
+    return head_fragment(scores), {"attention_patterns_negative_c": negative, "attention_patterns_positive_c": positive}
+
+
+def ov_summaries(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    model = context.processed
+    inputs = context.task.model_input(context.batch).flatten(0, 1)
+    fits = {
+        "": summed_ov_fit(model, inputs),
+        "_random": summed_ov_fit(model, random_unit_vectors(RANDOM_VECTORS, model.cfg.d_vocab, inputs.device)),
+    }
+    per_layer = {f"summed_ov_{name}{kind}": values for kind, fit in fits.items() for name, values in fit.items()}
+    return layer_fragment(per_layer) | head_fragment({"ov_large_entry_fraction": large_entry_fraction(model.OV.AB)}), {}
+
+
+def ov_qk_matrices(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    return {}, per_head("ov_matrix", context.processed.OV.AB) | per_head("qk_matrix", context.processed.QK.AB)
+
+
+def bos_attention(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    by_query = bos_attention_by_query(mean_attention_patterns(context.cache, context.model.cfg.n_layers))
+    return head_fragment({"bos_attention_trend": bos_attention_trend(by_query)}), {
+        "bos_attention_by_query_pos": by_query
+    }
+
+
+def qk_diagonal(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    model = context.processed
+    scales = torch.tensor([block.attn.attn_scale for block in model.blocks], dtype=torch.float32)
+    excluded = [context.bos_token] if context.has_bos else []
+    contrast = qk_diagonal_contrast(full_qk_circuits(model), scales, excluded)
+    return head_fragment({"qk_diagonal_contrast": contrast}), {}
+
+
+def kq_recency(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    layer = context.model.cfg.n_layers - 1  # the layer term importance splits
+    kq_term = attention_score_terms(context.model, context.cache, layer)["kq_comp"].mean(0)
+    recency = recency_preference(kq_term, first_key=int(context.has_bos)).tolist()
+    return {"heads": {f"L{layer}H{head}": {"kq_recency": value} for head, value in enumerate(recency)}}, {}
+
+
+def rotary_offset(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    scores = rotary_qk_offset_scores(context.model, context.cache)
+    k_similarity = position_similarity(context.cache, context.model.cfg.n_layers, "k")
+    summary = head_fragment({"rotary_qk_offset": rotary_qk_offset(scores), "rotary_k_similarity": k_similarity})
+    return summary, {"rotary_qk_offset_scores": scores}
+
+
+def fixed_position(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    patterns = mean_attention_patterns(context.cache, context.model.cfg.n_layers)
+    share, position = fixed_position_attention(patterns)
+    return head_fragment({"fixed_position_attention": share, "fixed_position": position}), {
+        "attention_by_key_position": attention_by_key_position(patterns)
+    }
+
+
+def _logit_difference_inputs(context: AnalysisContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clean run's logit difference per (sequence, target position) and its best incorrect tokens."""
+    scored = context.output[:, context.first_target_pos :]
+    return (
+        logit_difference.logit_difference(scored, context.targets),
+        logit_difference.best_incorrect(scored, context.targets),
+    )
+
+
+def logit_difference_attribution(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    clean, incorrect = _logit_difference_inputs(context)
+    attribution = logit_difference.head_logit_difference_attribution(
+        context.cache, context.processed.W_U, context.targets, incorrect, context.first_target_pos
+    )
+    shares, summary = logit_difference.top_head_shares(attribution, clean)
+    scores = {"logit_difference_attribution": attribution, "logit_difference_share": shares}
+    return {"logit_difference": summary} | head_fragment(scores), {}
+
+
+def logit_difference_patching(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    summary, tensors = logit_difference.logit_difference_patching(
+        context.model, context.task, context.batch, context.output, context.cache, context.bos_token
+    )
+    scores = head_fragment({"logit_difference_patching_score": tensors["head_patching_logit_difference"]})
+    return {"logit_difference_patching": summary} | scores, tensors
+
+
+def backup_logit_difference(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    summary, change = logit_difference.backup_against_naive(
+        context.model, context.task, context.batch, context.output, context.cache, context.processed.W_U
+    )
+    return {"backup_logit_difference": summary} | head_fragment({"backup_logit_difference_change": change}), {
+        "backup_logit_difference_change": change
+    }
 
 
 BUILTIN_ANALYSES = [
@@ -400,4 +611,39 @@ BUILTIN_ANALYSES = [
     Analysis("activation_patching", activation_patching, applies=_patchable, expensive=True),
     Analysis("backup_heads", backup_heads, expensive=True),
     Analysis("parameter_probes", parameter_probes, applies=_is_recurrence, expensive=True),
+    Analysis("example_predictions", example_predictions),
+    Analysis(
+        "example_neuron_activations",
+        example_neuron_activations,
+        applies=lambda context: not context.model.cfg.attn_only,
+    ),
+    Analysis("bos_attention", bos_attention, applies=lambda context: context.has_bos),
+    Analysis("fixed_position", fixed_position, applies=lambda context: not context.has_bos),
+    Analysis("qk_diagonal", qk_diagonal, applies=lambda context: context.token_task),
+    Analysis("kq_recency", kq_recency, applies=lambda context: supports_term_importance(context.model)),
+    Analysis("rotary_offset", rotary_offset, applies=lambda context: is_rotary(context.model)),
+    Analysis("ov_summaries", ov_summaries, applies=_reads_and_writes_vectors),
+    Analysis("attention_by_c_sign", attention_by_c_sign, applies=_is_first_order_recurrence),
+    Analysis("logit_difference_attribution", logit_difference_attribution, applies=lambda context: context.token_task),
+    # One forward pass per ablated layer.
+    Analysis(
+        "attention_under_ablation",
+        attention_under_ablation,
+        applies=lambda context: context.model.cfg.n_layers >= 2,
+        expensive=True,
+    ),
+    # A copy of the model and one forward pass per edit set, from the first edited block: 2 n_heads + n_layers.
+    Analysis("weight_edits", weight_edits, expensive=True),
+    # Forward passes over constructed sequences: 33 values of c, every shorter length.
+    Analysis("loss_by_c", loss_by_c, applies=_is_recurrence, expensive=True),
+    Analysis("loss_by_seq_len", loss_by_seq_len, applies=_is_recurrence, expensive=True),
+    # Cheap to compute but 2 x n_layers x n_heads d_model x d_model matrices: kept for every k-th snapshot only.
+    Analysis("ov_qk_matrices", ov_qk_matrices, applies=lambda context: not context.token_task, expensive=True),
+    Analysis(
+        "logit_difference_patching",
+        logit_difference_patching,
+        applies=lambda context: context.token_task and _patchable(context),
+        expensive=True,
+    ),
+    Analysis("backup_logit_difference", backup_logit_difference, applies=_token_task_with_other_heads, expensive=True),
 ]

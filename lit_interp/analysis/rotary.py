@@ -47,3 +47,37 @@ def mean_off_diagonal(similarity: Similarity) -> Float[torch.Tensor, "layer head
     n = similarity.shape[-1]
     off_diagonal = ~torch.eye(n, dtype=torch.bool, device=similarity.device)
     return similarity[..., off_diagonal].mean(-1)
+
+
+def position_similarity(cache: ActivationCache, n_layers: int, name: str) -> Float[torch.Tensor, "layer head"]:
+    """`mean_off_diagonal` of one activation's (`q`, `k`, ...) similarity across positions: ~1 when constant."""
+    return mean_off_diagonal(
+        torch.stack([_cosine_similarity(cache[name, layer], cache[name, layer]) for layer in range(n_layers)])
+    )
+
+
+def rotary_qk_offset_scores(
+    model: HookedTransformer, cache: ActivationCache
+) -> Float[torch.Tensor, "layer head offset"]:
+    """The score the batch-mean pre-rotary query gives the batch-mean pre-rotary key `offset` positions back.
+
+    Both vectors are rotated by the model's own rotary embedding (`apply_rotary`) and dotted over
+    `attn_scale`, for offsets 0..pos-1. Rotary scores depend only on the offset, so this is the
+    learned preference seed 000 reads off its q-against-k similarity; it speaks for the head when q
+    and k barely depend on the token (`rotary_q_similarity`, `rotary_k_similarity` near 1).
+    """
+    scores = []
+    for layer in range(model.cfg.n_layers):
+        attn = model.blocks[layer].attn
+        q, k = cache["q", layer], cache["k", layer]  # batch pos head d_head
+        n_pos = q.shape[1]
+        rot_q = attn.apply_rotary(q.mean((0, 1)).expand(1, n_pos, -1, -1))[0, -1]  # the last query: head d_head
+        rot_k = attn.apply_rotary(k.mean((0, 1)).expand(1, n_pos, -1, -1))[0].flip(0)  # offset head d_head
+        scores.append(einops.einsum(rot_q, rot_k, "head d, offset head d -> head offset") / attn.attn_scale)
+    return torch.stack(scores)
+
+
+def rotary_qk_offset(offset_scores: Float[torch.Tensor, "layer head offset"]) -> Float[torch.Tensor, "layer head"]:
+    """The offset (0: the query's own position) scoring highest (1 for a previous-token head); NaN if not finite."""
+    finite = torch.isfinite(offset_scores).all(-1)
+    return torch.where(finite, offset_scores.nan_to_num().argmax(-1).float(), torch.nan)

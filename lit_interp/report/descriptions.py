@@ -29,6 +29,33 @@ SCORES = {
     "corrupted run (1: all of it, 0: none).",
     "backup_attribution_change": "Change in the head's direct attribution when the most important head is ablated: "
     "positive for a backup head.",
+    "bos_attention_trend": "Rank correlation of the attention paid to BOS with query position (-1: falls at every "
+    "later position); blank when the profile is flat.",
+    "fixed_position_attention": "The largest share of all queries' attention (from position 1 on) paid to one key "
+    "position: ~1 for a head that always attends there.",
+    "fixed_position": "The key position holding fixed_position_attention.",
+    "qk_diagonal_contrast": "Score a query token gives a key holding the same token minus other tokens, through the "
+    "embeddings alone (W_E W_QK W_E^T, attention-score units): negative avoids its own token.",
+    "kq_recency": "Rank correlation of the K+Q-composition score term with key position, averaged over queries: +1 "
+    "scores more recent keys higher.",
+    "rotary_k_similarity": "Mean cosine similarity of the head's keys between different positions, before rotary "
+    "(rotary models): ~1 when k is constant.",
+    "rotary_qk_offset": "The relative offset at which the rotated mean query and key score highest (0: the query's own "
+    "position, 1: the previous one).",
+    "ov_large_entry_fraction": "Fraction of W_OV's d_model x d_model entries larger than 0.05 in absolute value.",
+    "even_offset_attention_negative_c": "On sequences with c < 0: mean attention to keys 2, 4, ... positions back "
+    "(the checkerboard of oscillating recurrences).",
+    "even_offset_attention_positive_c": "On sequences with c > 0: mean attention to keys 2, 4, ... positions back.",
+    "logit_difference_attribution": "The head's direct effect on the logit difference (correct minus best incorrect "
+    "logit), through the final norm, averaged over target positions.",
+    "logit_difference_share": "logit_difference_attribution as a share of the clean logit difference.",
+    "qk_identity_loss": "Probe loss with this head's W_QK replaced by a low-rank identity (W_K = pinv(W_Q)^T, W_Q "
+    "random).",
+    "kept_alone_loss": "Probe loss with every other head of this head's layer zeroed (their W_V and W_O).",
+    "logit_difference_patching_score": "Share of the clean last-position logit difference restored by patching this "
+    "head's clean output into the corrupted run (1: all of it).",
+    "backup_logit_difference_change": "Change in the head's logit-difference attribution when the head with the "
+    "largest one is ablated: positive for a backup head.",
 }
 
 ADVERSARIAL = {

@@ -30,65 +30,121 @@ COMMON_HEAD_KEYS = {
     "direct_attribution",
 }
 EXPENSIVE_HEAD_KEYS = {"patching_score", "backup_attribution_change", "zero_ablation_loss", "mean_ablation_loss"}
+# Token tasks' seed-003 logit difference: cheap attribution, expensive patching and backup.
+LOGIT_DIFFERENCE = dict(
+    heads={"qk_diagonal_contrast", "logit_difference_attribution", "logit_difference_share"},
+    expensive_heads={"logit_difference_patching_score", "backup_logit_difference_change"},
+    expensive_sections={"logit_difference_patching", "backup_logit_difference"},
+    expensive_tensors={
+        "resid_pre_patching_logit_difference",
+        "head_patching_logit_difference",
+        "backup_logit_difference_change",
+    },
+    tensors={"example_top_k_tokens", "example_top_k_probs", "example_target_rank"},
+)
+UNDER_ABLATION = {"attention_patterns_layer_0_mean_ablated", "example_attention_patterns_layer_0_mean_ablated"}
 # What each config's architecture and task make applicable, beyond the keys every snapshot has.
 EXPECTED = {
     "prev_token_digits": dict(
         metric="acc",
-        heads={"ov_copying_score", "rotary_q_similarity"},
-        sections={"adversarial"},
+        heads={"ov_copying_score", "rotary_q_similarity", "rotary_qk_offset", "rotary_k_similarity"}
+        | {"fixed_position_attention", "fixed_position"}
+        | LOGIT_DIFFERENCE["heads"],
+        expensive_heads={"logit_difference_patching_score"},  # one head: no backup
+        sections={"adversarial", "logit_difference"},
+        expensive_sections={"logit_difference_patching"},
         layers={"logit_lens_acc"},
+        expensive_layers={"layer_qk_identity_loss"},
         adversarial={"clean_loss", "repeated_tokens_loss"},
-        tensors={"rotary_similarity.q.L0H0", "rotary_similarity.q_vs_k.L0H0", "example_inputs"},
+        tensors={"rotary_similarity.q.L0H0", "rotary_similarity.q_vs_k.L0H0", "example_inputs"}
+        | {"rotary_qk_offset_scores", "attention_by_key_position"}
+        | LOGIT_DIFFERENCE["tensors"],
+        expensive_tensors=LOGIT_DIFFERENCE["expensive_tensors"] - {"backup_logit_difference_change"},
     ),
     "bos_ints_attn_only": dict(
         metric="acc",
-        heads={"ov_copying_score", "bos_score"},
-        sections={"adversarial", "composition", "term_importance"},
+        heads={"ov_copying_score", "bos_score", "bos_attention_trend"} | LOGIT_DIFFERENCE["heads"],
+        last_layer_heads={"kq_recency"},
+        expensive_heads=LOGIT_DIFFERENCE["expensive_heads"],
+        sections={"adversarial", "composition", "term_importance", "logit_difference"},
+        expensive_sections=LOGIT_DIFFERENCE["expensive_sections"] | {"attention_under_ablation"},
         layers={"logit_lens_acc"},
+        expensive_layers={"layer_qk_identity_loss"},
         adversarial={"clean_loss", "repeated_tokens_loss", "no_bos_loss"},
         tensors={
             "attn_score_terms.kq_comp.L1H0",
             "kq_composition_circuit_from_L0H0.L1H0",
             "example_inputs",
             "adversarial_attention_patterns_no_bos",
-        },
+            "bos_attention_by_query_pos",
+        }
+        | LOGIT_DIFFERENCE["tensors"],
+        expensive_tensors=LOGIT_DIFFERENCE["expensive_tensors"] | UNDER_ABLATION,
     ),
     "bos_ints_mlp": dict(
         metric="acc",
-        heads={"ov_copying_score", "bos_score"},
-        sections={"adversarial", "composition"},
+        heads={"ov_copying_score", "bos_score", "bos_attention_trend"} | LOGIT_DIFFERENCE["heads"],
+        expensive_heads=LOGIT_DIFFERENCE["expensive_heads"],
+        sections={"adversarial", "composition", "logit_difference"},
+        expensive_sections=LOGIT_DIFFERENCE["expensive_sections"] | {"attention_under_ablation"},
         layers={"logit_lens_acc", "mlp_direct_attribution", "dead_neuron_fraction"},
+        expensive_layers={"layer_qk_identity_loss"},
         adversarial={"clean_loss", "repeated_tokens_loss", "no_bos_loss"},
         tensors={
             "neuron_firing_frequency",
             "neuron_mean_activation_by_position",
             "ov_neuron_circuit.L1H0",
             "example_inputs",
-        },
+            "example_neuron_activations",
+            "bos_attention_by_query_pos",
+        }
+        | LOGIT_DIFFERENCE["tensors"],
+        expensive_tensors=LOGIT_DIFFERENCE["expensive_tensors"] | UNDER_ABLATION,
     ),
     "affine_recurrence": dict(
         metric="r2",
-        heads=set(),
+        heads={"fixed_position_attention", "fixed_position", "ov_large_entry_fraction"}
+        | {"even_offset_attention_negative_c", "even_offset_attention_positive_c"},
+        expensive_heads=set(),
+        first_layer_heads={"kept_alone_loss"},
         sections={"composition", "recurrence"},
+        expensive_sections={"attention_under_ablation", "loss_by_c", "loss_by_seq_len", "probes"},
         layers={
             "mlp_direct_attribution",
             "dead_neuron_fraction",
             "attn_out_outside_embedding_fraction",
             "mlp_out_outside_embedding_fraction",
             "block_out_outside_embedding_ratio",
+            "summed_ov_slope",
+            "summed_ov_r2",
+            "summed_ov_slope_random",
+            "summed_ov_r2_random",
         },
-        expensive_layers={"probe_c_r2", "probe_c_shuffled_r2", "probe_d_r2", "probe_d_shuffled_r2"},
-        expensive_sections={"probes"},
-        tensors={"neuron_firing_frequency", "positional_qk_circuit.L1H1"},
+        expensive_layers={"probe_c_r2", "probe_c_shuffled_r2", "probe_d_r2", "probe_d_shuffled_r2"}
+        | {"layer_qk_identity_loss"},
+        tensors={"neuron_firing_frequency", "positional_qk_circuit.L1H1", "example_neuron_activations"}
+        | {"example_predictions", "example_targets", "attention_by_key_position"}
+        | {"attention_patterns_negative_c", "attention_patterns_positive_c"},
+        expensive_tensors={"c_grid", "loss_by_c", "loss_by_c_standard_error", "seq_len", "loss_by_seq_len"}
+        | {"loss_by_seq_len_standard_error"}
+        | UNDER_ABLATION
+        | {f"{kind}_matrix.L{layer}H{head}" for kind in ("ov", "qk") for layer in range(2) for head in range(2)},
     ),
     "modular_addition": dict(
         metric="acc",
-        heads={"ov_copying_score"},
+        heads={"ov_copying_score", "fixed_position_attention", "fixed_position"} | LOGIT_DIFFERENCE["heads"],
+        expensive_heads=LOGIT_DIFFERENCE["expensive_heads"],
+        first_layer_heads={"kept_alone_loss"},
         absent_heads={"duplicate_score", "induction_score"},  # [a, b, =] cannot hold a repeated segment
         absent_tensors={"repeated_sequence_patterns"},
-        sections={"fourier", "progress_measures"},
+        sections={"fourier", "progress_measures", "logit_difference"},
+        expensive_sections=LOGIT_DIFFERENCE["expensive_sections"],
         layers={"logit_lens_acc", "mlp_direct_attribution", "dead_neuron_fraction"},
-        tensors={
+        expensive_layers={"layer_qk_identity_loss"},
+        expensive_tensors=LOGIT_DIFFERENCE["expensive_tensors"],
+        tensors=LOGIT_DIFFERENCE["tensors"]
+        | {"attention_by_key_position", "example_neuron_activations"}
+        | {
             "example_inputs",
             "positional_qk_circuit.L0H1",
             "ov_neuron_circuit.L0H1",
@@ -125,6 +181,11 @@ EXPENSIVE_TENSORS = {
 COMMON_LAYER_KEYS = {"attn_direct_attribution", "logit_lens_loss"}
 
 
+def same(first: dict, second: dict) -> bool:
+    """Equal summaries, NaN equal to NaN (a score refused on this input is NaN in both)."""
+    return json.dumps(first, sort_keys=True, allow_nan=True) == json.dumps(second, sort_keys=True, allow_nan=True)
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_summary_holds_exactly_the_keys_that_apply(task):
     module, data = tiny_task(task)
@@ -136,12 +197,23 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
     assert set(summary["metrics"]) == {expected["metric"]}
     labels = module.model.all_head_labels()
     assert list(summary["heads"]) == labels
-    absent_heads = expected.get("absent_heads", set())
-    assert all(
-        set(scores) == (COMMON_HEAD_KEYS | EXPENSIVE_HEAD_KEYS | expected["heads"]) - absent_heads
-        for scores in summary["heads"].values()
-    )
     n_layers = module.model.cfg.n_layers
+    for label, scores in summary["heads"].items():
+        extra = {"qk_identity_loss"} if label.startswith(f"L{n_layers - 1}H") else set()  # weight edits, as seed 002
+        extra |= expected.get("last_layer_heads", set()) if label.startswith(f"L{n_layers - 1}H") else set()
+        extra |= expected.get("first_layer_heads", set()) if label.startswith("L0H") else set()
+        absent = expected.get("absent_heads", set())
+        assert (
+            set(scores)
+            == (
+                COMMON_HEAD_KEYS
+                | EXPENSIVE_HEAD_KEYS
+                | expected["heads"]
+                | expected.get("expensive_heads", set())
+                | extra
+            )
+            - absent
+        )
     layer_keys = COMMON_LAYER_KEYS | expected["layers"] | expected.get("expensive_layers", set())
     assert list(summary["layers"]) == [
         str(layer) for layer in range(n_layers + 1)
@@ -163,7 +235,7 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
         assert set(summary["term_importance"]) == {"layer", "direct", "k_comp", "q_comp", "kq_comp"}
     assert summary["layers"][str(n_layers)]["logit_lens_loss"] == pytest.approx(summary["loss"], rel=1e-5)
     always = ALWAYS_TENSORS - expected.get("absent_tensors", set())
-    assert always | EXPENSIVE_TENSORS | expected["tensors"] <= set(tensors)
+    assert always | EXPENSIVE_TENSORS | expected["tensors"] | expected.get("expensive_tensors", set()) <= set(tensors)
     assert not expected.get("absent_tensors", set()) & set(tensors)
     assert (PATCHING_TENSORS <= set(tensors)) == ("reason" not in summary["patching"])
     assert PATCHING_TENSORS & set(tensors) in (set(), PATCHING_TENSORS)
@@ -177,20 +249,29 @@ def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
     cheap, cheap_tensors = run_analysis(
         module, data, step=0, probe_batch_size=8, hook_mean_ablation=False, expensive=False
     )
-    adversarial = "adversarial" in EXPECTED[task]["sections"]
-    expensive_sections = {"patching", "backup"} | EXPECTED[task].get("expensive_sections", set())
+    expected = EXPECTED[task]
+    adversarial = "adversarial" in expected["sections"]
+    expensive_sections = {"patching", "backup"} | expected.get("expensive_sections", set())
     assert set(full) - set(cheap) == expensive_sections | ({"adversarial"} if adversarial else set())
     adversarial_tensors = {name for name in full_tensors if name.startswith("adversarial_")}
     assert bool(adversarial_tensors) == adversarial
     patched = set() if "reason" in full["patching"] else PATCHING_TENSORS
-    assert set(full_tensors) - set(cheap_tensors) == EXPENSIVE_TENSORS | adversarial_tensors | patched
+    assert (
+        set(full_tensors) - set(cheap_tensors)
+        == EXPENSIVE_TENSORS | expected.get("expensive_tensors", set()) | adversarial_tensors | patched
+    )
+    expensive_heads = (
+        EXPENSIVE_HEAD_KEYS | expected.get("expensive_heads", set()) | {"qk_identity_loss", "kept_alone_loss"}
+    )
     for label, scores in cheap["heads"].items():
-        assert {
-            name: value for name, value in full["heads"][label].items() if name not in EXPENSIVE_HEAD_KEYS
-        } == scores
+        assert same(
+            {name: value for name, value in full["heads"][label].items() if name not in expensive_heads}, scores
+        )
     expensive_layers = EXPECTED[task].get("expensive_layers", set())
     for layer, values in cheap["layers"].items():
-        assert {name: value for name, value in full["layers"][layer].items() if name not in expensive_layers} == values
+        assert same(
+            {name: value for name, value in full["layers"][layer].items() if name not in expensive_layers}, values
+        )
 
 
 def test_example_tensors_hold_the_first_probe_sequences_and_their_own_patterns():
@@ -224,6 +305,12 @@ for task in TASKS:
     keys += () if task == "modular_addition" else ("induction_score",)  # [a, b, =] holds no repeat
     for key in keys:
         assert math.isnan(summary["heads"]["L0H0"][key]), (task, key)
+    where_present = ("bos_attention_trend", "fixed_position_attention", "fixed_position", "qk_diagonal_contrast",
+                     "rotary_qk_offset", "logit_difference_share", "ov_large_entry_fraction", "qk_identity_loss",
+                     "kept_alone_loss", "even_offset_attention_negative_c", "logit_difference_patching_score")
+    for key in where_present:
+        value = summary["heads"]["L0H0"].get(key)
+        assert value is None or math.isnan(value), (task, key)
     if "composition" in summary:
         assert math.isnan(summary["composition"]["q"][0][-1])
     if "fourier" in summary:
@@ -251,7 +338,8 @@ def test_tensors_are_cpu_contiguous_fp32_and_round_trip_through_safetensors(task
     assert all(t.device.type == "cpu" and t.is_contiguous() and t.dtype == torch.float32 for t in tensors.values())
     save_file(tensors, tmp_path / "tensors.safetensors")
     loaded = load_file(tmp_path / "tensors.safetensors")
-    assert all(torch.allclose(loaded[name], tensor, rtol=0, atol=0, equal_nan=True) for name, tensor in tensors.items())
+    for name, tensor in tensors.items():  # NaN marks what cannot be measured (e.g. a position without a target)
+        torch.testing.assert_close(loaded[name], tensor, rtol=0, atol=0, equal_nan=True)
     cfg = module.model.cfg
     assert tensors["attention_patterns"].shape == (cfg.n_layers, cfg.n_heads, cfg.n_ctx, cfg.n_ctx)
     assert tensors["head_zero_ablation_loss"].shape == (cfg.n_layers, cfg.n_heads)
@@ -264,8 +352,7 @@ def test_hook_mean_ablation_false_leaves_out_the_sweep_only():
     full, _ = run_analysis(module, data, step=0, probe_batch_size=8)
     cheap, _ = run_analysis(module, data, step=0, probe_batch_size=8, hook_mean_ablation=False)
     assert "hooks" in full and "hooks" not in cheap
-    same = json.dumps({key: value for key, value in full.items() if key != "hooks"}, sort_keys=True)
-    assert same == json.dumps(cheap, sort_keys=True)  # also: same probe, same numbers (NaN where refused)
+    assert same({key: value for key, value in full.items() if key != "hooks"}, cheap)  # also: same probe, same numbers
     assert full["hooks"]["hook_embed"]["mean_ablation_loss"] != pytest.approx(full["loss"], rel=1e-3)
 
 
