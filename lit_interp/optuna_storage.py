@@ -122,10 +122,17 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool =
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(url.removeprefix(JOURNAL)))
+    import sqlalchemy.exc
+
     try:
         return rdb_storage(url, heartbeat, read_only)
     except ImportError as error:
         raise ConfigError(f"--storage {url}: its driver is not installed: {error}") from None
+    except sqlalchemy.exc.OperationalError as error:
+        reason = str(error.orig).strip().splitlines()[0] if error.orig else type(error).__name__
+        raise ConfigError(
+            f"--storage {url}: cannot open it ({reason}); is the server running, the file writable?"
+        ) from None
 
 
 def supports_heartbeat(url: str) -> bool:

@@ -76,9 +76,9 @@ def existing_definition(sweep: Sweep) -> dict[str, Any] | None:
 
     if not storage_exists(sweep.storage):
         return None
-    try:
-        study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage))
-    except KeyError:
+    try:  # read-only: creating the tables here would race another worker's creating them under the lock
+        study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage, read_only=True))
+    except Exception:  # no study, no tables yet, or a server out of reach (start() says which)
         return None
     return study.user_attrs.get("lit_interp_sweep")
 
