@@ -60,7 +60,8 @@ def check_url(url: str) -> None:
         ) from None
     if parsed.password:
         raise ConfigError(
-            f"--storage {parsed.render_as_string(hide_password=True)}: keep the password out of the URL (it would be "
+            f"--storage {make_url(url).render_as_string(hide_password=True)}: keep the password out of the URL "
+            "(it would be "
             "written to sweep.json and every trial's config); PostgreSQL reads it from PGPASSWORD or ~/.pgpass"
         )
     try:

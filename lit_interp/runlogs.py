@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import math
+import stat
+import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 Series = tuple[list[int], list[float]]
+MAX_RECORD_BYTES = 2**28  # an event record this long is not one TensorBoard wrote: the file is damaged from there
 
 
 def read_scalars(run: Path, skip_prefixes: tuple[str, ...] = ("analysis/",)) -> dict[str, Series]:
@@ -22,20 +26,55 @@ def read_scalars(run: Path, skip_prefixes: tuple[str, ...] = ("analysis/",)) -> 
 
 def read_event_files(run: Path) -> dict[str, Series]:
     """Scalars from `events.out.tfevents.*` directly in `run` (the TensorBoardLogger's version directory)."""
-    files = sorted(run.glob("events.out.tfevents.*"))
-    if not files:
-        return {}
-    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+    scalars: dict[str, dict[int, float]] = {}
+    for file in sorted(run.glob("events.out.tfevents.*")):  # a resumed run appends a new file; its value wins
+        for tag, points in event_file_scalars(file).items():
+            scalars.setdefault(tag, {}).update(points)
+    return {tag: (sorted(points), [points[step] for step in sorted(points)]) for tag, points in scalars.items()}
+
+
+def tf_records(path: Path) -> Iterator[bytes]:
+    """The records of a TFRecord file (8-byte length, its 4-byte CRC, the data, its CRC), up to a truncated end.
+
+    The CRCs are not checked (pure Python would make reading hundreds of runs take minutes); a damaged record is
+    caught by the protobuf parse, and a cut-off one ends the file.
+    """
+    if not stat.S_ISREG(path.stat().st_mode):
+        return  # a FIFO or device would block or never end
+    with path.open("rb") as file:
+        while len(header := file.read(12)) == 12:
+            (length,) = struct.unpack("<Q", header[:8])
+            if length > MAX_RECORD_BYTES:
+                return
+            data = file.read(length)
+            if len(data) < length or len(file.read(4)) < 4:
+                return
+            yield data
+
+
+def event_file_scalars(path: Path) -> dict[str, dict[int, float]]:
+    """tag -> {step: value} of one event file's scalar summaries, as TensorBoard reads them: a later value at a step
+    wins, and a step lower than the tag's last discards the tag's points from that step on (a restart)."""
+    from google.protobuf.message import DecodeError
+    from tensorboard.compat.proto.event_pb2 import Event
 
     scalars: dict[str, dict[int, float]] = {}
-    for file in files:  # a resumed run appends a new file; a later file's value wins at the same step
-        try:
-            accumulator = EventAccumulator(str(file), size_guidance={SCALARS: 0}).Reload()
-        except Exception:  # a truncated or foreign file: tensorboard raises many kinds
-            continue
-        for tag in accumulator.Tags().get(SCALARS, []):
-            scalars.setdefault(tag, {}).update({event.step: float(event.value) for event in accumulator.Scalars(tag)})
-    return {tag: (sorted(points), [points[step] for step in sorted(points)]) for tag, points in scalars.items()}
+    last: dict[str, int] = {}  # each tag's highest step so far
+    try:
+        for record in tf_records(path):
+            event = Event.FromString(record)
+            for value in event.summary.value:
+                if not value.HasField("simple_value"):
+                    continue
+                points = scalars.setdefault(value.tag, {})
+                if event.step < last.get(value.tag, event.step):
+                    for step in [step for step in points if step >= event.step]:
+                        del points[step]
+                points[event.step] = float(value.simple_value)
+                last[value.tag] = event.step  # after a purge, too, no point is above it
+    except (OSError, DecodeError):  # unreadable from here on: keep what was read
+        pass
+    return scalars
 
 
 def read_csv_metrics(run: Path) -> dict[str, Series]:
