@@ -258,6 +258,10 @@ def load_existing_study(url: str, study_name: str, what: str):
         return optuna.load_study(study_name=study_name, storage=open_storage(url, read_only=True))
     except ConfigError as error:
         raise ConfigError(f"{what}: {error}") from None
+    except optuna.exceptions.StorageInternalError:
+        raise ConfigError(
+            f"{what}: {url} holds no Optuna study (its tables are missing); is that the storage?"
+        ) from None
     except (KeyError, ValueError, OSError) as error:
         raise ConfigError(
             f"{what}: cannot open its study {study_name} in {url} ({error}); is the storage reachable?"

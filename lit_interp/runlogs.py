@@ -53,28 +53,47 @@ def tf_records(path: Path) -> Iterator[bytes]:
 
 
 def event_file_scalars(path: Path) -> dict[str, dict[int, float]]:
-    """tag -> {step: value} of one event file's scalar summaries, as TensorBoard reads them: a later value at a step
-    wins, and a step lower than the tag's last discards the tag's points from that step on (a restart)."""
+    """tag -> {step: value} of one event file's scalar summaries, purged as TensorBoard's EventAccumulator purges
+    (a later value at a step wins): in a file of version 2 or later a SessionLog START drops every point at or
+    after its step; in an older file a summary at a step below the latest drops its tags' points from that step."""
     from google.protobuf.message import DecodeError
-    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 
     scalars: dict[str, dict[int, float]] = {}
-    last: dict[str, int] = {}  # each tag's highest step so far
+    version, latest = None, -1
     try:
         for record in tf_records(path):
             event = Event.FromString(record)
+            if event.HasField("file_version"):
+                version = file_version(event.file_version)
+            if version is not None and version >= 2:
+                if event.HasField("session_log") and event.session_log.status == SessionLog.START:
+                    purge(scalars, scalars, event.step)
+            elif event.step < latest and event.HasField("summary"):
+                purge(scalars, {value.tag for value in event.summary.value}, event.step)
+            else:
+                latest = event.step
             for value in event.summary.value:
-                if not value.HasField("simple_value"):
-                    continue
-                points = scalars.setdefault(value.tag, {})
-                if event.step < last.get(value.tag, event.step):
-                    for step in [step for step in points if step >= event.step]:
-                        del points[step]
-                points[event.step] = float(value.simple_value)
-                last[value.tag] = event.step  # after a purge, too, no point is above it
+                if value.HasField("simple_value"):
+                    scalars.setdefault(value.tag, {})[event.step] = float(value.simple_value)
     except (OSError, DecodeError):  # unreadable from here on: keep what was read
         pass
-    return scalars
+    return {tag: points for tag, points in scalars.items() if points}
+
+
+def file_version(text: str) -> float | None:
+    try:
+        return float(text.split("brain.Event:")[-1])
+    except ValueError:
+        return None
+
+
+def purge(scalars: dict[str, dict[int, float]], tags, step: int) -> None:
+    """Drop the tags' points at or after `step` (a restart from there)."""
+    for tag in tags:
+        points = scalars.get(tag, {})
+        for stale in [s for s in points if s >= step]:
+            del points[stale]
 
 
 def read_csv_metrics(run: Path) -> dict[str, Series]:

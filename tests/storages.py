@@ -2,11 +2,13 @@
 
 PostgreSQL: the server at $LIT_INTERP_TEST_POSTGRES (a SQLAlchemy URL; `.ci/run` starts one with
 `.ci/postgres.sh`), else a throwaway cluster this session starts with the same script; each test gets a fresh
-database on it. Where neither works the PostgreSQL cases skip with the reason.
+database on it. Where neither works the PostgreSQL cases skip with the reason. `fingerprint` tells whether a
+command wrote anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -95,3 +97,14 @@ def heartbeat_storage(request, tmp_path) -> str:
 @pytest.fixture
 def postgres_url(request) -> str:
     return fresh_database(request.getfixturevalue("postgres_server"))
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    """Every path under `root` with its content's hash (directories and links too): what a command changed."""
+
+    def state(path: Path) -> str:
+        if path.is_symlink():
+            return f"link {os.readlink(path)}"
+        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "directory"
+
+    return {str(path.relative_to(root)): state(path) for path in sorted(root.rglob("*"))}

@@ -16,6 +16,7 @@ import optuna
 import pytest
 import torch
 from conftest import CONFIGS, TINY
+from storages import fingerprint
 
 from lit_interp.cli import main
 from lit_interp.commands.sweep.definition import build_sweep
@@ -192,18 +193,6 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert (second.state.name, second.params) == ("COMPLETE", {"model.lr": 0.001})
     output = capsys.readouterr().out
     assert "trial 0 failed" in output and "2 trials: 1 complete, 1 fail" in output
-
-
-def fingerprint(root: Path) -> dict[str, str]:
-    """Every path under `root` with its content's hash (directories and links too): what a command changed."""
-    import hashlib
-
-    def state(path: Path) -> str:
-        if path.is_symlink():
-            return f"link {os.readlink(path)}"
-        return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "directory"
-
-    return {str(path.relative_to(root)): state(path) for path in sorted(root.rglob("*"))}
 
 
 SPACE = "space space.yaml: "

@@ -83,6 +83,48 @@ def formation_strip(runs: list[RunRecord], score: str, threshold: float) -> go.F
     return figure
 
 
+def escaped(value: Any) -> Any:
+    """Every string in a JSON-like value (keys too) escaped, so plotly shows it literally."""
+    if isinstance(value, str):
+        return plain(value)
+    if isinstance(value, dict):
+        return {escaped(key): escaped(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [escaped(item) for item in value]
+    return value
+
+
+def escaped_distribution(distribution):
+    import optuna
+
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return optuna.distributions.CategoricalDistribution(escaped(list(distribution.choices)))
+    return distribution
+
+
+def escaped_copy(study):
+    """An in-memory copy of the study for Optuna's plots, whose parameter names and values, attributes and anything
+    else a plot shows as text are escaped: a name such as `<a href=...>` is drawn as written, never as a link. Trials
+    keep their numbers (one that did not complete is a FAIL without values here, which no plot draws)."""
+    import optuna
+
+    copy = optuna.create_study(directions=study.directions)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            copy.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+            continue
+        copy.add_trial(
+            optuna.trial.create_trial(
+                params={plain(name): escaped(value) for name, value in trial.params.items()},
+                distributions={plain(name): escaped_distribution(d) for name, d in trial.distributions.items()},
+                values=trial.values,
+                user_attrs=escaped(trial.user_attrs),
+                intermediate_values=trial.intermediate_values,
+            )
+        )
+    return copy
+
+
 def optuna_section(directories: list[Path]) -> Section | None:
     """Optuna's own plots of a search (importances need nothing beyond Optuna: its default PED-ANOVA evaluator)."""
     import optuna
@@ -91,11 +133,11 @@ def optuna_section(directories: list[Path]) -> Section | None:
         info = read_sweep_info(directory) or {}
         if not info.get("space"):
             continue
-        study = sweep_study(Path(directory).resolve())
+        study = sweep_study(Path(directory))
         complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) < 2:
             return Section("Search", [], note=f"{len(complete)} complete trial(s): Optuna's plots need at least 2.")
-        items, notes = [], []
+        items, notes, drawn = [], [], escaped_copy(study)
         plots = [
             ("parameter importances", optuna.visualization.plot_param_importances),
             ("slice", optuna.visualization.plot_slice),
@@ -103,7 +145,7 @@ def optuna_section(directories: list[Path]) -> Section | None:
         ]
         for name, plot in plots:
             try:
-                items.append(embed(plot(study)))
+                items.append(embed(plot(drawn)))
             except (ValueError, RuntimeError, ZeroDivisionError) as error:
                 notes.append(f"{name}: not drawn ({error})")
         objective = f"objective {info['objective']} ({info['direction']})"

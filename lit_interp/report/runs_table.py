@@ -147,11 +147,15 @@ def lost_worker(trial: Any, retries: dict[int, Any], directory_id: str | None) -
     return f"its worker stopped sending heartbeats; trial {retry.number} took it over{where}"
 
 
-@cache
 def sweep_study(directory: Path):
     """The study of a directory written by `sweep` (opened once per process: the page and the table both read it)."""
-    info = read_sweep_info(directory)
-    return load_existing_study(study_storage(directory, info), info["study_name"], f"--runs {directory}")
+    return open_sweep_study(Path(directory).resolve(), str(directory))
+
+
+@cache
+def open_sweep_study(resolved: Path, shown: str):
+    info = read_sweep_info(resolved)
+    return load_existing_study(study_storage(resolved, info), info["study_name"], f"--runs {shown}")
 
 
 def sweep_trials(directory: Path) -> dict[Path, dict[str, Any]]:
@@ -163,7 +167,7 @@ def sweep_trials(directory: Path) -> dict[Path, dict[str, Any]]:
     info = read_sweep_info(directory)
     if info is None:
         return {}
-    study = sweep_study(Path(directory).resolve())
+    study = sweep_study(Path(directory))
     directory_id = info.get(DIRECTORY_ID)
     trials = study.get_trials(deepcopy=False)
     retries = {t.system_attrs["retry_history"][-1]: t for t in trials if t.system_attrs.get("retry_history")}
