@@ -209,3 +209,36 @@ def test_the_storage_lock_lets_one_process_at_a_time_in(any_storage, tmp_path): 
     assert [h.wait(timeout=60) for h in holders] == [0, 0, 0]
     spans = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
     assert len(spans) == 4 and all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
+@pytest.mark.parametrize(
+    "environment, owns",
+    [
+        ({}, True),
+        ({"RANK": "0", "LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+        ({"LOCAL_RANK": "1"}, False),  # a rank Lightning started on this node
+        ({"NODE_RANK": "1"}, False),  # the first process of the second node
+        ({"GROUP_RANK": "1"}, False),  # torchrun's node rank
+        ({"SLURM_PROCID": "3"}, False),  # srun's fourth task
+    ],
+)
+def test_only_the_runs_first_process_makes_and_locks_its_directory(environment, owns):
+    from lit_interp.rundir import owns_run
+
+    assert owns_run(environment) is owns
+
+
+def test_a_trial_does_not_inherit_its_workers_place_in_a_cluster_job(monkeypatch):
+    from lit_interp.commands.sweep.workers import child_environment
+
+    cluster = {"SLURM_PROCID": "3", "SLURM_NTASKS": "8", "RANK": "3", "WORLD_SIZE": "8", "SLURM_JOB_ID": "42"}
+    for name, value in cluster.items():
+        monkeypatch.setenv(name, value)
+    environment = child_environment(jobs=1)
+    assert {name: environment.get(name) for name in cluster} == {
+        "SLURM_PROCID": None,
+        "SLURM_NTASKS": None,
+        "RANK": None,
+        "WORLD_SIZE": None,
+        "SLURM_JOB_ID": "42",
+    }

@@ -21,6 +21,7 @@ from lit_interp.commands.sweep.heartbeat import Heartbeats
 from lit_interp.commands.sweep.objective import objective_value
 from lit_interp.commands.sweep.study import Claim, Identity, Nothing, claim, heartbeat_of
 from lit_interp.optuna_storage import frozen_trial, trial_handle
+from lit_interp.rundir import RANK_VARIABLES
 from lit_interp.sweep_dir import trial_dir, trial_run_dir
 
 # A child fit killed by a signal (the out-of-memory killer, kill -9) is resumed from its last.ckpt this many times;
@@ -55,9 +56,14 @@ def fit_command(sweep: Sweep, trial_directory: Path, number: int, values: dict[s
     return command + (["--ckpt_path", "last"] if resume else [])
 
 
+# A worker's place in a cluster job (srun's task, torchrun's rank) is not its trials': each trial is a run of its own.
+NOT_INHERITED = (*RANK_VARIABLES, "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NTASKS")
+
+
 def child_environment(jobs: int) -> dict[str, str]:
-    """Each of `jobs` children gets its share of the cores, unless the user set the thread counts."""
-    environment = dict(os.environ)
+    """Each of `jobs` children gets its share of the cores, unless the user set the thread counts; none inherits the
+    worker's rank in a cluster job (a trial's fit would take itself for one process of a bigger run)."""
+    environment = {name: value for name, value in os.environ.items() if name not in NOT_INHERITED}
     if jobs > 1:
         threads = str(max(1, len(os.sched_getaffinity(0)) // jobs))
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
