@@ -125,6 +125,19 @@ def escaped_copy(study):
     return copy
 
 
+def importances(study):
+    """Optuna's importance plot with its PED-ANOVA evaluator, which needs nothing beyond Optuna (Optuna 4.0
+    defaults to fANOVA, which needs scikit-learn)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    return optuna.visualization.plot_param_importances(study, evaluator=evaluator)
+
+
 def optuna_section(directories: list[Path]) -> Section | None:
     """Optuna's own plots of a search (importances need nothing beyond Optuna: its default PED-ANOVA evaluator)."""
     import optuna
@@ -139,7 +152,7 @@ def optuna_section(directories: list[Path]) -> Section | None:
             return Section("Search", [], note=f"{len(complete)} complete trial(s): Optuna's plots need at least 2.")
         items, notes, drawn = [], [], escaped_copy(study)
         plots = [
-            ("parameter importances", optuna.visualization.plot_param_importances),
+            ("parameter importances", importances),
             ("slice", optuna.visualization.plot_slice),
             ("parallel coordinates", optuna.visualization.plot_parallel_coordinate),
         ]
