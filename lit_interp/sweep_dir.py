@@ -12,8 +12,8 @@ from lit_interp.files import read_regular_file, write_json
 
 SWEEP_JSON = "sweep.json"  # the study's name and storage, the command's definition, and the directory's id
 MAX_SWEEP_JSON_BYTES = 2**20
-# A trial's user attributes naming where it ran: the sweep directory's id (from its sweep.json) and the host.
-DIRECTORY_ID, HOST = "directory_id", "host"
+# A trial's user attribute naming where it runs: {"directory_id": its sweep directory's (from sweep.json), "host": ...}.
+WORKER, DIRECTORY_ID, HOST = "worker", "directory_id", "host"
 # Optuna's system attribute on a retry of a heartbeat-stale trial: the number of the trial first retried.
 RETRY_OF = "failed_trial"
 
@@ -53,5 +53,5 @@ def home_number(trial: Any) -> int:
 def ran_in(trial: Any, directory_id: str | None) -> bool:
     """Whether the trial was claimed by a worker of the sweep directory with this id (a trial claimed before
     directories had ids counts for every directory)."""
-    recorded = trial.user_attrs.get(DIRECTORY_ID)
+    recorded = trial.user_attrs.get(WORKER, {}).get(DIRECTORY_ID)
     return recorded is None or directory_id is None or recorded == directory_id

@@ -46,9 +46,7 @@ def write_snapshots(run: Path, steps: int, count: int, formed: dict[str, float],
     schedule = sorted({max(1, round(steps ** (k / count))) for k in range(1, count + 1)})
     finals = {(head, name): rng.uniform(0.05, 0.98) for head in HEADS for name in SCORES}
     for step in schedule:
-        heads = {
-            head: {name: score(step, formed[head], finals[head, name]) for name in SCORES} for head in HEADS
-        }
+        heads = {head: {name: score(step, formed[head], finals[head, name]) for name in SCORES} for head in HEADS}
         summary = {"step": step, "task": "Synthetic", "loss": 2.0 / math.sqrt(step), "heads": heads}
         tensors = {"attention.L0H0": torch.rand(8, 8)}
         write_snapshot(run, step, summary, tensors)

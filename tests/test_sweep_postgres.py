@@ -63,7 +63,8 @@ def test_two_machines_share_a_postgresql_study_and_one_takes_over_when_the_other
     dead = [t for t in found if t.state.name == "FAIL"]
     assert (
         len(dead) == 1
-        and dead[0].user_attrs["directory_id"] == json.loads(Path("a/sweep/sweep.json").read_text())["directory_id"]
+        and dead[0].user_attrs["worker"]["directory_id"]
+        == json.loads(Path("a/sweep/sweep.json").read_text())["directory_id"]
     )
     (retry,) = [t for t in found if t.system_attrs.get("failed_trial") == dead[0].number]
     assert retry.user_attrs["takeover"] == "restarted from scratch"  # a's directory is not reachable from b

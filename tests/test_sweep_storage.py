@@ -61,7 +61,7 @@ def test_workers_in_two_directories_share_one_study_and_run_every_trial_once(any
     ids = {d: read_sweep_info(Path(d))["directory_id"] for d in ("a/sweep", "b/sweep")}
     assert len(set(ids.values())) == 2  # each directory its own id, recorded on the trials it ran
     for trial in found:
-        directory = next(d for d, i in ids.items() if i == trial.user_attrs["directory_id"])
+        directory = next(d for d, i in ids.items() if i == trial.user_attrs["worker"]["directory_id"])
         run = Path(directory, f"trial_{trial.number:04d}", "lightning_logs", "version_0")
         assert (run / "metrics.csv").is_file() and trial.value == 1.0 + trial.number
     started = sorted(Path(e["trial"]).name for e in events() if e["event"] == "start")
@@ -100,7 +100,7 @@ def test_a_dead_workers_trial_is_taken_over_by_heartbeat_in_another_directory(he
         0,
     )
     assert (retry.user_attrs["took_over_from"], retry.user_attrs["takeover"]) == (0, "restarted from scratch")
-    assert retry.user_attrs["directory_id"] == read_sweep_info(Path("b/sweep"))["directory_id"]
+    assert retry.user_attrs["worker"]["directory_id"] == read_sweep_info(Path("b/sweep"))["directory_id"]
     assert "trial 2 started: seed=0 (takes over trial 0: restarted from scratch in trial_0000)" in "".join(lines)
     assert out.splitlines()[-2].startswith("2 trials: 2 complete")  # a trial and its retry counted once
     assert Path("b/sweep/trial_0000/lightning_logs/version_0/metrics.csv").is_file()

@@ -11,7 +11,7 @@ import json
 import socket
 import uuid
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,11 @@ from lit_interp.sweep_dir import (
     DIRECTORY_ID,
     HOST,
     RETRY_OF,
+    WORKER,
     home_number,
     ran_in,
     read_sweep_info,
     trial_dir,
-    trial_run_dir,
     write_sweep_info,
 )
 
@@ -52,11 +52,17 @@ def sweep_storage(sweep: Sweep):
     return open_storage(sweep.storage, heartbeat_of(sweep))
 
 
-def load_study(sweep: Sweep, storage: Any, sampler_seed: int | None = None):
+def sampler(sweep: Sweep, number: int):
+    """TPE seeded by the trial's number, so a trial samples the same values whichever worker asks."""
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=None if sampler_seed is None else sampler_seed % SEED_SPACE)
-    return optuna.load_study(study_name=sweep.study_name, storage=storage, sampler=sampler)
+    return optuna.samplers.TPESampler(seed=(sweep.sampler_seed + number) % SEED_SPACE)
+
+
+def load_study(sweep: Sweep, storage: Any):
+    import optuna
+
+    return optuna.load_study(study_name=sweep.study_name, storage=storage)
 
 
 def check_same_command(sweep: Sweep, recorded: dict[str, Any]) -> None:
@@ -154,17 +160,24 @@ class Identity:
 
 @dataclass
 class Claim:
-    """A trial this worker owns until it is told: its number, the number of its directory (the trial it retries,
-    or its own), its values, its directory's lock (None: still held by a worker that lost the trial), and whom it
-    takes over from (None: a new trial)."""
+    """A trial this worker owns until it is told: its study and live trial, the number of its directory (the trial it
+    retries, or its own), its directory's lock (None: still held by a worker that lost the trial), whom it takes
+    over from (None: a new trial), and its values."""
 
     study: Any
-    number: int
-    trial_id: int  # the storage's id, where heartbeats are recorded
+    trial: Any
     home: int
-    values: dict[str, Any]
     lock: Any
     took_over_from: int | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def trial_id(self) -> int:
+        return self.trial._trial_id  # the storage's id, where heartbeats are recorded
 
 
 class Nothing(enum.Enum):
@@ -191,19 +204,17 @@ def is_mine(frozen, identity: Identity, heartbeat: bool) -> bool:
     where the storage has a heartbeat, on this host (across hosts a shared filesystem's locks may not be shared)."""
     if not ran_in(frozen, identity.directory_id):
         return False
-    return not heartbeat or frozen.user_attrs.get(HOST) in (None, identity.host)
+    return not heartbeat or frozen.user_attrs.get(WORKER, {}).get(HOST) in (None, identity.host)
 
 
-def record_claim(trial: Any, home: int, identity: Identity, storage: Any) -> None:
-    """A heartbeat at once (a trial that never had one is never found stale) and where the trial runs."""
+def record_claim(trial: Any, identity: Identity, storage: Any) -> None:
+    """A heartbeat at once (a trial that never had one is never found stale) and who runs the trial where: both
+    before the storage's lock is let go, so no other worker takes the trial for a dead one's."""
     record_heartbeat(storage, trial._trial_id)
-    run = trial_run_dir(trial_dir(Path("."), home))
-    trial.set_user_attr(DIRECTORY_ID, identity.directory_id)
-    trial.set_user_attr(HOST, identity.host)
-    trial.set_user_attr("run_dir", str(run))
+    trial.set_user_attr(WORKER, {DIRECTORY_ID: identity.directory_id, HOST: identity.host})
 
 
-def take_over_in_place(sweep: Sweep, storage: Any, trials: list, identity: Identity) -> Claim | None:
+def take_over_in_place(sweep: Sweep, study: Any, storage: Any, trials: list, identity: Identity) -> Claim | None:
     """A RUNNING trial of this directory (and host) whose lock no process holds: its worker died."""
     import optuna
 
@@ -213,11 +224,13 @@ def take_over_in_place(sweep: Sweep, storage: Any, trials: list, identity: Ident
             continue
         home = home_number(frozen)
         if lock := try_lock(trial_dir(sweep.directory, home) / "trial.lock"):
-            study = load_study(sweep, storage, sweep.sampler_seed + frozen.number)
+            study.sampler = sampler(sweep, frozen.number)
+            if frozen_trial(study, frozen.number).state != optuna.trial.TrialState.RUNNING:
+                lock.release()  # told by its worker since `trials` was read, then unlocked: not dead, done
+                continue
             trial = trial_handle(study, frozen.number)
-            record_claim(trial, home, identity, storage)
-            values = suggest(trial, sweep)
-            return Claim(study, frozen.number, frozen._trial_id, home, values, lock, took_over_from=frozen.number)
+            record_claim(trial, identity, storage)
+            return Claim(study, trial, home, lock, took_over_from=frozen.number)
     return None
 
 
@@ -226,42 +239,48 @@ def logical_trials(trials: list) -> int:
     return sum(RETRY_OF not in t.system_attrs for t in trials)
 
 
-def ask(sweep: Sweep, storage: Any, trials: list, identity: Identity) -> Claim:
-    """A WAITING trial (an enqueued seed, a retry of a stale trial), else a newly sampled one."""
-    # Seeded per trial number, so trials sample the same values whichever worker asks.
-    study = load_study(sweep, storage, sweep.sampler_seed + len(trials))
+def ask(sweep: Sweep, study: Any, storage: Any, trials: list, identity: Identity) -> Claim:
+    """A WAITING trial (an enqueued seed, a retry of a stale trial), else a new one."""
+    study.sampler = sampler(sweep, len(trials))  # the new trial's number: the count, under the lock
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
         trial = study.ask()
+    record_claim(trial, identity, storage)
     frozen = frozen_trial(study, trial.number)
     home = home_number(frozen)
-    record_claim(trial, home, identity, storage)
     retried = frozen.system_attrs.get("retry_history") or [None]
-    lock = try_lock(trial_dir(sweep.directory, home) / "trial.lock")
-    return Claim(study, trial.number, trial._trial_id, home, suggest(trial, sweep), lock, took_over_from=retried[-1])
+    return Claim(study, trial, home, try_lock(trial_dir(sweep.directory, home) / "trial.lock"), retried[-1])
 
 
-def claim(sweep: Sweep, storage: Any, identity: Identity) -> Claim | Nothing:
-    """The next trial to run: a RUNNING trial of this directory whose worker died (its lock is free), a retry of a
-    trial whose worker stopped sending heartbeats, an enqueued one, or a newly sampled one."""
+def reserve(sweep: Sweep, storage: Any, identity: Identity) -> Claim | Nothing:
+    """The trial this worker runs next, made its own under the storage's lock (its values are drawn after)."""
     import optuna
 
     State = optuna.trial.TrialState
     with storage_lock(sweep.storage, sweep.study_name, sweep.directory):
-        trials = load_study(sweep, storage).get_trials(deepcopy=False)
-        if claimed := take_over_in_place(sweep, storage, trials, identity):
+        study = load_study(sweep, storage)
+        trials = study.get_trials(deepcopy=False)
+        if claimed := take_over_in_place(sweep, study, storage, trials, identity):
             return claimed
-        if stale := fail_stale_trials(load_study(sweep, storage), storage):
+        if stale := fail_stale_trials(study, storage):
             for number in stale:
-                print(
-                    f"trial {number}: no heartbeat from its worker for {sweep.grace_period} s; queued again", flush=True
-                )
-            trials = load_study(sweep, storage).get_trials(deepcopy=False)
+                late = f"no heartbeat from its worker for {sweep.grace_period} s"
+                print(f"trial {number}: {late}; queued again", flush=True)
+            trials = study.get_trials(deepcopy=False)
         if any(t.state == State.WAITING for t in trials) or logical_trials(trials) < sweep.n_trials:
-            return ask(sweep, storage, trials, identity)
+            return ask(sweep, study, storage, trials, identity)
         heartbeat = heartbeat_of(sweep) is not None
         running = [t for t in trials if t.state == State.RUNNING and (heartbeat or ran_in(t, identity.directory_id))]
         return Nothing.WAIT if running else Nothing.DONE
+
+
+def claim(sweep: Sweep, storage: Any, identity: Identity) -> Claim | Nothing:
+    """The next trial to run: a RUNNING trial of this directory whose worker died (its lock is free), a retry of a
+    trial whose worker stopped sending heartbeats, an enqueued one, or a newly sampled one; with its values."""
+    claimed = reserve(sweep, storage, identity)
+    if isinstance(claimed, Claim):
+        claimed.values = suggest(claimed.trial, sweep)  # TPE's sampling needs no lock: the trial is this worker's
+    return claimed
 
 
 def summarise(sweep: Sweep, storage: Any) -> str:

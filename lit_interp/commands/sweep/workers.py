@@ -195,11 +195,12 @@ class Worker:
         if not resume and (directory / "lightning_logs").exists():
             shutil.rmtree(directory / "lightning_logs")  # cut off before its first checkpoint: start it again
         note = ""
+        if restarts == 0:
+            claimed.trial.set_user_attr("run_dir", str(trial_run_dir(Path(directory.name))))
         if claimed.took_over_from is not None and restarts == 0:
             how = "continued from last.ckpt" if resume else "restarted from scratch"
-            handle = trial_handle(claimed.study, claimed.number)
-            handle.set_user_attr("took_over_from", claimed.took_over_from)
-            handle.set_user_attr("takeover", how)
+            claimed.trial.set_user_attr("took_over_from", claimed.took_over_from)
+            claimed.trial.set_user_attr("takeover", how)
             note = f" (takes over trial {claimed.took_over_from}: {how} in {directory.name})"
         command = fit_command(self.sweep, directory, claimed.number, claimed.values, resume)
         (directory / "command.txt").write_text(shlex.join(command) + "\n")
@@ -230,7 +231,7 @@ class Worker:
     def tell_failed(self, claimed: Claim, problem: str, elapsed: float) -> None:
         import optuna
 
-        trial_handle(claimed.study, claimed.number).set_user_attr("error", problem)
+        claimed.trial.set_user_attr("error", problem)
         claimed.study.tell(claimed.number, state=optuna.trial.TrialState.FAIL)
         print(f"trial {claimed.number} failed after {elapsed:.1f} s: {problem}", flush=True)
 
