@@ -13,9 +13,11 @@ Without --postgres a throwaway server is started with .ci/postgres.sh (and remov
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +43,13 @@ NO_FIT = (
     "run.mkdir(parents=True, exist_ok=True)\n"
     "(run / 'metrics.csv').write_text('step,val/loss\\n1,1.0\\n')\n"
 )
+
+
+def scratch() -> Path:
+    """A temporary directory, removed when the benchmark ends."""
+    path = Path(tempfile.mkdtemp(prefix="lit_interp_bench_"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @contextlib.contextmanager
@@ -124,7 +133,7 @@ def tally(storage: str, work: Path, n_trials: int) -> dict[str, int]:
 
 def search(args: argparse.Namespace) -> None:
     with postgres(args.postgres) as server:
-        work = Path(tempfile.mkdtemp(prefix="lit_interp_bench_"))
+        work = scratch()
         storage = fresh_database(server, f"bench_search_{os.getpid()}")
         wall, _ = four_workers(work, storage, args.n_trials)
         counts = tally(storage, work, args.n_trials)
@@ -166,7 +175,7 @@ def bookkeeping_worker(argv: list[str]) -> None:
 
 def bookkeeping(args: argparse.Namespace) -> None:
     with postgres(args.postgres) as server:
-        work = Path(tempfile.mkdtemp(prefix="lit_interp_bench_"))
+        work = scratch()
         for name, storage in storages(work, server, "bookkeeping").items():
             run = work / name
             run.mkdir()
@@ -194,7 +203,7 @@ def bookkeeping(args: argparse.Namespace) -> None:
 def takeover(args: argparse.Namespace) -> None:
     """Worker a runs a long trial, worker b (another directory) waits; a is killed; b takes the trial over."""
     with postgres(args.postgres) as server:
-        work = Path(tempfile.mkdtemp(prefix="lit_interp_bench_"))
+        work = scratch()
         storage = fresh_database(server, f"bench_takeover_{os.getpid()}")
         beat = ["--heartbeat", str(args.heartbeat), "--grace_period", str(args.grace_period)]
         long = [*TINY, "--trainer.max_steps=100000", "--checkpoint.every_n_train_steps=5"]
@@ -232,7 +241,7 @@ MEASURED = (
 
 
 def many_runs(args: argparse.Namespace) -> None:
-    work = Path(tempfile.mkdtemp(prefix="lit_interp_bench_"))
+    work = scratch()
     runs = work / "runs"
     generate = [sys.executable, str(ROOT / "scripts" / "synthetic_runs.py"), str(runs), "--runs", str(args.runs)]
     subprocess.run([*generate, "--study"], check=True)

@@ -388,3 +388,15 @@ def test_sweep_killed_mid_trial_resumes_from_last_checkpoint(tmp_path):
 
     again = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert " started: " not in again.stdout and " resumed: " not in again.stdout  # nothing left to run
+
+
+def test_a_sweep_directory_holds_one_study(tmp_path, capsys):
+    start(build_sweep(["study", "--config", CONFIG, "--seeds", "0-1"]))
+    before = fingerprint(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(["sweep", "study", "--config", CONFIG, "--seeds", "0-1", "--study_name", "other"])
+    message = (
+        "sweep directory study holds the trials of study 'study', not 'other'; use another directory for another study"
+    )
+    assert (exit.value.code, capsys.readouterr().err) == (2, f"lit_interp: error: {message}\n")
+    assert fingerprint(tmp_path) == before

@@ -242,3 +242,28 @@ def test_a_trial_does_not_inherit_its_workers_place_in_a_cluster_job(monkeypatch
         "WORLD_SIZE": None,
         "SLURM_JOB_ID": "42",
     }
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_what_the_sweep_reads_of_optuna_keeps_its_meaning(tmp_path):
+    """Pins Optuna's internals the sweep relies on: a Trial made from a trial's storage id is that trial; a stale
+    trial is failed and retried by the storage's callback, its retry naming the original in the system attributes
+    Optuna's own RetryFailedTrialCallback.retried_trial_number and retry_history read."""
+    from lit_interp.optuna_storage import fail_stale_trials, record_heartbeat, trial_handle
+    from lit_interp.sweep_dir import home_number
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'study.db'}", Heartbeat(1, 2))
+    study = optuna.create_study(storage=storage, study_name="s")
+    with pytest.warns(UserWarning, match="Heartbeat of storage"):
+        trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    record_heartbeat(storage, trial._trial_id)
+    assert trial_handle(study, trial.number).params == trial.params
+    assert fail_stale_trials(study, storage) == []  # beating
+    time.sleep(3.2)
+    assert fail_stale_trials(study, storage) == [trial.number]
+    stale, retry = study.get_trials()
+    retried = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", optuna.storages.RetryFailedTrialCallback)
+    assert (stale.state.name, retry.state.name, retry.params) == ("FAIL", "WAITING", stale.params)
+    assert retried.retried_trial_number(retry) == home_number(retry) == stale.number
+    assert retried.retry_history(retry) == retry.system_attrs["retry_history"] == [stale.number]
