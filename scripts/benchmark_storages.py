@@ -2,8 +2,8 @@
 the storage's bookkeeping time per trial (SQLite, journal, PostgreSQL), the time from a worker's kill to another's
 takeover, and `analyze --runs` over many synthetic runs (wall time, peak memory, report size).
 
-  python scripts/benchmark_storages.py search     [--postgres URL] [--n_trials 32]
-  python scripts/benchmark_storages.py bookkeeping [--postgres URL] [--n_trials 32]
+  python scripts/benchmark_storages.py search      [--postgres URL] [--n_trials 32] [--workers 4]
+  python scripts/benchmark_storages.py bookkeeping [--postgres URL] [--n_trials 32] [--workers 4]
   python scripts/benchmark_storages.py takeover   [--postgres URL] [--grace_period 10]
   python scripts/benchmark_storages.py many_runs  [--runs 500]
 
@@ -98,11 +98,13 @@ def sweep_command(directory: Path, storage: str, n_trials: int, *extra: str) -> 
     ]
 
 
-def four_workers(work: Path, storage: str, n_trials: int, worker: list[str] | None = None) -> tuple[float, list[str]]:
-    """Two workers in each of two sweep directories; (wall seconds, their outputs)."""
+def workers(
+    work: Path, storage: str, n_trials: int, count: int, worker: list[str] | None = None
+) -> tuple[float, list[str]]:
+    """`count` workers, taking turns between two sweep directories; (wall seconds, their outputs)."""
     started = time.perf_counter()
     processes = []
-    for directory in ("a", "b", "a", "b"):
+    for directory in ("a", "b") * (count // 2) + ("a",) * (count % 2):
         command = sweep_command(work / directory / "sweep", storage, n_trials, *TINY)
         if worker is not None:
             command = [*worker, *command[4:]]  # this script's worker mode instead of `-m lit_interp sweep`
@@ -135,7 +137,7 @@ def search(args: argparse.Namespace) -> None:
     with postgres(args.postgres) as server:
         work = scratch()
         storage = fresh_database(server, f"bench_search_{os.getpid()}")
-        wall, _ = four_workers(work, storage, args.n_trials)
+        wall, _ = workers(work, storage, args.n_trials, args.workers)
         counts = tally(storage, work, args.n_trials)
         print(json.dumps({"storage": "PostgreSQL", "wall_s": round(wall, 1), **counts}))
 
@@ -179,7 +181,8 @@ def bookkeeping(args: argparse.Namespace) -> None:
         for name, storage in storages(work, server, "bookkeeping").items():
             run = work / name
             run.mkdir()
-            wall, outputs = four_workers(run, storage, args.n_trials, [sys.executable, __file__, "bookkeeping_worker"])
+            mode = [sys.executable, __file__, "bookkeeping_worker"]
+            wall, outputs = workers(run, storage, args.n_trials, args.workers, mode)
             spent = [
                 json.loads(line.split(" ", 1)[1])
                 for out in outputs
@@ -269,6 +272,7 @@ def main() -> None:
     parser.add_argument("figure", choices=("search", "bookkeeping", "takeover", "many_runs"))
     parser.add_argument("--postgres", help="a PostgreSQL server's URL (default: start a throwaway one)")
     parser.add_argument("--n_trials", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=4, help="workers, in two sweep directories (default 4)")
     parser.add_argument("--heartbeat", type=int, default=2)
     parser.add_argument("--grace_period", type=int, default=10)
     parser.add_argument("--runs", type=int, default=500)

@@ -242,8 +242,8 @@ class Worker:
         number, study = trial.claimed.number, trial.claimed.study
         self.heartbeats.remove(number)
         elapsed = time.monotonic() - trial.started
-        handle = trial_handle(study, number)
-        if number in self.heartbeats.lost or frozen_trial(study, number).state.is_finished():
+        stored = frozen_trial(study, number)  # as the storage has it now: its child's pruning callback writes there
+        if number in self.heartbeats.lost or stored.state.is_finished():
             print(f"trial {number} was taken over by another worker (this one's heartbeats came late)", flush=True)
             return
         run = trial_run_dir(trial_dir(self.sweep.directory, trial.claimed.home))
@@ -253,7 +253,7 @@ class Worker:
             problem = f"its fit was killed by {name}{times} (the out-of-memory killer, or kill -9?)"
         elif trial.child.returncode != 0:
             problem = last_line(trial.stderr, trial.stderr_offset)
-        elif (pruned_at := handle.user_attrs.get("pruned_at_step")) is not None:
+        elif (pruned_at := stored.user_attrs.get("pruned_at_step")) is not None:
             study.tell(number, state=optuna.trial.TrialState.PRUNED)
             print(f"trial {number} pruned at step {pruned_at}", flush=True)
             return
