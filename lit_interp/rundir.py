@@ -14,6 +14,22 @@ from lit_interp.errors import ConfigError
 LOCK_FILES = (".lock", ".owner")
 # Set by the launching process for the ranks Lightning starts: they join its run instead of making one.
 RUN_DIR_ENV = "LIT_INTERP_RUN_DIR"
+# A process's place in a distributed run, as launchers and clusters set it (torchrun, Lightning's own launcher
+# and a cluster script: RANK, LOCAL_RANK, NODE_RANK or GROUP_RANK; SLURM's srun: SLURM_PROCID). Any of them
+# non-zero: the process is not the run's first, which alone makes and locks the run directory.
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+
+
+def owns_run(environ=os.environ) -> bool:
+    """Whether this process is global rank 0 of its run (or the process that launches it): no rank says otherwise."""
+    ranks = [environ.get(name, "0").strip() for name in RANK_VARIABLES]
+    return all(not rank.isdigit() or int(rank) == 0 for rank in ranks)
+
+
+def next_version(root: Path) -> Path:
+    """The `version_N` a new run under `root` would get now (nothing is created)."""
+    versions = [v for v in (version_number(p) for p in root.glob("version_*")) if v is not None]
+    return root / f"version_{max(versions, default=-1) + 1}"
 
 
 def version_number(path: Path) -> int | None:

@@ -1,4 +1,5 @@
-"""The layout of a sweep directory: `sweep.json`, and one `trial_NNNN/` per trial holding its run."""
+"""The layout of a sweep directory: `sweep.json` (its study, and the directory's own id), and one `trial_NNNN/` per
+trial holding its run; which of a study's trials ran in which directory."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from lit_interp.errors import ConfigError
-from lit_interp.files import read_regular_file
+from lit_interp.files import read_regular_file, write_json
 
-SWEEP_JSON = "sweep.json"  # the study's name and storage and the command's definition
+SWEEP_JSON = "sweep.json"  # the study's name and storage, the command's definition, and the directory's id
 MAX_SWEEP_JSON_BYTES = 2**20
+# A trial's user attribute naming where it runs: {"directory_id": its sweep directory's (from sweep.json), "host": ...}.
+WORKER, DIRECTORY_ID, HOST = "worker", "directory_id", "host"
+# Optuna's system attribute on a retry of a heartbeat-stale trial: the number of the trial first retried.
+RETRY_OF = "failed_trial"
 
 
 def trial_dir(sweep_directory: Path, number: int) -> Path:
@@ -34,3 +39,19 @@ def read_sweep_info(sweep_directory: Path) -> dict[str, Any] | None:
     if not isinstance(info, dict) or not all(isinstance(info.get(key), str) for key in ("study_name", "storage")):
         raise ConfigError(f"{path} lacks a study_name and storage; it was not written by lit_interp sweep")
     return info
+
+
+def write_sweep_info(sweep_directory: Path, info: dict[str, Any]) -> None:
+    write_json(Path(sweep_directory) / SWEEP_JSON, info)
+
+
+def home_number(trial: Any) -> int:
+    """The number of the trial directory an Optuna trial runs in: a retry's is that of the trial it retries."""
+    return int(trial.system_attrs.get(RETRY_OF, trial.number))
+
+
+def ran_in(trial: Any, directory_id: str | None) -> bool:
+    """Whether the trial was claimed by a worker of the sweep directory with this id (a trial claimed before
+    directories had ids counts for every directory)."""
+    recorded = trial.user_attrs.get(WORKER, {}).get(DIRECTORY_ID)
+    return recorded is None or directory_id is None or recorded == directory_id

@@ -16,6 +16,7 @@ import optuna
 import pytest
 import torch
 from conftest import CONFIGS, TINY
+from storages import fingerprint
 
 from lit_interp.cli import main
 from lit_interp.commands.sweep.definition import build_sweep
@@ -194,52 +195,153 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     assert "trial 0 failed" in output and "2 trials: 1 complete, 1 fail" in output
 
 
+SPACE = "space space.yaml: "
+SWEEP_SET = "is set by the sweep (each trial's run and checkpoints go in SWEEP_DIR/trial_NNNN); leave it out"
+LR = "model.init_args.lr: {type: float, low: 1.0e-4, high: 1.0e-2"
+BAD_COMMANDS = [
+    (["--seeds", "3-1"], "--seeds '3-1': '3-1' is not a seed or a range; write e.g. 0-7 or 0,3,5"),
+    (
+        ["--seeds", "0-100000000"],
+        "--seeds '0-100000000' names 100000001 seeds; a sweep runs at most 100000: split it into several sweeps",
+    ),
+    (
+        ["--seeds", str(2**70)],
+        f"--seeds '{2**70}': seed {2**70} is out of range; seeds are 0 to 4294967295",
+    ),
+    (["--seeds", "2**70"], "--seeds '2**70': '2**70' is not a seed or a range; write e.g. 0-7 or 0,3,5"),
+    (["--seeds", "0-3,2"], "--seeds '0-3,2' names a seed twice; give each seed once"),
+    (["--seeds", "0", "--sampler_seed", "-1"], "--sampler_seed=-1 must be between 0 and 4294967295"),
+    (["--seeds", "0", "--sampler_seed", str(2**70)], f"--sampler_seed={2**70} must be between 0 and 4294967295"),
+    (
+        ["--seeds", "0", "--trainer.max_step"],
+        "sweep: '--trainer.max_step' is not a sweep option nor a fit option written --key=value "
+        "(e.g. --trainer.max_steps=500)",
+    ),
+    (["--seeds", "0", "--trainer.default_root_dir=elsewhere"], f"sweep: --trainer.default_root_dir {SWEEP_SET}"),
+    (["--seeds", "0", "--checkpoint.dirpath=elsewhere"], f"sweep: --checkpoint.dirpath {SWEEP_SET}"),
+    (
+        ["--seeds", "0", "--seed_everything=3"],
+        "--seeds sets seed_everything and data.init_args.seed; drop those overrides",
+    ),
+    (
+        ["--space", "missing.yaml", "--n_trials", "2"],
+        "--space missing.yaml does not exist; pass a YAML file mapping config keys to distributions",
+    ),
+    (["--space", "space.yaml"], "--space needs --n_trials N >= 1 (trials across all workers)"),
+    (["--space", "space.yaml", "--n_trials", "1000000"], "--n_trials=1000000 must be at most 100000"),
+    (
+        ["--seeds", "0", "--storage", "lr.db"],
+        "--storage lr.db: give an RDB URL (sqlite:///PATH, postgresql://...) or journal:PATH",
+    ),
+    (
+        ["--seeds", "0", "--storage", "nosuch://host/db"],
+        "--storage nosuch://host/db: not a database URL; "
+        "give sqlite:///PATH, postgresql://USER@HOST/DB or journal:PATH",
+    ),
+    (
+        ["--seeds", "0", "--storage", "postgresql://me:secret@db.example/sweeps"],
+        "--storage postgresql://me:***@db.example/sweeps: keep the password out of the URL (it would be written to "
+        "sweep.json and every trial's config); PostgreSQL reads it from PGPASSWORD or ~/.pgpass",
+    ),
+    (["--seeds", "0", "--storage", "journal:"], "--storage journal: needs a file, e.g. journal:/shared/sweep.journal"),
+    (
+        ["--seeds", "0", "--objective", "crossing:prev_token_score"],
+        "--objective crossing:prev_token_score: write crossing:SCORE:HEAD:THRESHOLD, "
+        "e.g. crossing:prev_token_score:L1H0:0.5",
+    ),
+    (
+        ["--seeds", "0", "--objective", "crossing:prev_token_score:L1H0:1e"],
+        "--objective crossing:prev_token_score:L1H0:1e: 1e is not a finite number",
+    ),
+    (
+        ["--seeds", "0", "--objective", "reach:val/acc=0.9"],
+        "--objective reach:val/acc=0.9: write reach:TAG>=VALUE or reach:TAG<=VALUE, e.g. reach:val/acc>=0.989",
+    ),
+    (["--seeds", "0", "--jobs", "0"], "--jobs=0 must be >= 1"),
+    (["--seeds", "0", "--heartbeat", "0"], "--heartbeat=0 must be between 1 and 86400 seconds"),
+    (
+        ["--seeds", "0", "--grace_period", "10"],
+        "--grace_period=10 must be more than --heartbeat=10 and at most 86400 seconds: "
+        "a live worker beats at least once within it",
+    ),
+]
+BAD_SPACES = [
+    (
+        "model.init_args.lr: {type: float, low: 0.0, high: 1e-2, log: true}",
+        "model.init_args.lr has low=0.0, high=0.01; need low < high, and low > 0 with log: true",
+    ),
+    (
+        "model.init_args.d_model: {type: categorical, choices: []}",
+        "model.init_args.d_model needs only choices: a non-empty list of numbers, strings, booleans or null, "
+        "e.g. {type: categorical, choices: [32, 64]}",
+    ),
+    (
+        "lr: {type: float, low: 1e-4, high: 1e-2}",
+        "'lr' is not a config key; use dotted keys such as model.init_args.lr or data.init_args.batch_size",
+    ),
+    (
+        "model.init_args.lr: {type: uniform, low: 1e-4, high: 1e-2}",
+        "model.init_args.lr must be a mapping with type float, int or categorical, "
+        "e.g. {type: float, low: 1e-4, high: 1e-2, log: true}",
+    ),
+    (
+        "model.init_args.warmup_steps: {type: int, low: 0, high: 200, step: 0}",
+        "model.init_args.warmup_steps has step=0; need a positive integer",
+    ),
+    (
+        "model.init_args.warmup_steps: {type: int, low: 0, high: 200, step: -50}",
+        "model.init_args.warmup_steps has step=-50; need a positive integer",
+    ),
+    (
+        "model.init_args.warmup_steps: {type: int, low: 0, high: 200, step: 2.5}",
+        "model.init_args.warmup_steps has step=2.5; need a positive integer",
+    ),
+    (LR + ", step: 0.0}", "model.init_args.lr has step=0.0; need a positive number"),
+    (
+        LR + ", log: true, step: 1.0e-4}",
+        "model.init_args.lr has both log: true and step; Optuna takes one of them",
+    ),
+    (
+        "model.init_args.lr: {type: float, low: 1.0e-4, high: .inf}",
+        "model.init_args.lr needs finite float low and high (and optionally log, step)",
+    ),
+    (
+        "model.init_args.lr: {type: float, low: -1e400, high: 1.0}",
+        "model.init_args.lr needs finite float low and high (and optionally log, step)",
+    ),
+    (LR + ", log: 'yes'}", "model.init_args.lr has log='yes'; write log: true or log: false"),
+    (
+        "'model.init_args.lr=0.1 --trainer.max_steps': {type: int, low: 1, high: 2}",
+        "'model.init_args.lr=0.1 --trainer.max_steps' is not a config key; "
+        "use dotted keys such as model.init_args.lr or data.init_args.batch_size",
+    ),
+    (
+        '"model.init_args.lr\\n--trainer.max_steps": {type: int, low: 1, high: 2}',
+        "'model.init_args.lr\\n--trainer.max_steps' is not a config key; "
+        "use dotted keys such as model.init_args.lr or data.init_args.batch_size",
+    ),
+    ("trainer.default_root_dir: {type: categorical, choices: [a, b]}", f"trainer.default_root_dir {SWEEP_SET}"),
+]
+
+
+SPACE_SWEEP = ["--space", "space.yaml", "--n_trials", "2"]
+
+
 @pytest.mark.parametrize(
-    "argv, message",
-    [
-        (["--seeds", "3-1"], "--seeds '3-1': '3-1' is not a seed or a range"),
-        (["--seeds", "0", "--trainer.max_step"], "'--trainer.max_step' is not a sweep option nor a fit option"),
-        (["--space", "missing.yaml", "--n_trials", "2"], "--space missing.yaml does not exist"),
-        (["--space", "space.yaml"], "--space needs --n_trials"),
-        (["--seeds", "0", "--storage", "lr.db"], "--storage lr.db: give an RDB URL"),
-        (["--seeds", "0", "--objective", "crossing:prev_token_score"], "write crossing:SCORE:HEAD:THRESHOLD"),
-        (["--seeds", "0", "--jobs", "0"], "--jobs=0 must be >= 1"),
-        (["--seeds", "0", "--objective", "reach:val/acc=0.9"], "write reach:TAG>=VALUE or reach:TAG<=VALUE"),
-    ],
+    "argv, space, message",
+    [(argv, LR + ", log: true}", message) for argv, message in BAD_COMMANDS]
+    + [(SPACE_SWEEP, text, SPACE + message) for text, message in BAD_SPACES],
+    ids=[" ".join(argv) for argv, _ in BAD_COMMANDS] + [text for text, _ in BAD_SPACES],
 )
-def test_bad_command_is_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
-    (tmp_path / "space.yaml").write_text("model.init_args.lr: {type: float, low: 1e-4, high: 1e-2, log: true}\n")
+def test_bad_command_is_one_line_and_exit_2_and_writes_nothing(tmp_path, capsys, argv, space, message):
+    (tmp_path / "space.yaml").write_text(space + "\n")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("an existing sweep directory's file\n")
+    before = fingerprint(tmp_path)
     with pytest.raises(SystemExit) as exit:
         main(["sweep", "out", "--config", CONFIG, *argv])
-    error = capsys.readouterr().err
-    assert (
-        exit.value.code == 2 and error.startswith("lit_interp: error: ") and message in error and error.count("\n") == 1
-    )
-    assert not Path("out").exists()
-
-
-@pytest.mark.parametrize(
-    "text, message",
-    [
-        (
-            "model.init_args.lr: {type: float, low: 0.0, high: 1e-2, log: true}",
-            "need low < high, and low > 0 with log: true",
-        ),
-        ("model.init_args.d_model: {type: categorical, choices: []}", "needs only choices: a non-empty list"),
-        ("lr: {type: float, low: 1e-4, high: 1e-2}", "'lr' is not a config key"),
-        (
-            "model.init_args.lr: {type: uniform, low: 1e-4, high: 1e-2}",
-            "must be a mapping with type float, int or categorical",
-        ),
-    ],
-)
-def test_bad_space_file_is_refused(tmp_path, text, message):
-    from lit_interp.errors import ConfigError
-
-    (tmp_path / "space.yaml").write_text(text + "\n")
-    with pytest.raises(ConfigError, match="space space.yaml") as error:
-        build_sweep(["out", "--config", CONFIG, "--space", "space.yaml", "--n_trials", "2"])
-    assert message in str(error.value)
+    assert (exit.value.code, capsys.readouterr().err) == (2, f"lit_interp: error: {message}\n")
+    assert fingerprint(tmp_path) == before
 
 
 def test_another_command_on_the_same_study_is_refused(tmp_path, capsys):
@@ -286,3 +388,15 @@ def test_sweep_killed_mid_trial_resumes_from_last_checkpoint(tmp_path):
 
     again = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
     assert " started: " not in again.stdout and " resumed: " not in again.stdout  # nothing left to run
+
+
+def test_a_sweep_directory_holds_one_study(tmp_path, capsys):
+    start(build_sweep(["study", "--config", CONFIG, "--seeds", "0-1"]))
+    before = fingerprint(tmp_path)
+    with pytest.raises(SystemExit) as exit:
+        main(["sweep", "study", "--config", CONFIG, "--seeds", "0-1", "--study_name", "other"])
+    message = (
+        "sweep directory study holds the trials of study 'study', not 'other'; use another directory for another study"
+    )
+    assert (exit.value.code, capsys.readouterr().err) == (2, f"lit_interp: error: {message}\n")
+    assert fingerprint(tmp_path) == before

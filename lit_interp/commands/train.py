@@ -250,23 +250,32 @@ class LitInterpCLI(LightningCLI):
             config.checkpoint.dirpath = str(self.run_dir / "checkpoints")
 
     def _choose_run_dir(self, config) -> Path:
-        """The run directory: the resumed run's, else a new version_N; locked for this process."""
+        """The run directory: the resumed run's, else a new version_N; locked for this process.
+
+        Only the run's first process (global rank 0) makes and locks it. Another joins it: a rank Lightning started
+        here inherits its path; the first process of another node (NODE_RANK, SLURM_PROCID, ... non-zero) takes the
+        resumed checkpoint's run, or for a new run the version rank 0 is making (its guess only: every file of a run
+        is written by rank 0, into the directory rank 0 broadcasts).
+        """
         inherited = os.environ.get(rundir.RUN_DIR_ENV)
-        if inherited and int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))) != 0:
-            run_dir = Path(inherited)  # a rank Lightning started: join the launching process's run
+        resumed = self.subcommand == "fit" and config.ckpt_path
+        root = runs_root(config)
+        version = checkpoints.version_of(Path(config.ckpt_path), root) if resumed else None
+        version = None if version is not None and self._rewinds(root / f"version_{version}") else version
+        if not rundir.owns_run():
+            if inherited:
+                run_dir = Path(inherited)
+            else:
+                run_dir = root / f"version_{version}" if version is not None else rundir.next_version(root)
         else:
-            root = runs_root(config)
             new_roots = [path for path in (root, *root.parents) if not path.exists()]
-            resumed = self.subcommand == "fit" and config.ckpt_path
-            version = checkpoints.version_of(Path(config.ckpt_path), root) if resumed else None
-            version = None if version is not None and self._rewinds(root / f"version_{version}") else version
             if version is None:
                 run_dir = rundir.create_new_run(root)
                 self._created = [run_dir, *new_roots]
             else:
                 run_dir = root / f"version_{version}"
             self._lock = rundir.RunLock(run_dir).acquire()
-            os.environ[rundir.RUN_DIR_ENV] = str(run_dir)
+        os.environ[rundir.RUN_DIR_ENV] = str(run_dir)
         place_loggers(config.trainer, run_dir, self.checkpoint if self.subcommand == "fit" else None)
         return run_dir
 

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import plotly.graph_objects as go
 
-from lit_interp.optuna_storage import load_existing_study
-from lit_interp.report.figures import layout, step_lines
-from lit_interp.report.html import Figure, Section, embed, plain, render, table
-from lit_interp.report.runs_table import RunRecord, collect, csv_rows, findings, formations, study_storage
+from lit_interp.report.figures import as_floats, layout, step_layout, step_lines, value_axis
+from lit_interp.report.html import Section, embed, plain, render, table
+from lit_interp.report.runs_table import CURVES, RunRecord, collect, csv_rows, findings, formations, sweep_study
+from lit_interp.runlogs import Series
 from lit_interp.sweep_dir import read_sweep_info
 
-CURVES = ("val/loss", "val/acc", "val/r2", "train/loss")
 TABLE_METRICS = ("val/", "train/loss")  # the final metrics the page's table shows; runs.csv has every scalar
+# Past this many runs a figure never draws a trace per run: curves become the median and a 10-90 % band across runs,
+# box plots their quartiles and outliers (the page stays small and readable whatever the number of runs).
+MAX_RUNS_DRAWN = 30
 
 
 def score_box(runs: list[RunRecord], score: str) -> go.Figure | None:
@@ -33,7 +37,7 @@ def score_box(runs: list[RunRecord], score: str) -> go.Figure | None:
             go.Box(
                 y=[value for _, value in points],
                 name=plain(head),
-                boxpoints="all",
+                boxpoints="all" if len(runs) <= MAX_RUNS_DRAWN else "outliers",
                 jitter=0.4,
                 pointpos=0,
                 text=[plain(name) for name, _ in points],
@@ -60,7 +64,7 @@ def formation_strip(runs: list[RunRecord], score: str, threshold: float) -> go.F
             go.Box(
                 y=[step for _, step in reached],
                 name=f"{plain(head)} ({len(reached)}/{len(steps)})",
-                boxpoints="all",
+                boxpoints="all" if len(runs) <= MAX_RUNS_DRAWN else "outliers",
                 jitter=0.4,
                 pointpos=0,
                 text=[plain(name) for name, _ in reached],
@@ -79,6 +83,61 @@ def formation_strip(runs: list[RunRecord], score: str, threshold: float) -> go.F
     return figure
 
 
+def escaped(value: Any) -> Any:
+    """Every string in a JSON-like value (keys too) escaped, so plotly shows it literally."""
+    if isinstance(value, str):
+        return plain(value)
+    if isinstance(value, dict):
+        return {escaped(key): escaped(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [escaped(item) for item in value]
+    return value
+
+
+def escaped_distribution(distribution):
+    import optuna
+
+    if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+        return optuna.distributions.CategoricalDistribution(escaped(list(distribution.choices)))
+    return distribution
+
+
+def escaped_copy(study):
+    """An in-memory copy of the study for Optuna's plots, whose parameter names and values, attributes and anything
+    else a plot shows as text are escaped: a name such as `<a href=...>` is drawn as written, never as a link. Trials
+    keep their numbers (one that did not complete is a FAIL without values here, which no plot draws)."""
+    import optuna
+
+    copy = optuna.create_study(directions=study.directions)
+    for trial in study.get_trials(deepcopy=False):
+        if trial.state != optuna.trial.TrialState.COMPLETE:
+            copy.add_trial(optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+            continue
+        copy.add_trial(
+            optuna.trial.create_trial(
+                params={plain(name): escaped(value) for name, value in trial.params.items()},
+                distributions={plain(name): escaped_distribution(d) for name, d in trial.distributions.items()},
+                values=trial.values,
+                user_attrs=escaped(trial.user_attrs),
+                intermediate_values=trial.intermediate_values,
+            )
+        )
+    return copy
+
+
+def importances(study):
+    """Optuna's importance plot with its PED-ANOVA evaluator, which needs nothing beyond Optuna (Optuna 4.0
+    defaults to fANOVA, which needs scikit-learn)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    return optuna.visualization.plot_param_importances(study, evaluator=evaluator)
+
+
 def optuna_section(directories: list[Path]) -> Section | None:
     """Optuna's own plots of a search (importances need nothing beyond Optuna: its default PED-ANOVA evaluator)."""
     import optuna
@@ -87,19 +146,19 @@ def optuna_section(directories: list[Path]) -> Section | None:
         info = read_sweep_info(directory) or {}
         if not info.get("space"):
             continue
-        study = load_existing_study(study_storage(directory, info), info["study_name"], f"--runs {directory}")
+        study = sweep_study(Path(directory))
         complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
         if len(complete) < 2:
             return Section("Search", [], note=f"{len(complete)} complete trial(s): Optuna's plots need at least 2.")
-        items, notes = [], []
+        items, notes, drawn = [], [], escaped_copy(study)
         plots = [
-            ("parameter importances", optuna.visualization.plot_param_importances),
+            ("parameter importances", importances),
             ("slice", optuna.visualization.plot_slice),
             ("parallel coordinates", optuna.visualization.plot_parallel_coordinate),
         ]
         for name, plot in plots:
             try:
-                items.append(embed(plot(study)))
+                items.append(embed(plot(drawn)))
             except (ValueError, RuntimeError, ZeroDivisionError) as error:
                 notes.append(f"{name}: not drawn ({error})")
         objective = f"objective {info['objective']} ({info['direction']})"
@@ -122,13 +181,65 @@ def last_scores(runs: list[RunRecord]) -> list[str]:
     return list(dict.fromkeys(name for scores in heads for name, value in scores.items() if isinstance(value, float)))
 
 
-def training_curves(runs: list[RunRecord]) -> list[Figure]:
+def band(lines: dict[str, Series], tag: str) -> go.Figure:
+    """At each step, the median of `tag` across the runs that logged it, and the band from their 10th to 90th
+    percentile: one figure of three traces for any number of runs."""
+    by_step: dict[int, list[float]] = {}
+    for steps, values in lines.values():
+        for step, value in zip(steps, values):
+            if value is not None and math.isfinite(value):
+                by_step.setdefault(step, []).append(value)
+    steps = sorted(by_step)
+    low, median, high = np.array([np.quantile(by_step[step], (0.1, 0.5, 0.9)) for step in steps]).T
+    counts = [len(by_step[step]) for step in steps]
+    figure = go.Figure()
+    figure.add_trace(
+        go.Scatter(x=steps, y=as_floats(low), mode="lines", line_width=0, showlegend=False, hoverinfo="skip")
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=steps,
+            y=as_floats(high),
+            mode="lines",
+            line_width=0,
+            fill="tonexty",
+            fillcolor="rgba(31,119,180,0.25)",
+            name="10-90 % of runs",
+            hoverinfo="skip",
+        )
+    )
+    figure.add_trace(
+        go.Scatter(
+            x=steps,
+            y=as_floats(median),
+            customdata=np.stack([low, high, counts], axis=-1),
+            mode="lines",
+            line_color="rgb(31,119,180)",
+            name="median across runs",
+            hovertemplate="step %{x}<br>median %{y:.4g}<br>10-90 %: %{customdata[0]:.4g} to %{customdata[1]:.4g}"
+            "<br>over %{customdata[2]} runs<extra></extra>",
+        )
+    )
+    step_layout(figure, ["median across runs", "10-90 % of runs"], plain(tag), False)
+    figure.update_layout(
+        yaxis=dict(title=plain(tag), showgrid=True, gridcolor="#eee", **value_axis(median, log=tag.endswith("loss")))
+    )
+    return figure
+
+
+def training_curves(runs: list[RunRecord]) -> Section:
     curves = {tag: {run.label: run.series[tag] for run in runs if tag in run.series} for tag in CURVES}
-    return [
-        embed(step_lines(lines, tag, tag, log_y=tag.endswith("loss")), "step-axis")
-        for tag, lines in curves.items()
-        if lines
-    ]
+    if len(runs) <= MAX_RUNS_DRAWN:
+        figures = [step_lines(lines, tag, tag, log_y=tag.endswith("loss")) for tag, lines in curves.items() if lines]
+        return Section("Training curves", [embed(figure, "step-axis") for figure in figures])
+    note = (
+        f"{len(runs)} runs, more than {MAX_RUNS_DRAWN}: each curve is the median across the runs that logged that "
+        "step, with the band from their 10th to their 90th percentile (hover: over how many runs). runs.csv has "
+        "every run's final values."
+    )
+    return Section(
+        "Training curves", [embed(band(lines, tag), "step-axis") for tag, lines in curves.items() if lines], note=note
+    )
 
 
 def sections(
@@ -146,7 +257,7 @@ def sections(
         Section("Findings across runs", [table(found, "finding")] if found else [], note=FINDINGS_NOTE),
         Section("When each circuit forms", [embed(figure) for figure in formed if figure], note=FORMS_NOTE),
         Section("Head scores at the last snapshot", [embed(figure) for figure in boxes if figure]),
-        Section("Training curves", training_curves(runs)),
+        training_curves(runs),
         Section("Runs", [table(rows, "run")], note=RUNS_NOTE),
         damaged_section(runs),
     ]

@@ -9,6 +9,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ from lit_interp import runlogs
 from lit_interp.errors import ConfigError
 from lit_interp.formation import Formation, finding, formation
 from lit_interp.optuna_storage import SQLITE, load_existing_study, local_file
-from lit_interp.snapshots import RunSnapshots, read_snapshots
-from lit_interp.sweep_dir import read_sweep_info, trial_dir, trial_run_dir
+from lit_interp.snapshots import RunSnapshots, Snapshot, read_snapshots
+from lit_interp.sweep_dir import DIRECTORY_ID, home_number, ran_in, read_sweep_info, trial_dir, trial_run_dir
 
 # Keys that differ between runs without being a parameter of the run.
 NOT_PARAMETERS = (
@@ -31,6 +32,9 @@ NOT_PARAMETERS = (
     "checkpoint.dirpath",
 )
 TABLE_METRICS = ("val/", "train/loss")  # the final metrics the page's table shows; runs.csv has every scalar
+CURVES = ("val/loss", "val/acc", "val/r2", "train/loss")  # the series kept per run, for the page's training curves
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: hundreds of configs
+KEPT_SECTIONS = ("step", "task", "loss", "heads")  # what the cross-run report reads of a snapshot
 
 
 @dataclass
@@ -94,7 +98,7 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
 def read_config(run: Path) -> dict[str, Any]:
     path = run / "config.yaml"
     try:
-        return flatten(yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+        return flatten(yaml.load(path.read_text(), Loader=SAFE_LOADER) or {}) if path.is_file() else {}
     except yaml.YAMLError:
         return {}
 
@@ -134,23 +138,54 @@ def study_storage(directory: Path, info: dict[str, Any]) -> str:
     return url
 
 
+def lost_worker(trial: Any, retries: dict[int, Any], directory_id: str | None) -> str | None:
+    """Why a FAIL trial has no result when its worker died and another trial took it over (None otherwise)."""
+    retry = retries.get(trial.number)
+    if retry is None:
+        return None
+    where = "" if ran_in(retry, directory_id) else " in another sweep directory"
+    return f"its worker stopped sending heartbeats; trial {retry.number} took it over{where}"
+
+
+def sweep_study(directory: Path):
+    """The study of a directory written by `sweep` (opened once per process: the page and the table both read it)."""
+    return open_sweep_study(Path(directory).resolve(), str(directory))
+
+
+@cache
+def open_sweep_study(resolved: Path, shown: str):
+    info = read_sweep_info(resolved)
+    return load_existing_study(study_storage(resolved, info), info["study_name"], f"--runs {shown}")
+
+
 def sweep_trials(directory: Path) -> dict[Path, dict[str, Any]]:
-    """Run directory -> its trial (number, state, value, params, error), for a directory written by `sweep`."""
+    """Run directory -> its trial (number, state, value, params, error), for a directory written by `sweep`.
+
+    A trial directory holds the last attempt this sweep directory's workers made at its trial: the trial itself,
+    or the retry that took it over when its worker died (Optuna numbers a retry anew).
+    """
     info = read_sweep_info(directory)
     if info is None:
         return {}
-    study = load_existing_study(study_storage(directory, info), info["study_name"], f"--runs {directory}")
-    trials = {}
-    for trial in study.get_trials(deepcopy=False):
-        run = trial_run_dir(trial_dir(directory, trial.number))
-        trials[run] = {
-            "trial": trial.number,
-            "state": trial.state.name,
-            "value": trial.value,
-            **trial.user_attrs,
-            "params": trial.params,
-        }
-    return trials
+    study = sweep_study(Path(directory))
+    directory_id = info.get(DIRECTORY_ID)
+    trials = study.get_trials(deepcopy=False)
+    retries = {t.system_attrs["retry_history"][-1]: t for t in trials if t.system_attrs.get("retry_history")}
+    latest = {home_number(t): t for t in trials if ran_in(t, directory_id)}  # in number order: the last one wins
+    runs = {}
+    for home, trial in latest.items():
+        record = {"trial": home, "state": trial.state.name, "value": trial.value, **trial.user_attrs}
+        record |= {"params": trial.params, "optuna_trial": trial.number}
+        if (why := lost_worker(trial, retries, directory_id)) and "error" not in record:
+            record["error"] = why
+        runs[trial_run_dir(trial_dir(directory, home))] = record
+    return runs
+
+
+def trimmed(snapshots: RunSnapshots) -> RunSnapshots:
+    """The snapshots with only what the cross-run report reads: memory grows with runs x heads, not x every section."""
+    kept = [Snapshot(s.path, {key: s.summary[key] for key in KEPT_SECTIONS if key in s.summary}) for s in snapshots]
+    return RunSnapshots(snapshots.run_dir, kept, snapshots.damaged)
 
 
 def collect(directories: list[Path]) -> tuple[list[RunRecord], list[str]]:
@@ -167,9 +202,10 @@ def collect(directories: list[Path]) -> tuple[list[RunRecord], list[str]]:
             for tag, (_, values) in series.items()
             if values and tag != "epoch" and not tag.startswith("final/")
         }
-        snapshots = read_snapshots(path, on_damaged="skip")  # listed in the report and runs.csv, never silently
+        snapshots = trimmed(read_snapshots(path, on_damaged="skip"))  # damaged ones listed in the report and runs.csv
+        curves = {tag: series[tag] for tag in CURVES if tag in series}
         record = RunRecord(
-            label(path, directories), path, config, final, series, snapshots, trials.get(path.resolve(), {})
+            label(path, directories), path, config, final, curves, snapshots, trials.get(path.resolve(), {})
         )
         runs.append(record)
     return runs, varying(configs)
@@ -232,6 +268,7 @@ def csv_rows(runs: list[RunRecord], parameters: list[str], thresholds: dict[str,
                 "state": run.sweep.get("state"),
                 "objective": run.sweep.get("value"),
                 "error": run.sweep.get("error"),
+                "takeover": run.sweep.get("takeover"),
             }
         row |= {key: run.config.get(key) for key in parameters}
         row |= {tag: value for tag, value in sorted(run.final.items())}

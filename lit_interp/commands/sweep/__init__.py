@@ -1,7 +1,8 @@
 """`python -m lit_interp sweep`: seed studies and hyperparameter searches on Optuna, each trial an ordinary fit.
 
-definition.py checks the command, study.py creates or joins the study and claims trials, workers.py
-runs each trial as a child `fit`, objective.py reads a finished trial's value from its run.
+definition.py checks the command, study.py creates or joins the study and claims trials, workers.py runs each
+trial as a child `fit` (heartbeat.py keeps its trials alive in the storage), objective.py reads a finished trial's
+value from its run.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ def main(argv: list[str]) -> None:
         if recorded is not None:
             check_same_command(sweep, recorded)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        start(sweep)
+        storage, directory_id = start(sweep)
     try:
-        Worker(sweep).run()
+        with user_errors():
+            Worker(sweep, storage, directory_id).run()
     except KeyboardInterrupt:
         print("sweep interrupted: run the same command again to continue it", file=sys.stderr)
         sys.exit(130)
-    print(summarise(sweep))
+    print(summarise(sweep, storage))
     print(f"tensorboard --logdir {sweep.directory}; report: python -m lit_interp analyze --runs {sweep.directory}")

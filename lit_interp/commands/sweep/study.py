@@ -1,29 +1,68 @@
-"""The sweep's Optuna study: created or joined, one trial per seed enqueued, trials claimed by workers."""
+"""The sweep's Optuna study: created or joined, one trial per seed enqueued, trials claimed by workers.
+
+Every step that reads the study and then changes it (recording the command, counting and asking, failing a stale
+trial, taking one over) runs under the storage's lock, so workers on any number of machines take turns.
+"""
 
 from __future__ import annotations
 
+import enum
 import json
-from dataclasses import dataclass
+import socket
+import uuid
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lit_interp.commands.sweep.definition import Sweep, param_name
 from lit_interp.errors import ConfigError
-from lit_interp.optuna_storage import open_storage, storage_exists, trial_handle
-from lit_interp.sweep_dir import SWEEP_JSON, trial_dir
+from lit_interp.optuna_storage import (
+    Heartbeat,
+    fail_stale_trials,
+    frozen_trial,
+    open_storage,
+    record_heartbeat,
+    storage_exists,
+    storage_lock,
+    supports_heartbeat,
+    trial_handle,
+)
+from lit_interp.sweep_dir import (
+    DIRECTORY_ID,
+    HOST,
+    RETRY_OF,
+    WORKER,
+    home_number,
+    ran_in,
+    read_sweep_info,
+    trial_dir,
+    write_sweep_info,
+)
+
+SEED_SPACE = 2**32  # TPE's seed is numpy's: trial k samples with (sampler_seed + k) modulo this
 
 
-def load_study(sweep: Sweep, sampler_seed: int | None = None):
+def heartbeat_of(sweep: Sweep) -> Heartbeat | None:
+    return Heartbeat(sweep.heartbeat, sweep.grace_period) if supports_heartbeat(sweep.storage) else None
+
+
+def sweep_storage(sweep: Sweep):
+    """The storage every study object of this worker shares (one connection pool), with the heartbeat on."""
+    return open_storage(sweep.storage, heartbeat_of(sweep))
+
+
+def sampler(sweep: Sweep, number: int):
+    """TPE seeded by the trial's number, so a trial samples the same values whichever worker asks."""
     import optuna
 
-    sampler = optuna.samplers.TPESampler(seed=sampler_seed)
-    return optuna.create_study(
-        storage=open_storage(sweep.storage),
-        study_name=sweep.study_name,
-        sampler=sampler,
-        direction=sweep.direction,
-        load_if_exists=True,
-    )
+    return optuna.samplers.TPESampler(seed=(sweep.sampler_seed + number) % SEED_SPACE)
+
+
+def load_study(sweep: Sweep, storage: Any):
+    import optuna
+
+    return optuna.load_study(study_name=sweep.study_name, storage=storage)
 
 
 def check_same_command(sweep: Sweep, recorded: dict[str, Any]) -> None:
@@ -43,35 +82,53 @@ def existing_definition(sweep: Sweep) -> dict[str, Any] | None:
 
     if not storage_exists(sweep.storage):
         return None
-    try:
-        study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage))
-    except KeyError:
+    try:  # read-only: creating the tables here would race another worker's creating them under the lock
+        study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage, read_only=True))
+    except Exception:  # no study, no tables yet, or a server out of reach (start() says which)
         return None
     return study.user_attrs.get("lit_interp_sweep")
 
 
-def start(sweep: Sweep) -> None:
-    """Create (or join) the study: record the command, enqueue one trial per seed, write sweep.json."""
-    from filelock import FileLock
+def check_directory(sweep: Sweep) -> None:
+    """A sweep directory holds one study's trials: refuse one whose sweep.json names another study."""
+    info = read_sweep_info(sweep.directory)
+    if info is not None and info["study_name"] != sweep.study_name:
+        raise ConfigError(
+            f"sweep directory {sweep.directory} holds the trials of study {info['study_name']!r}, not "
+            f"{sweep.study_name!r}; use another directory for another study"
+        )
 
+
+def start(sweep: Sweep) -> tuple[Any, str]:
+    """Create (or join) the study: record the command and enqueue one trial per seed (once, whichever worker comes
+    first), and give this directory its sweep.json; (the worker's storage, the directory's id)."""
+    import optuna
+
+    check_directory(sweep)
     sweep.directory.mkdir(parents=True, exist_ok=True)
-    with FileLock(sweep.directory / "sweep.lock"):
-        study = load_study(sweep)
+    with storage_lock(sweep.storage, sweep.study_name, sweep.directory):
+        storage = sweep_storage(sweep)  # inside the lock: two workers creating one SQLite file's tables would clash
+        study = optuna.create_study(
+            storage=storage, study_name=sweep.study_name, direction=sweep.direction, load_if_exists=True
+        )
         recorded = study.user_attrs.get("lit_interp_sweep")
         if recorded is not None:
-            return check_same_command(sweep, recorded)
-        if sweep.seeds is not None:
-            for seed in sweep.seeds:
+            check_same_command(sweep, recorded)
+        else:
+            for seed in sweep.seeds or ():
                 study.enqueue_trial({"seed": seed})
-        study.set_user_attr("lit_interp_sweep", sweep.definition())
-        info = {"study_name": sweep.study_name, "storage": sweep.storage, **sweep.definition()}
-        (sweep.directory / SWEEP_JSON).write_text(json.dumps(info, indent=1))
+            study.set_user_attr("lit_interp_sweep", sweep.definition())
+    info = read_sweep_info(sweep.directory)
+    if info is None:
+        info = {"study_name": sweep.study_name, "storage": sweep.storage, DIRECTORY_ID: uuid.uuid4().hex}
+        write_sweep_info(sweep.directory, info | sweep.definition())
+    return storage, info.get(DIRECTORY_ID) or ""
 
 
 def suggest(trial, sweep: Sweep) -> dict[str, Any]:
     """The trial's values, keyed by config key; a value already given (resume, enqueued seed) is kept."""
     if sweep.seeds is not None:
-        seed = trial.suggest_categorical("seed", list(sweep.seeds))
+        seed = trial.suggest_int("seed", min(sweep.seeds), max(sweep.seeds))  # enqueued: one trial per seed
         return {"seed_everything": seed, "data.init_args.seed": seed}
     values = {}
     for key, spec in (sweep.space or {}).items():
@@ -89,14 +146,45 @@ def suggest(trial, sweep: Sweep) -> dict[str, Any]:
     return values
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Where this worker runs: its sweep directory's id and its host (recorded on every trial it claims)."""
+
+    directory_id: str
+    host: str
+
+    @classmethod
+    def here(cls, directory_id: str) -> Identity:
+        return cls(directory_id, socket.gethostname())
+
+
 @dataclass
 class Claim:
-    """A trial this worker owns until it is told: its number, values, and the held lock of its directory."""
+    """A trial this worker owns until it is told: its study and live trial, the number of its directory (the trial it
+    retries, or its own), its directory's lock (None: still held by a worker that lost the trial), whom it takes
+    over from (None: a new trial), and its values."""
 
     study: Any
-    number: int
-    values: dict[str, Any]
+    trial: Any
+    home: int
     lock: Any
+    took_over_from: int | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def number(self) -> int:
+        return self.trial.number
+
+    @property
+    def trial_id(self) -> int:
+        return self.trial._trial_id  # the storage's id, where heartbeats are recorded
+
+
+class Nothing(enum.Enum):
+    """Why `claim` gave no trial: wait (trials of other workers still run and may need taking over), or done."""
+
+    WAIT = "wait"
+    DONE = "done"
 
 
 def try_lock(path: Path):
@@ -111,42 +199,103 @@ def try_lock(path: Path):
     return lock
 
 
-def claim(sweep: Sweep) -> Claim | None:
-    """The next trial to run: a RUNNING trial whose worker died, an enqueued one, or a newly sampled one.
+def is_mine(frozen, identity: Identity, heartbeat: bool) -> bool:
+    """Whether this worker may judge the trial dead by its directory's lock: it ran in this sweep directory, and,
+    where the storage has a heartbeat, on this host (across hosts a shared filesystem's locks may not be shared)."""
+    if not ran_in(frozen, identity.directory_id):
+        return False
+    return not heartbeat or frozen.user_attrs.get(WORKER, {}).get(HOST) in (None, identity.host)
 
-    The sweep lock makes the count and the ask one step across workers, so no more than n_trials are made;
-    a trial's directory lock is held by the worker running it, and released by the system if it dies.
-    """
+
+def record_claim(trial: Any, identity: Identity, storage: Any) -> None:
+    """A heartbeat at once (a trial that never had one is never found stale) and who runs the trial where: both
+    before the storage's lock is let go, so no other worker takes the trial for a dead one's."""
+    record_heartbeat(storage, trial._trial_id)
+    trial.set_user_attr(WORKER, {DIRECTORY_ID: identity.directory_id, HOST: identity.host})
+
+
+def take_over_in_place(sweep: Sweep, study: Any, storage: Any, trials: list, identity: Identity) -> Claim | None:
+    """A RUNNING trial of this directory (and host) whose lock no process holds: its worker died."""
     import optuna
-    from filelock import FileLock
+
+    heartbeat = heartbeat_of(sweep) is not None
+    for frozen in trials:
+        if frozen.state != optuna.trial.TrialState.RUNNING or not is_mine(frozen, identity, heartbeat):
+            continue
+        home = home_number(frozen)
+        if lock := try_lock(trial_dir(sweep.directory, home) / "trial.lock"):
+            study.sampler = sampler(sweep, frozen.number)
+            if frozen_trial(study, frozen.number).state != optuna.trial.TrialState.RUNNING:
+                lock.release()  # told by its worker since `trials` was read, then unlocked: not dead, done
+                continue
+            trial = trial_handle(study, frozen.number)
+            record_claim(trial, identity, storage)
+            return Claim(study, trial, home, lock, took_over_from=frozen.number)
+    return None
+
+
+def logical_trials(trials: list) -> int:
+    """Trials the study counts towards n_trials: every trial but the retries of stale ones."""
+    return sum(RETRY_OF not in t.system_attrs for t in trials)
+
+
+def ask(sweep: Sweep, study: Any, storage: Any, trials: list, identity: Identity) -> Claim:
+    """A WAITING trial (an enqueued seed, a retry of a stale trial), else a new one."""
+    study.sampler = sampler(sweep, len(trials))  # the new trial's number: the count, under the lock
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "heartbeat is supposed to be used with Study.optimize": we beat ourselves
+        trial = study.ask()
+    record_claim(trial, identity, storage)
+    frozen = frozen_trial(study, trial.number)
+    home = home_number(frozen)
+    retried = frozen.system_attrs.get("retry_history") or [None]
+    return Claim(study, trial, home, try_lock(trial_dir(sweep.directory, home) / "trial.lock"), retried[-1])
+
+
+def reserve(sweep: Sweep, storage: Any, identity: Identity) -> Claim | Nothing:
+    """The trial this worker runs next, made its own under the storage's lock (its values are drawn after)."""
+    import optuna
 
     State = optuna.trial.TrialState
-    with FileLock(sweep.directory / "sweep.lock"):
-        trials = load_study(sweep).get_trials(deepcopy=False)
-        for frozen in trials:
-            if frozen.state == State.RUNNING and (
-                lock := try_lock(trial_dir(sweep.directory, frozen.number) / "trial.lock")
-            ):
-                study = load_study(sweep, sweep.sampler_seed + frozen.number)
-                return Claim(study, frozen.number, suggest(trial_handle(study, frozen.number), sweep), lock)
-        if not any(t.state == State.WAITING for t in trials) and len(trials) >= sweep.n_trials:
-            return None
-        # Seeded per trial number, so trials sample the same values whichever worker asks.
-        study = load_study(sweep, sweep.sampler_seed + len(trials))
-        trial = study.ask()
-        lock = try_lock(trial_dir(sweep.directory, trial.number) / "trial.lock")
-        return Claim(study, trial.number, suggest(trial, sweep), lock)
+    with storage_lock(sweep.storage, sweep.study_name, sweep.directory):
+        study = load_study(sweep, storage)
+        trials = study.get_trials(deepcopy=False)
+        if claimed := take_over_in_place(sweep, study, storage, trials, identity):
+            return claimed
+        if stale := fail_stale_trials(study, storage):
+            for number in stale:
+                late = f"no heartbeat from its worker for {sweep.grace_period} s"
+                print(f"trial {number}: {late}; queued again", flush=True)
+            trials = study.get_trials(deepcopy=False)
+        if any(t.state == State.WAITING for t in trials) or logical_trials(trials) < sweep.n_trials:
+            return ask(sweep, study, storage, trials, identity)
+        heartbeat = heartbeat_of(sweep) is not None
+        running = [t for t in trials if t.state == State.RUNNING and (heartbeat or ran_in(t, identity.directory_id))]
+        return Nothing.WAIT if running else Nothing.DONE
 
 
-def summarise(sweep: Sweep) -> str:
+def claim(sweep: Sweep, storage: Any, identity: Identity) -> Claim | Nothing:
+    """The next trial to run: a RUNNING trial of this directory whose worker died (its lock is free), a retry of a
+    trial whose worker stopped sending heartbeats, an enqueued one, or a newly sampled one; with its values."""
+    claimed = reserve(sweep, storage, identity)
+    if isinstance(claimed, Claim):
+        claimed.values = suggest(claimed.trial, sweep)  # TPE's sampling needs no lock: the trial is this worker's
+    return claimed
+
+
+def summarise(sweep: Sweep, storage: Any) -> str:
+    """How the study's trials ended (a trial and its retries counted once, by the last attempt) and the best one."""
     import optuna
 
-    trials = load_study(sweep).get_trials(deepcopy=False)
+    latest: dict[int, Any] = {}
+    for trial in load_study(sweep, storage).get_trials(deepcopy=False):
+        latest[home_number(trial)] = trial  # in number order: the last attempt wins
+    trials = list(latest.values())
     counts = {state.name.lower(): sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
     line = f"{len(trials)} trials: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n)
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if complete:
         best = (min if sweep.direction == "minimize" else max)(complete, key=lambda t: t.value)
         params = ", ".join(f"{name}={value}" for name, value in best.params.items())
-        line += f"; best trial {best.number}: {sweep.objective} = {best.value:.6g} ({params})"
+        line += f"; best trial {home_number(best)}: {sweep.objective} = {best.value:.6g} ({params})"
     return line
