@@ -185,5 +185,8 @@ def check_path_length(path: Any, what: str) -> None:
 
 
 def _shown(value: Any) -> str:
+    # older jsonargparse parses --x=-1 for a float-typed key as -1.0: show what the user typed
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     text = repr(value) if not isinstance(value, str) else value
     return text if len(text) <= 60 else text[:57] + "..."

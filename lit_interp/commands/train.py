@@ -416,6 +416,8 @@ NOISY_WARNINGS = (
     ".*treespec.*",  # a deprecation inside Lightning's own code
     "Checkpoint directory .* exists and is not empty",  # a resumed run writes into its own checkpoints/
     "Experiment logs directory .* exists and is not empty",  # continue_csv_metrics keeps the rows
+    "Be aware that when using `ckpt_path`",  # validate/test read weights only; fit restores its own callbacks
+    "The dirpath has changed from",  # a rewound resume branches into a new version directory on purpose
 )
 
 

@@ -9,7 +9,6 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 
 from lit_interp.commands.sweep.definition import RUN_ROOT_FLAG, Sweep, param_name
 from lit_interp.commands.sweep.heartbeat import Heartbeats
+from lit_interp.commands.sweep.launch import launch
 from lit_interp.commands.sweep.objective import objective_value
 from lit_interp.commands.sweep.study import Claim, Identity, Nothing, claim, heartbeat_of
 from lit_interp.optuna_storage import frozen_trial, trial_handle
@@ -107,7 +107,7 @@ class Running:
     """A trial's child fit in progress."""
 
     claimed: Claim
-    child: subprocess.Popen
+    child: Any  # subprocess.Popen, or launch.ForkedFit
     stderr: Path
     stderr_offset: int
     started: float
@@ -208,10 +208,8 @@ class Worker:
         offset = stderr_path.stat().st_size if stderr_path.exists() else 0
         verb = "resumed" if resume else "started"
         print(f"trial {claimed.number} {verb}: {describe(claimed.values)}{note}", flush=True)
-        with (directory / "stdout.log").open("ab") as stdout, stderr_path.open("ab") as stderr:
-            child = subprocess.Popen(
-                tied_to_worker(command), stdout=stdout, stderr=stderr, env=child_environment(self.sweep.jobs)
-            )
+        environment = child_environment(self.sweep.jobs)
+        child = launch(command, directory / "stdout.log", stderr_path, environment, tied_to_worker(command))
         self.heartbeats.add(claimed.number, claimed.trial_id, child)
         return Running(claimed, child, stderr_path, offset, time.monotonic(), restarts)
 
