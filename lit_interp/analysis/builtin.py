@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from lit_interp.analysis import attribution, circuits, patching, recurrence
+from lit_interp.analysis import induction as induction_analysis
 from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses
 from lit_interp.analysis.adversarial import adversarial_analysis
 from lit_interp.analysis.attribution import component_direct_attribution, outside_subspace_fraction
@@ -21,6 +22,13 @@ from lit_interp.analysis.circuits import (
     ov_neuron_circuits,
     positional_qk_circuits,
 )
+from lit_interp.analysis.learning_coefficient import (
+    LLC_SETTINGS,
+    devinterp_available,
+    local_learning_coefficient,
+    training_sequences,
+    wants_learning_coefficient,
+)
 from lit_interp.analysis.neurons import (
     dead_neuron_fraction,
     neuron_activation_by_position,
@@ -30,6 +38,7 @@ from lit_interp.analysis.patterns import (
     attention_entropy,
     attention_pattern,
     bos_scores,
+    mean_attention_patterns,
     mean_attention_scores,
     previous_token_scores,
     repeated_sequence_scores,
@@ -73,14 +82,29 @@ def attention(context: AnalysisContext) -> tuple[Summary, Tensors]:
         "attention_scores": mean_attention_scores(cache, n_layers),
         "example_attention_patterns": torch.stack([pattern[:N_EXAMPLES] for pattern in by_layer], dim=1),
     }
-    if context.token_task:
-        tensors["example_inputs"] = context.batch[:N_EXAMPLES].float()
+    if context.token_task:  # the tokens the model read (a next-token task's batch holds one more)
+        tensors["example_inputs"] = context.task.model_input(context.batch[:N_EXAMPLES]).float()
     return head_fragment(scores), tensors
 
 
+def _repeated_sequence_scores(context: AnalysisContext):
+    """`repeated_sequence_scores` on the first probe sequences, once per snapshot (two analyses read it)."""
+    if "repeated_sequence" not in context.memo:
+        inputs = context.task.model_input(context.batch[:REPEATED_SEQUENCES])
+        context.memo["repeated_sequence"] = repeated_sequence_scores(
+            context.model, inputs, prefix_len=int(context.has_bos)
+        )
+    return context.memo["repeated_sequence"]
+
+
+def _composition_scores(context: AnalysisContext) -> dict[str, torch.Tensor]:
+    if "composition" not in context.memo:
+        context.memo["composition"] = composition_scores(context.processed)
+    return context.memo["composition"]
+
+
 def repeated_sequence(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    inputs = context.task.model_input(context.batch[:REPEATED_SEQUENCES])
-    result = repeated_sequence_scores(context.model, inputs, prefix_len=int(context.has_bos))
+    result = _repeated_sequence_scores(context)
     if result is None:
         return {}, {}
     duplicate, induction, patterns = result
@@ -118,7 +142,7 @@ def eigenvalues_and_singular_values(context: AnalysisContext) -> tuple[Summary, 
 
 
 def composition(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    scores = composition_scores(context.processed)
+    scores = _composition_scores(context)
     return {
         "composition": {mode: values.tolist() for mode, values in scores.items()}
         | {"labels": context.model.all_head_labels()}
@@ -252,6 +276,46 @@ def parameter_probes(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return layer_fragment({f"probe_{name}_r2": values for name, values in r2.items()}), {}
 
 
+def prefix_matching(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    patterns = torch.stack(
+        [attention_pattern(context.cache, layer) for layer in range(context.model.cfg.n_layers)], dim=1
+    )  # batch layer head q k
+    scores, n_queries = induction_analysis.prefix_matching_scores(patterns, context.task.model_input(context.batch))
+    return head_fragment({"prefix_matching_score": scores}) | {"prefix_matching": {"queries": n_queries}}, {}
+
+
+def in_context_loss(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    inputs = context.task.model_input(context.batch[:REPEATED_SEQUENCES])
+    losses = induction_analysis.in_context_losses(context.model, inputs, prefix_len=int(context.has_bos))
+    return ({"in_context": losses} if losses is not None else {}), {}
+
+
+def induction_circuit(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    result = _repeated_sequence_scores(context)
+    if result is None:
+        return {}, {}
+    _, induction, _ = result
+    prev_token = previous_token_scores(mean_attention_patterns(context.cache, context.model.cfg.n_layers))
+    circuit = induction_analysis.induction_circuit(
+        prev_token, induction, _composition_scores(context)["k"], context.model.cfg.d_model
+    )
+    return {"induction_circuit": circuit}, {}
+
+
+def learning_coefficient(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    sequences = training_sequences(context.datamodule, LLC_SETTINGS.n_sequences, context.batch.device)
+    estimate = local_learning_coefficient(context.model, context.task, sequences, LLC_SETTINGS)
+    return {"learning_coefficient": estimate}, {}
+
+
+def _wants_learning_coefficient(context: AnalysisContext) -> bool:
+    return wants_learning_coefficient(context.task) and devinterp_available()
+
+
+def _predicts_next_token(context: AnalysisContext) -> bool:
+    return induction_analysis.predicts_next_token(context.task, context.batch)
+
+
 def _is_recurrence(context: AnalysisContext) -> bool:
     return not context.token_task and all(hasattr(context.datamodule, name) for name in ("order", "coefficient_bounds"))
 
@@ -271,6 +335,13 @@ BUILTIN_ANALYSES = [
     Analysis("qk_circuits", qk_circuits),
     Analysis("rotary", rotary, applies=lambda context: is_rotary(context.model)),
     Analysis("composition", composition, applies=lambda context: context.model.cfg.n_layers >= 2),
+    Analysis("prefix_matching", prefix_matching, applies=lambda context: context.token_task),
+    Analysis("in_context_loss", in_context_loss, applies=_predicts_next_token),
+    Analysis(
+        "induction_circuit",
+        induction_circuit,
+        applies=lambda context: context.token_task and context.model.cfg.n_layers >= 2,
+    ),
     Analysis(
         "kq_composition",
         kq_composition,
@@ -288,4 +359,6 @@ BUILTIN_ANALYSES = [
     Analysis("activation_patching", activation_patching, applies=_patchable, expensive=True),
     Analysis("backup_heads", backup_heads, expensive=True),
     Analysis("parameter_probes", parameter_probes, applies=_is_recurrence, expensive=True),
+    # Hundreds of SGLD steps per estimate: the costliest analysis by far, for tasks that ask, with the devinterp extra.
+    Analysis("learning_coefficient", learning_coefficient, applies=_wants_learning_coefficient, expensive=True),
 ]
