@@ -112,9 +112,12 @@ def test_the_hand_set_circuit_scores_induction_and_prefix_matching_one():
 
 def test_prefix_matching_counts_only_queries_with_a_single_earlier_copy(monkeypatch):
     model = hand_set_induction_circuit()
-    tokens = torch.tensor([[0, 1, 2, 1, 3, 1, 4, 2, 5, 6, 7, 3, 4, 5, 6, 7]])  # 1 thrice: its third copy is left out
-    counted = [(3, 2), (7, 3), (11, 5), (12, 7), (13, 9), (14, 10), (15, 11)]  # (query, position after its copy)
+    # 1 thrice: its third copy is left out; 6 6 and 7 7: the position after the first copy is the query itself.
+    tokens = torch.tensor([[0, 1, 2, 1, 3, 1, 4, 2, 5, 6, 6, 3, 4, 5, 7, 7]])
+    counted = [(3, 2), (7, 3), (11, 5), (12, 7), (13, 9)]  # (query, position after its one earlier copy)
     patterns = batch_patterns(model, tokens)
+    few, n_few = prefix_matching_scores(patterns, tokens)
+    assert n_few == len(counted) < MIN_PREFIX_MATCHING_QUERIES and torch.isnan(few).all()
     monkeypatch.setattr(induction_module, "MIN_PREFIX_MATCHING_QUERIES", 1)
     scores, n_queries = prefix_matching_scores(patterns, tokens)
     assert n_queries == len(counted)
@@ -190,9 +193,18 @@ def test_no_layer_beyond_the_first_or_nan_scores_give_nan():
     assert circuit["random_k_composition"] == 0.25
 
 
+class CurrentTokenTask(InductionModule):
+    """Reads all but the last token like a next-token task, but is scored on the token it reads."""
+
+    def targets(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, self.hparams.first_target_pos : -1]
+
+
 def test_only_next_token_tasks_predict_the_next_token():
     module, data = InductionModule(n_ctx=12, d_vocab=10, d_model=16, d_head=4), InductionDataModule(12, 10)
     assert predicts_next_token(module, data.make_batch(Stream.PROBE, 0, 4))
+    current = CurrentTokenTask(n_ctx=12, d_vocab=10, d_model=16, d_head=4)
+    assert not predicts_next_token(current, data.make_batch(Stream.PROBE, 0, 4))
     for task in ("bos_ints_attn_only", "affine_recurrence"):
         other, other_data = tiny_task(task)
         assert not predicts_next_token(other, other_data.make_batch(Stream.PROBE, 0, 4))
@@ -206,7 +218,10 @@ def test_the_snapshot_of_the_hand_set_circuit_reads_it():
     induction_label = f"L1H{INDUCTION_HEAD}"
     assert summary["heads"][induction_label]["prefix_matching_score"] > 0.9
     assert summary["in_context"]["in_context_loss"] < -1.0
+    probe = module.model_input(data.make_batch(Stream.PROBE, 0, 64))
+    assert summary["in_context"] == pytest.approx(in_context_losses(module.model, probe, prefix_len=1))  # after BOS
     circuit = summary["induction_circuit"]
     assert (circuit["previous_token_head"], circuit["induction_head"]) == (PREVIOUS_TOKEN_HEAD, INDUCTION_HEAD)
+    assert circuit["k_composition"] == pytest.approx(1 / math.sqrt(D_VOCAB), rel=0.05)
     terms = summary["term_importance"]  # only removing the K-composition term changes what the model does
     assert abs(terms["k_comp"] - summary["loss"]) > 0.5 and terms["q_comp"] == pytest.approx(summary["loss"], abs=1e-3)

@@ -61,17 +61,34 @@ def test_the_estimate_is_finite_positive_and_lower_with_fewer_parameters_sampled
     assert 0 < fewer["llc_mean"] < 0.8 * full["llc_mean"]
 
 
-def test_the_model_the_global_rngs_and_grad_mode_are_left_as_they_were(trained):
+def test_the_model_its_modes_the_global_rngs_and_grad_mode_are_left_as_they_were(trained):
     module, data = trained
+    module.model.train()
+    module.model.blocks[0].eval()  # a mixed state must come back as it was
+    modes = {name: submodule.training for name, submodule in module.model.named_modules()}
     weights = {name: tensor.clone() for name, tensor in module.state_dict().items()}
+    torch.manual_seed(123)  # devinterp seeds all three with seed + chain: start them elsewhere
+    np.random.seed(123)
+    random.seed(123)
     states = torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
     sequences = training_sequences(data, FAST.n_sequences, "cpu")
-    with torch.no_grad():
-        local_learning_coefficient(module.model, module, sequences, dataclasses.replace(FAST, num_draws=5))
-        assert not torch.is_grad_enabled()
+    try:
+        with torch.no_grad():
+            local_learning_coefficient(module.model, module, sequences, dataclasses.replace(FAST, num_draws=5))
+            assert not torch.is_grad_enabled()
+        assert {name: submodule.training for name, submodule in module.model.named_modules()} == modes
+    finally:
+        module.eval()
     assert all(torch.equal(tensor, weights[name]) for name, tensor in module.state_dict().items())
     assert torch.equal(torch.get_rng_state(), states[0])
     assert (np.random.get_state()[1] == states[1]).all() and random.getstate() == states[2]
+
+
+def test_chains_that_diverge_give_nan_not_their_last_finite_numbers(trained):
+    module, data = trained
+    sequences = training_sequences(data, FAST.n_sequences, "cpu")
+    estimate = local_learning_coefficient(module.model, module, sequences, dataclasses.replace(FAST, lr=1.0))
+    assert math.isnan(estimate["llc_mean"]) and math.isnan(estimate["llc_std"])
 
 
 def test_a_diverged_model_gets_nan(trained):

@@ -49,6 +49,11 @@ def test_the_phase_change_of_the_later_fall_when_an_early_one_is_small():
     assert 1100 < fall.start < fall.step < fall.end < 1300
 
 
+def test_the_fall_is_measured_from_the_first_snapshot_not_from_a_bump_above_it():
+    fall = phase_change([0, 100, 200, 300, 400], [0.0, 1.0, 0.0, -2.0, -2.0], min_fall=1.0)
+    assert fall.depth == 2.0 and fall.step == 250  # halfway from 0 to -2, not from the bump's 1
+
+
 def test_no_fall_or_too_few_snapshots_is_nan_with_a_reason():
     flat = phase_change(STEPS, np.zeros(len(STEPS)), min_fall=0.5)
     assert math.isnan(flat.step) and "less than min_fall=0.5" in flat.reason
