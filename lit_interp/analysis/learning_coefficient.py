@@ -55,7 +55,10 @@ def wants_learning_coefficient(task: Task) -> bool:
 
 
 def training_sequences(datamodule: SyntheticDataModule, n_sequences: int, device: torch.device | str) -> torch.Tensor:
-    """The first `n_sequences` sequences of the training stream (rank 0), in batches of the run's own size."""
+    """The first `n_sequences` sequences of the training stream (rank 0), in batches of the run's own size.
+
+    Drawn on the CPU, so on a GPU run they are batches of the training distribution rather than the
+    very batches it trained on (its generator ran on the GPU)."""
     batch_size = datamodule.batch_size
     batches = [
         datamodule.make_batch(Stream.TRAIN, index, batch_size) for index in range(math.ceil(n_sequences / batch_size))
