@@ -308,6 +308,14 @@ def learning_coefficient(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return {"learning_coefficient": estimate}, {}
 
 
+def _has_prefix_matching_queries(context: AnalysisContext) -> bool:
+    """Probe sequences that repeat too few tokens leave nothing to score: the key is absent rather than NaN."""
+    if not context.token_task:
+        return False
+    queries = induction_analysis.prefix_matching_queries(context.task.model_input(context.batch))
+    return int(queries.sum()) >= induction_analysis.MIN_PREFIX_MATCHING_QUERIES
+
+
 def _wants_learning_coefficient(context: AnalysisContext) -> bool:
     return wants_learning_coefficient(context.task) and devinterp_available()
 
@@ -335,7 +343,7 @@ BUILTIN_ANALYSES = [
     Analysis("qk_circuits", qk_circuits),
     Analysis("rotary", rotary, applies=lambda context: is_rotary(context.model)),
     Analysis("composition", composition, applies=lambda context: context.model.cfg.n_layers >= 2),
-    Analysis("prefix_matching", prefix_matching, applies=lambda context: context.token_task),
+    Analysis("prefix_matching", prefix_matching, applies=_has_prefix_matching_queries),
     Analysis("in_context_loss", in_context_loss, applies=_predicts_next_token),
     Analysis(
         "induction_circuit",

@@ -6,7 +6,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from transformer_lens import HookedTransformer
 
 from lit_interp.analysis.losses import Task
@@ -30,16 +30,22 @@ def previous_occurrences(tokens: Tokens) -> Tokens:
     return torch.where(same.sum(-1) == 1, first, -1)
 
 
+def prefix_matching_queries(tokens: Tokens) -> Bool[torch.Tensor, "batch pos"]:
+    """The queries prefix matching can score: their token occurred exactly once before, at p with p + 1 < q
+    (p + 1 = q would be the query itself)."""
+    previous = previous_occurrences(tokens)
+    return (previous >= 0) & (previous + 1 < torch.arange(tokens.shape[1], device=tokens.device))
+
+
 def prefix_matching_scores(patterns: BatchPatterns, tokens: Tokens) -> tuple[HeadScores, int]:
     """Mean attention from each query to the token after the earlier occurrence of the query's own token.
 
-    Olsson et al.'s prefix matching, on any token sequences: only queries whose token occurred exactly
-    once before, at p with p + 1 < q, count (p + 1 = q would be the query itself). Returns the scores and
-    the number of queries counted; the scores are NaN when fewer than MIN_PREFIX_MATCHING_QUERIES count.
+    Olsson et al.'s prefix matching, on any token sequences, over the `prefix_matching_queries`.
+    Returns the scores and the number of queries counted; the scores are NaN when fewer than
+    MIN_PREFIX_MATCHING_QUERIES count.
     """
     previous = previous_occurrences(tokens)
-    queries = torch.arange(tokens.shape[1], device=tokens.device)
-    counted = (previous >= 0) & (previous + 1 < queries)  # [batch query]
+    counted = prefix_matching_queries(tokens)  # [batch query]
     n_counted = int(counted.sum())
     if n_counted < MIN_PREFIX_MATCHING_QUERIES:
         nan = torch.full(patterns.shape[1:3], torch.nan, device=patterns.device)
@@ -105,14 +111,15 @@ def induction_circuit(
 
     Two levels to read `k_composition` against: `random_k_composition`, the score of two randomly
     oriented matrices (`random_composition_score`), and `other_k_composition`, the mean score into the
-    induction head from the other heads of earlier layers (NaN when there are none). NaN everywhere
+    induction head from the other heads of earlier layers (absent when there are none). NaN everywhere
     but the random level when the induction scores are all NaN.
     """
     n_layers, n_heads = induction_scores.shape
     later = torch.nan_to_num(induction_scores[1:], nan=-math.inf)
     if n_layers < 2 or not torch.isfinite(later).any():
         keys = ("induction_layer", "induction_head", "induction_score", "previous_token_layer")
-        keys += ("previous_token_head", "prev_token_score", "k_composition", "other_k_composition")
+        keys += ("previous_token_head", "prev_token_score", "k_composition")
+        keys += ("other_k_composition",) if n_heads > 1 else ()
         return dict.fromkeys(keys, math.nan) | {"random_k_composition": random_composition_score(d_model)}
     flat = int(later.flatten().argmax())
     induction_layer, induction_head = 1 + flat // n_heads, flat % n_heads
@@ -121,7 +128,7 @@ def induction_circuit(
     previous_layer, previous_head = flat // n_heads, flat % n_heads
     writer, reader = previous_layer * n_heads + previous_head, induction_layer * n_heads + induction_head
     others = [head for head in range(induction_layer * n_heads) if head != writer]
-    other = k_composition[others, reader].mean().item() if others else math.nan
+    other = {"other_k_composition": k_composition[others, reader].mean().item()} if others else {}
     return {
         "induction_layer": induction_layer,
         "induction_head": induction_head,
@@ -130,6 +137,6 @@ def induction_circuit(
         "previous_token_head": previous_head,
         "prev_token_score": prev_token_scores[previous_layer, previous_head].item(),
         "k_composition": k_composition[writer, reader].item(),
-        "other_k_composition": other,
+        **other,
         "random_k_composition": random_composition_score(d_model),
     }

@@ -191,6 +191,8 @@ def test_no_layer_beyond_the_first_or_nan_scores_give_nan():
     circuit = induction_circuit(torch.zeros(2, 2), nan, torch.zeros(4, 4), 16)
     assert math.isnan(circuit["k_composition"]) and math.isnan(circuit["other_k_composition"])
     assert circuit["random_k_composition"] == 0.25
+    single = induction_circuit(torch.ones(2, 1), torch.ones(2, 1), torch.eye(2).roll(1, 1), 16)
+    assert "other_k_composition" not in single and single["k_composition"] == 1.0  # one head a layer: no others
 
 
 class CurrentTokenTask(InductionModule):
