@@ -87,7 +87,7 @@ def attention(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return head_fragment(scores), tensors
 
 
-def _repeated_sequence_scores(context: AnalysisContext):
+def _repeated_sequence_scores(context: AnalysisContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """`repeated_sequence_scores` on the first probe sequences, once per snapshot (two analyses read it)."""
     if "repeated_sequence" not in context.memo:
         inputs = context.task.model_input(context.batch[:REPEATED_SEQUENCES])

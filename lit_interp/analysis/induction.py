@@ -15,8 +15,8 @@ from lit_interp.analysis.patterns import HeadScores, repeated_sequence
 Tokens = Int[torch.Tensor, "batch pos"]
 BatchPatterns = Float[torch.Tensor, "batch layer head query_pos key_pos"]
 
-# Fewer queries than this with a single earlier occurrence of their token: the prefix-matching
-# score would be the attention of a handful of positions, so it is NaN instead.
+# Fewer queries than this with a single earlier occurrence of their token: the prefix-matching score
+# would be the attention of a handful of positions, so it is NaN (and a snapshot leaves it out).
 MIN_PREFIX_MATCHING_QUERIES = 16
 
 
