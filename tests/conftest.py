@@ -27,7 +27,7 @@ TINY = {
     # The learning coefficient off: hundreds of SGLD steps at every expensive snapshot (tested on its own).
     "induction": [
         "--model.init_args.d_model=16",
-        "--model.init_args.d_head=4",
+        "--model.init_args.d_head=8",
         "--model.init_args.learning_coefficient=false",
     ],
 }
