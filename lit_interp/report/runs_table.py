@@ -17,7 +17,7 @@ import yaml
 
 from lit_interp import runlogs
 from lit_interp.errors import ConfigError
-from lit_interp.formation import Formation, finding, formation
+from lit_interp.formation import PHASES, Formation, finding, formation, phase_steps
 from lit_interp.optuna_storage import SQLITE, load_existing_study, local_file
 from lit_interp.snapshots import RunSnapshots, Snapshot, read_snapshots
 from lit_interp.sweep_dir import DIRECTORY_ID, home_number, ran_in, read_sweep_info, trial_dir, trial_run_dir
@@ -35,6 +35,8 @@ TABLE_METRICS = ("val/", "train/loss")  # the final metrics the page's table sho
 CURVES = ("val/loss", "val/acc", "val/r2", "train/loss")  # the series kept per run, for the page's training curves
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: hundreds of configs
 KEPT_SECTIONS = ("step", "task", "loss", "heads")  # what the cross-run report reads of a snapshot
+KEY_FREQUENCIES = "fourier.key_frequencies"  # and of these sections, only these entries
+KEPT_ENTRIES = (*(phase.key for phase in PHASES.values()), KEY_FREQUENCIES)
 
 
 @dataclass
@@ -184,7 +186,15 @@ def sweep_trials(directory: Path) -> dict[Path, dict[str, Any]]:
 
 def trimmed(snapshots: RunSnapshots) -> RunSnapshots:
     """The snapshots with only what the cross-run report reads: memory grows with runs x heads, not x every section."""
-    kept = [Snapshot(s.path, {key: s.summary[key] for key in KEPT_SECTIONS if key in s.summary}) for s in snapshots]
+    kept = []
+    for snapshot in snapshots:
+        summary = {key: snapshot.summary[key] for key in KEPT_SECTIONS if key in snapshot.summary}
+        for key in KEPT_ENTRIES:
+            section, entry = key.split(".", 1)
+            values = snapshot.summary.get(section)
+            if isinstance(values, dict) and entry in values:
+                summary.setdefault(section, {})[entry] = values[entry]
+        kept.append(Snapshot(snapshot.path, summary))
     return RunSnapshots(snapshots.run_dir, kept, snapshots.damaged)
 
 
@@ -234,6 +244,31 @@ def formations(run: RunRecord, thresholds: dict[str, float]) -> dict[str, Format
     return {f"{head}/{score}": formation_of(run, head, score, thresholds[score]) for head, score in pairs}
 
 
+def phases(run: RunRecord) -> dict[str, Formation | None]:
+    """Each run-level phase the run's snapshots measure -> when it was reached (None: not within the run)."""
+    return phase_steps(run.snapshots.steps, run.snapshots.summaries)
+
+
+def key_frequencies(run: RunRecord) -> list[int] | None:
+    """The key frequencies at the run's last snapshot (modular addition), None for a run without them."""
+    section, entry = KEY_FREQUENCIES.split(".")
+    keys = run.last.get(section, {}).get(entry)
+    return list(keys) if isinstance(keys, list) else None
+
+
+def phase_columns(run: RunRecord) -> dict[str, Any]:
+    """`<phase>_at` (the step, empty when never reached), `<phase>_at_first_snapshot`, and `key_frequencies` as
+    space-separated integers: runs.csv's columns of the run-level phases."""
+    row: dict[str, Any] = {}
+    for phase_name, formed in phases(run).items():
+        row[f"{phase_name}_at"] = None if formed is None else formed.step
+        row[f"{phase_name}_at_first_snapshot"] = None if formed is None else formed.at_first_snapshot
+    keys = key_frequencies(run)
+    if keys is not None:
+        row["key_frequencies"] = " ".join(map(str, keys)) or "none"
+    return row
+
+
 def findings(runs: list[RunRecord], thresholds: dict[str, float]) -> list[dict[str, Any]]:
     """For each head and thresholded score: in how many runs (with snapshots) the last snapshot reaches it."""
     with_snapshots = [run for run in runs if run.snapshots]
@@ -274,6 +309,7 @@ def csv_rows(runs: list[RunRecord], parameters: list[str], thresholds: dict[str,
         row |= {tag: value for tag, value in sorted(run.final.items())}
         row["last_snapshot_step"] = run.last.get("step")
         row["damaged_snapshots"] = "; ".join(map(str, run.snapshots.damaged)) or None
+        row |= phase_columns(run)
         row |= head_scores(run, thresholds)
         for key, formed in formations(run, thresholds).items():
             row[f"{key}/formed_at"] = None if formed is None else formed.step
