@@ -97,3 +97,21 @@ def phase_steps(steps: Sequence[int], summaries: Sequence[dict]) -> dict[str, Fo
 def describe_phase(reached: Formation | None, last_step: int) -> str:
     """A table cell: the step, '<= s' when already there at the first snapshot, or that the run never got there."""
     return f"not by step {last_step}" if reached is None else str(reached)
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """A run's phase change: where the summary series at `key` falls from its first value to its lowest, when it
+    falls by at least `min_fall` (`lit_interp.analysis.phase_change.phase_change` finds the step)."""
+
+    key: str
+    min_fall: float
+    name: str
+
+
+# Olsson et al. 2022: induction heads form where the in-context loss (repeated half minus first) drops abruptly.
+PHASE_CHANGES: dict[str, PhaseChange] = {
+    "in_context_phase_change": PhaseChange(
+        "in_context.in_context_loss", 1.0, "halfway down the in-context loss's fall (of at least 1 nat)"
+    ),
+}

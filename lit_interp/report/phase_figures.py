@@ -4,15 +4,19 @@ Fourier progress measures (Nanda et al. 2023) against step and at the last snaps
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
 
-from lit_interp.formation import PHASES, Formation, describe_phase, phase_steps, summary_value
+from lit_interp.formation import PHASE_CHANGES, PHASES, Formation, describe_phase, phase_steps, summary_value
 from lit_interp.report.figures import BLUES, PALETTE, Axes, Frame, Scale, heatmap_grid, layout, step_lines
 from lit_interp.report.html import Section, embed, plain, table
+from lit_interp.report.runs_table import describe_fall, phase_changes
 from lit_interp.snapshots import RunSnapshots
+
+if TYPE_CHECKING:
+    from lit_interp.analysis.phase_change import Fall
 
 PHASE_COLOURS = ("#2ca02c", "#d62728", "#9467bd")
 FINAL_KEY_TENSORS = ("logit_sum_coefficients", "logit_mean", "train_logits", "train_pairs")  # what losses_with reads
@@ -28,6 +32,20 @@ def as_points(figure: go.Figure, names: list[str]) -> go.Figure:
     return figure
 
 
+def fit_legend(figure: go.Figure) -> go.Figure:
+    """Legend columns and the figure's height refitted to every legend entry, the named lines and bands included
+    (`step_layout` sized them for the traces alone)."""
+    names = [trace.name for trace in figure.data if trace.showlegend is not False and trace.name]
+    names += [shape.name for shape in figure.layout.shapes if shape.showlegend and shape.name]
+    if not names:
+        return figure
+    entry_width = 7 * max(len(name) for name in names) + 45
+    width = figure.layout.width or 540
+    rows = -(-len(names) // max(1, (width - 80) // entry_width))
+    figure.update_layout(legend_entrywidth=entry_width, height=380 + 22 * rows, margin_b=60 + 22 * rows)
+    return figure
+
+
 def mark_phases(figure: go.Figure, reached: dict[str, Formation | None]) -> go.Figure:
     """A dotted vertical line at each phase's step, named in the legend (an annotation would be misplaced once the
     page switches the step axis to log)."""
@@ -40,21 +58,27 @@ def mark_phases(figure: go.Figure, reached: dict[str, Formation | None]) -> go.F
                 name=f"{phase_name} at step {formed}",
                 showlegend=True,
             )
-    return figure
+    return fit_legend(figure)
 
 
 def phase_section(run: RunSnapshots) -> Section | None:
     """When the run memorised and generalised (lit_interp.formation.PHASES), or that it did not within the run."""
     reached = phase_steps(run.steps, run.summaries)
-    if not reached:
+    changes = phase_changes(run.steps, run.summaries)
+    if not reached and not changes:
         return None
     rows = {
         phase_name: {"step": describe_phase(formed, run.steps[-1]), "rule": PHASES[phase_name].name}
         for phase_name, formed in reached.items()
     }
+    for name, fall in changes.items():
+        rows[name] = {"step": describe_fall(fall), "rule": PHASE_CHANGES[name].name}
+        if not math.isnan(fall.step):
+            rows[name] |= {"depth": fall.depth, "relative width (small: abrupt)": fall.relative_width}
     note = (
         "First snapshot step at which the rule holds (dotted lines in the figures below); '<= s': already at the "
-        "first snapshot, step s; 'not by step s': never within the run's snapshots."
+        "first snapshot, step s; 'not by step s': never within the run's snapshots. A phase change's step is "
+        "interpolated between snapshots, with the steps at 20 % and 80 % of its fall (the band in the figures)."
     )
     keys = run.summaries[-1].get("fourier", {}).get("key_frequencies")
     if keys is not None:
@@ -62,9 +86,13 @@ def phase_section(run: RunSnapshots) -> Section | None:
     return Section("Phases of training", [table(rows, "phase")], note)
 
 
+def summary_series(run: RunSnapshots, key: str) -> list[float]:
+    """The summary value at `section.entry` of each snapshot, NaN where a snapshot lacks it."""
+    return [math.nan if (value := summary_value(summary, key)) is None else value for summary in run.summaries]
+
+
 def progress(run: RunSnapshots, entry: str) -> list[float]:
-    """`progress_measures.<entry>` at each snapshot, NaN where a snapshot lacks it."""
-    return [math.nan if (v := summary_value(s, f"progress_measures.{entry}")) is None else v for s in run.summaries]
+    return summary_series(run, f"progress_measures.{entry}")
 
 
 def final_key_losses(run: RunSnapshots, keys: list[int]) -> dict[str, list[float]]:
@@ -113,7 +141,7 @@ def modular_addition_sections(run: RunSnapshots) -> list[Section]:
     accuracy_figure.update_yaxes(range=[0, 1.02])
     weights = step_lines({"sum of squared weights": (steps, progress(run, "sum_squared_weights"))}, "Weights", "sum")
     gini = {
-        label: (steps, [math.nan if (v := summary_value(s, f"fourier.{name}")) is None else v for s in run.summaries])
+        label: (steps, summary_series(run, f"fourier.{name}"))
         for name, label in (("embed_gini", "embedding W_E"), ("neuron_logit_gini", "neuron-logit map W_out W_U"))
     }
     gini_figure = step_lines(gini, "Gini coefficient of the Fourier component norms", "Gini")
@@ -219,3 +247,62 @@ def fourier_spectra_section(run: RunSnapshots, keys: list[int]) -> Section | Non
     if not items:
         return None
     return Section(f"Fourier spectra at the last snapshot (step {last.step})", items, " ".join(notes))
+
+
+def mark_band(figure: go.Figure, fall: Fall) -> go.Figure:
+    """The phase change's 20-80 % span shaded and its halfway step dotted, both named in the legend."""
+    if not math.isnan(fall.step):
+        figure.add_vrect(
+            x0=fall.start,
+            x1=fall.end,
+            fillcolor="rgba(214,39,40,0.12)",
+            line_width=0,
+            name=f"phase change: 20-80 % of the fall, steps {fall.start:.0f} to {fall.end:.0f}",
+            showlegend=True,
+        )
+        figure.add_vline(
+            x=fall.step,
+            line_dash="dot",
+            line_color=PHASE_COLOURS[1],
+            name=f"halfway at step {fall.step:.0f}",
+            showlegend=True,
+        )
+    return fit_legend(figure)
+
+
+def in_context_section(run: RunSnapshots) -> Section | None:
+    """The in-context loss against step with the phase-change band; the learning coefficient's points beside it."""
+    changes = phase_changes(run.steps, run.summaries)
+    fall = changes.get("in_context_phase_change")
+    if fall is None:
+        return None
+    names = {
+        "in_context_loss": "in-context loss (repeated half minus first)",
+        "first_half_loss": "first half",
+        "repeated_half_loss": "repeated half",
+    }
+    series = {
+        label: (
+            run.steps,
+            [math.nan if (v := summary_value(s, f"in_context.{key}")) is None else v for s in run.summaries],
+        )
+        for key, label in names.items()
+    }
+    figures = [mark_band(step_lines(series, "In-context loss", "loss (nats)"), fall)]
+    measured = [(s["step"], s["learning_coefficient"]) for s in run.summaries if "learning_coefficient" in s]
+    estimates = [(step, llc.get("llc_mean"), llc.get("llc_std")) for step, llc in measured]
+    estimates = [(step, mean, std) for step, mean, std in estimates if isinstance(mean, (int, float))]
+    if estimates:
+        figure = step_lines(
+            {"LLC": ([e[0] for e in estimates], [e[1] for e in estimates])}, "Local learning coefficient", "LLC"
+        )
+        as_points(figure, ["LLC"])
+        spread = [math.nan if std is None else std for _, _, std in estimates]
+        figure.data[0].update(error_y=dict(type="data", array=spread, visible=True, thickness=1))
+        figures.append(mark_band(figure, fall))
+    note = (
+        "Loss on [prefix, r, r]: the repeated copy's minus the first copy's. The band is where it covers 20 % to 80 % "
+        "of its fall. The local learning coefficient (devinterp's SGLD estimate, error bars: spread over chains) is "
+        "measured at the expensive snapshots only: points, not a line."
+    )
+    return Section("In-context learning", [embed(figure, "step-axis") for figure in figures], note)

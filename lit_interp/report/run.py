@@ -24,7 +24,7 @@ from lit_interp.report.figures import (
     step_lines,
 )
 from lit_interp.report.html import Preformatted, Section, embed, render, table
-from lit_interp.report.phase_figures import as_points, modular_addition_sections, phase_section
+from lit_interp.report.phase_figures import as_points, in_context_section, modular_addition_sections, phase_section
 from lit_interp.snapshots import RunSnapshots, Snapshot
 
 SLIDER_MAX_SIDE = 128  # circuits larger than this are shown as block means in the slider figures
@@ -113,6 +113,7 @@ def run_report(run: RunSnapshots, title: str) -> str:
     sections = [
         formation_section(data),
         phase_section(run),
+        in_context_section(run),
         *modular_addition_sections(run),
         attention,
         scores,

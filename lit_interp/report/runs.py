@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
-from lit_interp.formation import PHASES, describe_phase
+from lit_interp.formation import PHASE_CHANGES, PHASES, describe_phase
 from lit_interp.report.figures import as_floats, layout, step_layout, step_lines, value_axis
 from lit_interp.report.html import Section, embed, plain, render, table
 from lit_interp.report.runs_table import (
@@ -17,9 +17,11 @@ from lit_interp.report.runs_table import (
     RunRecord,
     collect,
     csv_rows,
+    describe_fall,
     findings,
     formations,
     key_frequencies,
+    phase_changes,
     phase_columns,
     phases,
     sweep_study,
@@ -95,13 +97,21 @@ def formation_strip(runs: list[RunRecord], score: str, threshold: float) -> go.F
     return figure
 
 
+def run_phase_steps(run: RunRecord) -> dict[str, float | None]:
+    """Each phase and phase change the run's snapshots measure -> its step (None: not within the run)."""
+    reached: dict[str, float | None] = {name: None if f is None else f.step for name, f in phases(run).items()}
+    for name, fall in phase_changes(run.snapshots.steps, run.snapshots.summaries).items():
+        reached[name] = None if math.isnan(fall.step) else fall.step
+    return reached
+
+
 def phase_strip(runs: list[RunRecord]) -> go.Figure | None:
     """Each run's step of each run-level phase (a point per run); the count is of the runs that reached it."""
     figure = go.Figure()
-    by_run = {run.label: phases(run) for run in runs if run.snapshots}
-    for phase_name in PHASES:
+    by_run = {run.label: run_phase_steps(run) for run in runs if run.snapshots}
+    for phase_name in (*PHASES, *PHASE_CHANGES):
         steps = [(name, reached[phase_name]) for name, reached in by_run.items() if phase_name in reached]
-        got = [(name, formed.step) for name, formed in steps if formed is not None]
+        got = [(name, step) for name, step in steps if step is not None]
         if not got:
             continue
         figure.add_trace(
@@ -129,6 +139,8 @@ def phases_section(runs: list[RunRecord]) -> Section:
         reached = phases(run) if run.snapshots else {}
         last_step = run.snapshots.steps[-1] if run.snapshots else 0
         row: dict[str, Any] = {name: describe_phase(formed, last_step) for name, formed in reached.items()}
+        changes = phase_changes(run.snapshots.steps, run.snapshots.summaries) if run.snapshots else {}
+        row |= {name: describe_fall(fall) for name, fall in changes.items()}
         keys = key_frequencies(run)
         if keys is not None:
             row["key frequencies at the last snapshot"] = ", ".join(map(str, keys)) or "none"
@@ -136,9 +148,11 @@ def phases_section(runs: list[RunRecord]) -> Section:
             rows[run.label] = row
     figure = phase_strip(runs)
     rules = "; ".join(f"{name}: {phase.name}" for name, phase in PHASES.items())
+    changes = "; ".join(f"{name}: {change.name}" for name, change in PHASE_CHANGES.items())
     note = (
         f"The first snapshot step at which {rules}. '<= s': already at the run's first snapshot, step s; 'not by "
-        "step s': never within the run. runs.csv has <phase>_at and key_frequencies."
+        f"step s': never within the run. Phase changes, interpolated between snapshots ({changes}), with the steps "
+        "at 20 % and 80 % of the fall. runs.csv has <phase>_at, the phase changes' steps and key_frequencies."
     )
     items = ([embed(figure)] if figure else []) + ([table(rows, "run")] if rows else [])
     return Section("Phases of training across runs", items, note=note)

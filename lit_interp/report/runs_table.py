@@ -11,16 +11,19 @@ import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from lit_interp import runlogs
 from lit_interp.errors import ConfigError
-from lit_interp.formation import PHASES, Formation, finding, formation, phase_steps
+from lit_interp.formation import PHASE_CHANGES, PHASES, Formation, finding, formation, phase_steps, summary_value
 from lit_interp.optuna_storage import SQLITE, load_existing_study, local_file
 from lit_interp.snapshots import RunSnapshots, Snapshot, read_snapshots
 from lit_interp.sweep_dir import DIRECTORY_ID, home_number, ran_in, read_sweep_info, trial_dir, trial_run_dir
+
+if TYPE_CHECKING:
+    from lit_interp.analysis.phase_change import Fall
 
 # Keys that differ between runs without being a parameter of the run.
 NOT_PARAMETERS = (
@@ -36,7 +39,7 @@ CURVES = ("val/loss", "val/acc", "val/r2", "train/loss")  # the series kept per 
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: hundreds of configs
 KEPT_SECTIONS = ("step", "task", "loss", "heads")  # what the cross-run report reads of a snapshot
 KEY_FREQUENCIES = "fourier.key_frequencies"  # and of these sections, only these entries
-KEPT_ENTRIES = (*(phase.key for phase in PHASES.values()), KEY_FREQUENCIES)
+KEPT_ENTRIES = (*(phase.key for phase in (*PHASES.values(), *PHASE_CHANGES.values())), KEY_FREQUENCIES)
 
 
 @dataclass
@@ -249,6 +252,28 @@ def phases(run: RunRecord) -> dict[str, Formation | None]:
     return phase_steps(run.snapshots.steps, run.snapshots.summaries)
 
 
+def phase_changes(steps: list[int], summaries: list[dict[str, Any]]) -> dict[str, Fall]:
+    """Each phase change (lit_interp.formation.PHASE_CHANGES) whose series any snapshot holds -> where the series
+    falls (NaN fields with a reason when it does not fall far enough)."""
+    found = {}
+    for name, change in PHASE_CHANGES.items():
+        values = [summary_value(summary, change.key) for summary in summaries]
+        if any(value is not None for value in values):
+            # Imported only for a run with the series: lit_interp.analysis imports torch, which other runs never need.
+            from lit_interp.analysis.phase_change import phase_change
+
+            series = [math.nan if value is None else value for value in values]
+            found[name] = phase_change(steps, series, change.min_fall)
+    return found
+
+
+def describe_fall(fall: Fall) -> str:
+    """A table cell: the step halfway down and the 20-80 % span of the fall, or why there is none."""
+    if math.isnan(fall.step):
+        return f"none ({fall.reason})"
+    return f"{fall.step:.0f} (falls from {fall.start:.0f} to {fall.end:.0f})"
+
+
 def key_frequencies(run: RunRecord) -> list[int] | None:
     """The key frequencies at the run's last snapshot (modular addition), None for a run without them."""
     section, entry = KEY_FREQUENCIES.split(".")
@@ -257,12 +282,16 @@ def key_frequencies(run: RunRecord) -> list[int] | None:
 
 
 def phase_columns(run: RunRecord) -> dict[str, Any]:
-    """`<phase>_at` (the step, empty when never reached), `<phase>_at_first_snapshot`, and `key_frequencies` as
-    space-separated integers: runs.csv's columns of the run-level phases."""
+    """`<phase>_at` (the step, empty when never reached), `<phase>_at_first_snapshot`; for each phase change
+    `<name>_at` (interpolated, empty when the series does not fall far enough), `_start`, `_end` and
+    `_relative_width`; and `key_frequencies` as space-separated integers: runs.csv's columns of the run's phases."""
     row: dict[str, Any] = {}
     for phase_name, formed in phases(run).items():
         row[f"{phase_name}_at"] = None if formed is None else formed.step
         row[f"{phase_name}_at_first_snapshot"] = None if formed is None else formed.at_first_snapshot
+    for name, fall in phase_changes(run.snapshots.steps, run.snapshots.summaries).items():
+        row |= {f"{name}_at": fall.step, f"{name}_start": fall.start, f"{name}_end": fall.end}
+        row[f"{name}_relative_width"] = fall.relative_width
     keys = key_frequencies(run)
     if keys is not None:
         row["key_frequencies"] = " ".join(map(str, keys)) or "none"
