@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from lit_interp.analysis import fourier
-from lit_interp.formation import PHASES, Formation, describe_phase, phase_steps
+from lit_interp.formation import PHASE_CHANGES, PHASES, Formation, describe_phase, phase_steps
 from lit_interp.report.html import Figure, Section, plain
 from lit_interp.report.phase_figures import final_key_losses, modular_addition_sections, phase_section
 from lit_interp.report.run import run_report, score_sections, sparse_series, trajectories
@@ -213,3 +213,55 @@ def test_cross_run_report_and_csv_show_each_runs_phases_and_key_frequencies(tmp_
     assert by_run["stuck"]["generalised_at"] == "" and by_run["stuck"]["key_frequencies"] == "none"
     assert "Phases of training across runs" in page and "not by step 40" in page
     assert "generalised (1\\u002f2)" in page and "memorised (2\\u002f2)" in page  # plotly's JSON escapes "/"
+
+
+LONG_STEPS = list(range(0, 1001, 50))
+
+
+def write_induction_run(run: Path, falls: bool) -> list[float]:
+    """In-context loss flat at 0 then (if `falls`) a logistic drop of 3 nats around step 500; the LLC at every
+    fourth snapshot only."""
+    in_context = [
+        -3.0 / (1 + math.exp(-(step - 500) / 20)) if falls else -0.01 * index for index, step in enumerate(LONG_STEPS)
+    ]
+    for index, (step, value) in enumerate(zip(LONG_STEPS, in_context)):
+        summary = {
+            "step": step,
+            "task": "InductionModule",
+            "loss": 1.0,
+            "in_context": {"first_half_loss": 4.0, "repeated_half_loss": 4.0 + value, "in_context_loss": value},
+        }
+        if index % 4 == 0:
+            summary["learning_coefficient"] = {"llc_mean": 1.0 + index, "llc_std": 0.5}
+        write_snapshot(run, step, summary, {})
+    return in_context
+
+
+def test_run_report_draws_the_in_context_phase_change_band_and_llc_points(tmp_path):
+    from lit_interp.analysis.phase_change import phase_change
+    from lit_interp.report.phase_figures import in_context_section
+
+    in_context = write_induction_run(tmp_path, falls=True)
+    run = read_snapshots(tmp_path)
+    fall = phase_change(LONG_STEPS, in_context, PHASE_CHANGES["in_context_phase_change"].min_fall)
+    assert fall.step == pytest.approx(500, abs=1) and 450 < fall.start < fall.step < fall.end < 550
+    loss, llc = figures(in_context_section(run))
+    band = next(shape for shape in loss["layout"]["shapes"] if shape["type"] == "rect")
+    assert (band["x0"], band["x1"]) == (pytest.approx(fall.start), pytest.approx(fall.end))
+    assert values(loss["data"][0]["y"]) == pytest.approx(in_context, abs=1e-6)
+    points = llc["data"][0]
+    assert points["mode"] == "markers" and values(points["x"]) == LONG_STEPS[::4]
+    assert values(points["y"]) == [1.0 + index for index in range(0, len(LONG_STEPS), 4)]
+    table = dict(phase_section(run).items[0].rows)
+    assert table["in_context_phase_change"][0] == f"{fall.step:.0f} (falls from {fall.start:.0f} to {fall.end:.0f})"
+
+
+def test_cross_run_report_shows_each_runs_phase_change_step(tmp_path):
+    write_induction_run(tmp_path / "forms", falls=True)
+    write_induction_run(tmp_path / "drifts", falls=False)  # falls by 0.2 nats: less than min_fall, no phase change
+    page, rows = runs_report([tmp_path / "forms", tmp_path / "drifts"], {})
+    by_run = {row["run"]: row for row in csv.DictReader(io.StringIO(csv_text(rows)))}
+    assert float(by_run["forms"]["in_context_phase_change_at"]) == pytest.approx(500, abs=1)
+    assert float(by_run["forms"]["in_context_phase_change_relative_width"]) < 0.2
+    assert by_run["drifts"]["in_context_phase_change_at"] == ""
+    assert "in_context_phase_change (1\\u002f2)" in page and "none (the series falls by 0.2" in page
