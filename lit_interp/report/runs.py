@@ -128,7 +128,7 @@ def phase_strip(runs: list[RunRecord]) -> go.Figure | None:
     if not figure.data:
         return None
     layout(figure, title="Phases of training", height=340, width=max(360, 140 + 110 * len(figure.data)))
-    figure.update_layout(showlegend=False, yaxis_title="first snapshot step")
+    figure.update_layout(showlegend=False, yaxis_title="step", yaxis_rangemode="tozero")
     return figure
 
 
