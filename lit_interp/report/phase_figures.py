@@ -152,6 +152,9 @@ def modular_addition_sections(run: RunSnapshots) -> list[Section]:
         "last snapshot's key frequencies, as the paper does (the snapshots' own progress_measures use each "
         "snapshot's keys). Loss on a log axis."
     )
+    zeros = sum(value == 0 for values in losses.values() for value in values)
+    if zeros:
+        note += f" {zeros} loss value(s) of exactly 0 have no place on it and are not drawn."
     sections = [Section("Progress measures", [embed(mark_phases(f, reached), "step-axis") for f in figures], note)]
     spectra = fourier_spectra_section(run, keys)
     return sections + ([spectra] if spectra else [])
