@@ -213,7 +213,7 @@ def frequency_histogram(frequency: np.ndarray, fraction: np.ndarray | None, keys
     needed = max(1, math.ceil(fourier.KEY_NEURON_SHARE * len(frequency)))
     figure.add_hline(y=needed, line_dash="dot", line_color="grey", annotation_text=f"key: >= {needed} neurons")
     for key in keys:
-        figure.add_vline(x=key, line_color=PALETTE[1], line_width=1, annotation_text=f"key {key}")
+        figure.add_vline(x=key, line_color=PALETTE[1], line_width=1, line_dash="dot", annotation_text=f"key {key}")
     layout(figure, title="Neurons per frequency at the last snapshot", height=380, width=720)
     figure.update_layout(barmode="stack", legend=dict(orientation="h", x=0, y=-0.2, yanchor="top", font_size=10))
     figure.update_xaxes(title="frequency k (0: no variance)", dtick=1 if len(bins) <= 30 else 5)
