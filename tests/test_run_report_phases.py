@@ -211,6 +211,7 @@ def test_cross_run_report_and_csv_show_each_runs_phases_and_key_frequencies(tmp_
     assert by_run["groks"]["generalised_at"] == "30" and by_run["groks"]["generalised_at_first_snapshot"] == "False"
     assert by_run["groks"]["key_frequencies"] == "1 3"
     assert by_run["stuck"]["generalised_at"] == "" and by_run["stuck"]["key_frequencies"] == "none"
+    assert by_run["stuck"]["generalised_reached"] == "False" and by_run["groks"]["generalised_reached"] == "True"
     assert "Phases of training across runs" in page and "not by step 40" in page
     assert "generalised (1\\u002f2)" in page and "memorised (2\\u002f2)" in page  # plotly's JSON escapes "/"
 
@@ -264,4 +265,5 @@ def test_cross_run_report_shows_each_runs_phase_change_step(tmp_path):
     assert float(by_run["forms"]["in_context_phase_change_at"]) == pytest.approx(500, abs=1)
     assert float(by_run["forms"]["in_context_phase_change_relative_width"]) < 0.2
     assert by_run["drifts"]["in_context_phase_change_at"] == ""
+    assert "memorised_reached" not in by_run["forms"]  # not measured: no column, not False
     assert "in_context_phase_change (1\\u002f2)" in page and "none (the series falls by 0.2" in page

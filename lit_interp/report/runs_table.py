@@ -282,11 +282,12 @@ def key_frequencies(run: RunRecord) -> list[int] | None:
 
 
 def phase_columns(run: RunRecord) -> dict[str, Any]:
-    """`<phase>_at` (the step, empty when never reached), `<phase>_at_first_snapshot`; for each phase change
-    `<name>_at` (interpolated, empty when the series does not fall far enough), `_start`, `_end` and
-    `_relative_width`; and `key_frequencies` as space-separated integers: runs.csv's columns of the run's phases."""
+    """runs.csv's columns of the run's phases: `<phase>_reached`, `<phase>_at` (the step, empty when never reached)
+    and `<phase>_at_first_snapshot`; for each phase change `<name>_at` (interpolated, empty when the series does not
+    fall far enough), `_start`, `_end` and `_relative_width`; `key_frequencies` as space-separated integers."""
     row: dict[str, Any] = {}
     for phase_name, formed in phases(run).items():
+        row[f"{phase_name}_reached"] = formed is not None  # False: measured, never reached; absent: not measured
         row[f"{phase_name}_at"] = None if formed is None else formed.step
         row[f"{phase_name}_at_first_snapshot"] = None if formed is None else formed.at_first_snapshot
     for name, fall in phase_changes(run.snapshots.steps, run.snapshots.summaries).items():
