@@ -12,7 +12,7 @@ from conftest import CONFIGS, QUIET
 
 from lit_interp.analysis.learning_coefficient import devinterp_available
 from lit_interp.analysis.phase_change import first_reaching, phase_change
-from lit_interp.cli import run_cli
+from lit_interp.commands.train import run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 from lit_interp.errors import require
-from lit_interp.tasks.base import SyntheticDataModule, TaskModule, build_hooked_transformer
+from lit_interp.tasks.base import SyntheticDataModule, TokenPredictionModule, build_hooked_transformer
 
 
 class InductionDataModule(SyntheticDataModule):
@@ -61,6 +60,7 @@ class InductionDataModule(SyntheticDataModule):
     def prefix_len(self) -> int:
         return int(self.bos_token is not None)
 
+    @override
     def generate(self, generator: torch.Generator, batch_size: int) -> torch.Tensor:
         device, length, prefix = generator.device, self.n_ctx + 1, self.prefix_len
         n_ordinary = self.d_vocab - prefix
@@ -78,7 +78,7 @@ class InductionDataModule(SyntheticDataModule):
         return tokens
 
 
-class InductionModule(TaskModule):
+class InductionModule(TokenPredictionModule):
     """A 2-layer attention-only transformer with learned positional embeddings, next-token cross-entropy."""
 
     def __init__(
@@ -96,7 +96,7 @@ class InductionModule(TaskModule):
     ):
         """`learning_coefficient`: estimate the LLC at expensive snapshots (needs the devinterp extra).
         `optimizer_args`: TaskModule's recipe (lr, weight_decay, betas, warmup_steps, decay_steps, min_lr_ratio)."""
-        super().__init__(n_ctx, **optimizer_args)
+        super().__init__(n_ctx, d_vocab, **optimizer_args)
         require(0 <= first_target_pos < n_ctx, f"first_target_pos={first_target_pos} must lie in [0, n_ctx={n_ctx})")
         self.model = build_hooked_transformer(
             n_layers=n_layers,
@@ -109,23 +109,11 @@ class InductionModule(TaskModule):
             normalization_type=normalization_type,
             positional_embedding_type="standard",
         )
-        self.val_acc = MulticlassAccuracy(num_classes=d_vocab, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=d_vocab, average="micro")
 
+    @override
     def model_input(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, :-1]
 
+    @override
     def targets(self, tokens: torch.Tensor) -> torch.Tensor:
         return tokens[:, self.hparams.first_target_pos + 1 :]
-
-    def loss(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        scored = logits[:, self.hparams.first_target_pos :].float()
-        return F.cross_entropy(scored.flatten(0, 1), self.targets(tokens).flatten())
-
-    def loss_and_metrics(self, logits: torch.Tensor, tokens: torch.Tensor, stage: str) -> torch.Tensor:
-        loss = self.loss(logits, tokens)
-        if stage != "train":
-            accuracy = self.val_acc if stage == "val" else self.test_acc
-            accuracy(logits[:, self.hparams.first_target_pos :].argmax(-1), self.targets(tokens))
-            self.log(f"{stage}/acc", accuracy, prog_bar=True)
-        return loss

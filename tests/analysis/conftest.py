@@ -8,8 +8,8 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule, AffineRecurrenceModule
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
-from lit_interp.tasks.modular_addition import ModularAdditionDataModule, ModularAdditionModule
 from lit_interp.tasks.induction import InductionDataModule, InductionModule
+from lit_interp.tasks.modular_addition import ModularAdditionDataModule, ModularAdditionModule
 from lit_interp.tasks.prev_token_digits import DigitsDataModule, PrevTokenDigitsModule
 
 
@@ -48,7 +48,14 @@ def tiny_task(name: str):
     raise ValueError(name)
 
 
-TASKS = ["prev_token_digits", "bos_ints_attn_only", "bos_ints_mlp", "affine_recurrence", "modular_addition", "induction"]
+TASKS = [
+    "prev_token_digits",
+    "bos_ints_attn_only",
+    "bos_ints_mlp",
+    "affine_recurrence",
+    "modular_addition",
+    "induction",
+]
 
 
 def hooked(**config) -> HookedTransformer:
