@@ -59,3 +59,59 @@ def formation(steps: Sequence[int], values: Sequence[float | None], threshold: f
         if value is not None and not math.isnan(value) and value >= threshold:
             return Formation(int(step), at_first_snapshot=index == 0)
     return None
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A run has reached `name` once the summary value at `key` (`section.entry`) reaches `value`."""
+
+    key: str
+    value: float
+    name: str
+
+
+# Run-level phases of training (Nanda et al. 2023's grokking): memorising the training split, then generalising.
+PHASES: dict[str, Phase] = {
+    "memorised": Phase("progress_measures.train_acc", 1.0, "train accuracy reaches 1.0"),
+    "generalised": Phase("progress_measures.test_acc", 0.99, "test accuracy reaches 0.99"),
+}
+
+
+def summary_value(summary: dict, key: str) -> float | None:
+    """The number at `section.entry` of a snapshot summary, None where the summary lacks it or holds no number."""
+    section, entry = key.split(".", 1)
+    value = summary.get(section, {}).get(entry) if isinstance(summary.get(section), dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def phase_steps(steps: Sequence[int], summaries: Sequence[dict]) -> dict[str, Formation | None]:
+    """Each phase whose measurement any snapshot holds -> when the run first reached it (None: not within the run)."""
+    reached = {}
+    for phase_name, phase in PHASES.items():
+        values = [summary_value(summary, phase.key) for summary in summaries]
+        if any(value is not None for value in values):
+            reached[phase_name] = formation(steps, values, phase.value)
+    return reached
+
+
+def describe_phase(reached: Formation | None, last_step: int) -> str:
+    """A table cell: the step, '<= s' when already there at the first snapshot, or that the run never got there."""
+    return f"not by step {last_step}" if reached is None else str(reached)
+
+
+@dataclass(frozen=True)
+class PhaseChange:
+    """A run's phase change: where the summary series at `key` falls from its first value to its lowest, when it
+    falls by at least `min_fall` (`lit_interp.analysis.phase_change.phase_change` finds the step)."""
+
+    key: str
+    min_fall: float
+    name: str
+
+
+# Olsson et al. 2022: induction heads form where the in-context loss (repeated half minus first) drops abruptly.
+PHASE_CHANGES: dict[str, PhaseChange] = {
+    "in_context_phase_change": PhaseChange(
+        "in_context.in_context_loss", 1.0, "halfway down the in-context loss's fall (of at least 1 nat)"
+    ),
+}

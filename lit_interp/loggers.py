@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import weakref
 from collections.abc import Iterable
@@ -13,15 +14,26 @@ from lightning.pytorch.loggers import Logger
 
 from lit_interp.heads import layer_label
 
+# Section entries that describe how a measurement was taken (set sizes, fold counts), not a measurement to chart.
+BOOKKEEPING = ("analysis/probes/sequences", "analysis/probes/folds", "analysis/probes/features")
+
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_number_or_null(value: Any) -> bool:
+    """A number, or null: the snapshot JSON's NaN (and infinities), which a resumed run reads back and logs again."""
+    return value is None or _is_number(value)
+
+
 def flatten_scalars(summary: dict[str, Any]) -> dict[str, float]:
     """Every number of a snapshot summary as `analysis/...` scalars, grouped so that one chart shows one
-    score for every head (`analysis/<score>/L0H1`), layer (`analysis/<name>/L1`) or hook."""
-    scalars = {"analysis/loss": summary.get("loss")}
+    score for every head (`analysis/<score>/L0H1`), layer (`analysis/<name>/L1`) or hook.
+
+    A null (how the snapshot JSON stores NaN) is NaN: a resumed run relogging a snapshot logs what the
+    straight run logged. Bookkeeping entries (`BOOKKEEPING`) are left out."""
+    scalars = {"analysis/loss": summary["loss"]} if "loss" in summary else {}
     scalars |= {f"analysis/metrics/{name}": value for name, value in summary.get("metrics", {}).items()}
     for head, scores in summary.get("heads", {}).items():
         scalars |= {f"analysis/{name}/{head}": value for name, value in scores.items()}
@@ -32,14 +44,18 @@ def flatten_scalars(summary: dict[str, Any]) -> dict[str, float]:
     for section, values in summary.items():
         if section not in ("heads", "layers", "hooks", "metrics") and isinstance(values, dict):
             scalars |= {f"analysis/{section}/{key}": value for key, value in _numbers(values)}
-    return {key: float(value) for key, value in scalars.items() if _is_number(value)}
+    return {
+        key: math.nan if value is None else float(value)
+        for key, value in scalars.items()
+        if _is_number_or_null(value) and key not in BOOKKEEPING
+    }
 
 
 def _numbers(values: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
     for key, value in values.items():
         if isinstance(value, dict):
             yield from _numbers(value, f"{prefix}{key}/")
-        elif _is_number(value):
+        elif _is_number_or_null(value):
             yield f"{prefix}{key}", value
 
 

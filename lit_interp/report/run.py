@@ -24,6 +24,7 @@ from lit_interp.report.figures import (
     step_lines,
 )
 from lit_interp.report.html import Preformatted, Section, embed, render, table
+from lit_interp.report.phase_figures import as_points, in_context_section, modular_addition_sections, phase_section
 from lit_interp.snapshots import RunSnapshots, Snapshot
 
 SLIDER_MAX_SIDE = 128  # circuits larger than this are shown as block means in the slider figures
@@ -45,6 +46,36 @@ def series(summaries: list[dict[str, Any]], get) -> list[float]:
         except (KeyError, TypeError):
             values.append(math.nan)
     return values
+
+
+def present_at_every_snapshot(summaries: list[dict[str, Any]], get) -> bool:
+    """Whether every snapshot holds the value (null included: a NaN that was measured); False for a value computed
+    at only some snapshots (expensive analyses, the hook sweep every k-th snapshot)."""
+    try:
+        for summary in summaries:
+            get(summary)
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+def sparse_series(summaries: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """The head scores and hooks measured at only some snapshots: drawn as points, not lines."""
+    heads = dict.fromkeys(head for summary in summaries for head in summary.get("heads", {}))
+    scores = {score for summary in summaries for by_head in summary.get("heads", {}).values() for score in by_head}
+    hooks = {hook for summary in summaries for hook in summary.get("hooks", {})}
+    return {
+        "heads": {
+            score
+            for score in scores
+            if not all(present_at_every_snapshot(summaries, lambda s, h=h, c=score: s["heads"][h][c]) for h in heads)
+        },
+        "hooks": {
+            hook
+            for hook in hooks
+            if not present_at_every_snapshot(summaries, lambda s, h=hook: s["hooks"][h]["mean_ablation_loss"])
+        },
+    }
 
 
 def trajectories(summaries: list[dict[str, Any]]) -> dict[str, Any]:
@@ -73,7 +104,7 @@ def run_report(run: RunSnapshots, title: str) -> str:
     data = trajectories(summaries)
     steps = data["steps"]
     last = summaries[-1]
-    probe, scores, hooks = score_sections(data)
+    probe, scores, hooks = score_sections(data, sparse_series(summaries))
     attention, circuits = slider_sections(run.snapshots)
     table = head_table(last)
     if table is not None:
@@ -81,6 +112,9 @@ def run_report(run: RunSnapshots, title: str) -> str:
     # What formed and when first, then the training curves behind it, then the detail.
     sections = [
         formation_section(data),
+        phase_section(run),
+        in_context_section(run),
+        *modular_addition_sections(run),
         attention,
         scores,
         *circuits,
@@ -147,8 +181,9 @@ def training_section(run: Path) -> Section | None:
     )
 
 
-def score_sections(data: dict[str, Any]) -> tuple[Section, Section | None, Section | None]:
-    """(probe loss and metrics, every head score with a figure per score, the hook sweep) against step."""
+def score_sections(data: dict[str, Any], sparse: dict[str, set[str]]) -> tuple[Section, Section | None, Section | None]:
+    """(probe loss and metrics, every head score with a figure per score, the hook sweep) against step; the `sparse`
+    series (measured at only some snapshots) as points."""
     steps, loss = data["steps"], (data["steps"], data["loss"])
     figures = [embed(step_lines({"probe loss": loss}, "Probe loss", "loss", log_y=True), "step-axis")]
     for name, values in data["metrics"].items():
@@ -158,9 +193,12 @@ def score_sections(data: dict[str, Any]) -> tuple[Section, Section | None, Secti
     for score, by_head in data["heads"].items():
         series = {head: (steps, values) for head, values in by_head.items()}
         figure = step_lines(series, score, score, loss, threshold_values().get(score))
+        if score in sparse["heads"]:
+            as_points(figure, list(series))
         score_figures.append(embed(figure, "step-axis"))
     note = (
         "One figure per score, a line per head; the probe loss (dashed, right axis) beside it. "
+        "A score measured at only some snapshots (an expensive analysis) is drawn as points, not a line. "
         "Hover over a column name of the head table for what a score measures."
     )
     scores = Section("Head scores and ablation losses against step", score_figures, note) if score_figures else None
@@ -168,7 +206,9 @@ def score_sections(data: dict[str, Any]) -> tuple[Section, Section | None, Secti
     if data["hooks"]:
         series = {hook: (steps, values) for hook, values in data["hooks"].items()}
         figure = step_lines(series, "Probe loss with one hook mean-ablated", "loss", loss)
-        hooks = Section("Mean-ablation sweep over hooks against step", [embed(figure, "step-axis")])
+        as_points(figure, [hook for hook in series if hook in sparse["hooks"]])
+        note = "Hooks swept at only some snapshots are drawn as points, not lines." if sparse["hooks"] else ""
+        hooks = Section("Mean-ablation sweep over hooks against step", [embed(figure, "step-axis")], note)
     return probe, scores, hooks
 
 

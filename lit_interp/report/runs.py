@@ -9,9 +9,23 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from lit_interp.formation import PHASE_CHANGES, PHASES, describe_phase
 from lit_interp.report.figures import as_floats, layout, step_layout, step_lines, value_axis
 from lit_interp.report.html import Section, embed, plain, render, table
-from lit_interp.report.runs_table import CURVES, RunRecord, collect, csv_rows, findings, formations, sweep_study
+from lit_interp.report.runs_table import (
+    CURVES,
+    RunRecord,
+    collect,
+    csv_rows,
+    describe_fall,
+    findings,
+    formations,
+    key_frequencies,
+    phase_changes,
+    phase_columns,
+    phases,
+    sweep_study,
+)
 from lit_interp.runlogs import Series
 from lit_interp.sweep_dir import read_sweep_info
 
@@ -81,6 +95,67 @@ def formation_strip(runs: list[RunRecord], score: str, threshold: float) -> go.F
     )
     figure.update_layout(showlegend=False, yaxis_title="first snapshot step at or above")
     return figure
+
+
+def run_phase_steps(run: RunRecord) -> dict[str, float | None]:
+    """Each phase and phase change the run's snapshots measure -> its step (None: not within the run)."""
+    reached: dict[str, float | None] = {name: None if f is None else f.step for name, f in phases(run).items()}
+    for name, fall in phase_changes(run.snapshots.steps, run.snapshots.summaries).items():
+        reached[name] = None if math.isnan(fall.step) else fall.step
+    return reached
+
+
+def phase_strip(runs: list[RunRecord]) -> go.Figure | None:
+    """Each run's step of each run-level phase (a point per run); the count is of the runs that reached it."""
+    figure = go.Figure()
+    by_run = {run.label: run_phase_steps(run) for run in runs if run.snapshots}
+    for phase_name in (*PHASES, *PHASE_CHANGES):
+        steps = [(name, reached[phase_name]) for name, reached in by_run.items() if phase_name in reached]
+        got = [(name, step) for name, step in steps if step is not None]
+        if not got:
+            continue
+        figure.add_trace(
+            go.Box(
+                y=[step for _, step in got],
+                name=f"{phase_name} ({len(got)}/{len(steps)})",
+                boxpoints="all" if len(runs) <= MAX_RUNS_DRAWN else "outliers",
+                jitter=0.4,
+                pointpos=0,
+                text=[plain(name) for name, _ in got],
+                hovertemplate="%{text}<br>step %{y}<extra></extra>",
+            )
+        )
+    if not figure.data:
+        return None
+    layout(figure, title="Phases of training", height=340, width=max(360, 140 + 110 * len(figure.data)))
+    figure.update_layout(showlegend=False, yaxis_title="step", yaxis_rangemode="tozero")
+    return figure
+
+
+def phases_section(runs: list[RunRecord]) -> Section:
+    """Per run: when it memorised and generalised (lit_interp.formation.PHASES) and its final key frequencies."""
+    rows = {}
+    for run in runs:
+        reached = phases(run) if run.snapshots else {}
+        last_step = run.snapshots.steps[-1] if run.snapshots else 0
+        row: dict[str, Any] = {name: describe_phase(formed, last_step) for name, formed in reached.items()}
+        changes = phase_changes(run.snapshots.steps, run.snapshots.summaries) if run.snapshots else {}
+        row |= {name: describe_fall(fall) for name, fall in changes.items()}
+        keys = key_frequencies(run)
+        if keys is not None:
+            row["key frequencies at the last snapshot"] = ", ".join(map(str, keys)) or "none"
+        if row:
+            rows[run.label] = row
+    figure = phase_strip(runs)
+    rules = "; ".join(f"{name}: {phase.name}" for name, phase in PHASES.items())
+    changes = "; ".join(f"{name}: {change.name}" for name, change in PHASE_CHANGES.items())
+    note = (
+        f"The first snapshot step at which {rules}. '<= s': already at the run's first snapshot, step s; 'not by "
+        f"step s': never within the run. Phase changes, interpolated between snapshots ({changes}), with the steps "
+        "at 20 % and 80 % of the fall. runs.csv has <phase>_at, the phase changes' steps and key_frequencies."
+    )
+    items = ([embed(figure)] if figure else []) + ([table(rows, "run")] if rows else [])
+    return Section("Phases of training across runs", items, note=note)
 
 
 def escaped(value: Any) -> Any:
@@ -248,13 +323,19 @@ def sections(
     found = {row["finding"]: {"runs": row["runs"], "of": row["of"]} for row in findings(runs, thresholds)}
     formed = [formation_strip(runs, score, threshold) for score, threshold in thresholds.items()]
     boxes = [score_box(runs, score) for score in last_scores(runs)]
+    shown_above = {key for run in runs for key in phase_columns(run)}  # in the phases section
     rows = {
-        row.pop("run"): {key: value for key, value in row.items() if "/" not in key or key.startswith(TABLE_METRICS)}
+        row.pop("run"): {
+            key: value
+            for key, value in row.items()
+            if ("/" not in key or key.startswith(TABLE_METRICS)) and key not in shown_above
+        }
         for row in csv_rows(runs, parameters, {})
     }
     search = optuna_section(directories)
     candidates = [
         Section("Findings across runs", [table(found, "finding")] if found else [], note=FINDINGS_NOTE),
+        phases_section(runs),
         Section("When each circuit forms", [embed(figure) for figure in formed if figure], note=FORMS_NOTE),
         Section("Head scores at the last snapshot", [embed(figure) for figure in boxes if figure]),
         training_curves(runs),

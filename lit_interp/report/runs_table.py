@@ -11,16 +11,19 @@ import os
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from lit_interp import runlogs
 from lit_interp.errors import ConfigError
-from lit_interp.formation import Formation, finding, formation
+from lit_interp.formation import PHASE_CHANGES, PHASES, Formation, finding, formation, phase_steps, summary_value
 from lit_interp.optuna_storage import SQLITE, load_existing_study, local_file
 from lit_interp.snapshots import RunSnapshots, Snapshot, read_snapshots
 from lit_interp.sweep_dir import DIRECTORY_ID, home_number, ran_in, read_sweep_info, trial_dir, trial_run_dir
+
+if TYPE_CHECKING:
+    from lit_interp.analysis.phase_change import Fall
 
 # Keys that differ between runs without being a parameter of the run.
 NOT_PARAMETERS = (
@@ -35,6 +38,8 @@ TABLE_METRICS = ("val/", "train/loss")  # the final metrics the page's table sho
 CURVES = ("val/loss", "val/acc", "val/r2", "train/loss")  # the series kept per run, for the page's training curves
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's, where PyYAML has it: hundreds of configs
 KEPT_SECTIONS = ("step", "task", "loss", "heads")  # what the cross-run report reads of a snapshot
+KEY_FREQUENCIES = "fourier.key_frequencies"  # and of these sections, only these entries
+KEPT_ENTRIES = (*(phase.key for phase in (*PHASES.values(), *PHASE_CHANGES.values())), KEY_FREQUENCIES)
 
 
 @dataclass
@@ -184,7 +189,15 @@ def sweep_trials(directory: Path) -> dict[Path, dict[str, Any]]:
 
 def trimmed(snapshots: RunSnapshots) -> RunSnapshots:
     """The snapshots with only what the cross-run report reads: memory grows with runs x heads, not x every section."""
-    kept = [Snapshot(s.path, {key: s.summary[key] for key in KEPT_SECTIONS if key in s.summary}) for s in snapshots]
+    kept = []
+    for snapshot in snapshots:
+        summary = {key: snapshot.summary[key] for key in KEPT_SECTIONS if key in snapshot.summary}
+        for key in KEPT_ENTRIES:
+            section, entry = key.split(".", 1)
+            values = snapshot.summary.get(section)
+            if isinstance(values, dict) and entry in values:
+                summary.setdefault(section, {})[entry] = values[entry]
+        kept.append(Snapshot(snapshot.path, summary))
     return RunSnapshots(snapshots.run_dir, kept, snapshots.damaged)
 
 
@@ -234,6 +247,58 @@ def formations(run: RunRecord, thresholds: dict[str, float]) -> dict[str, Format
     return {f"{head}/{score}": formation_of(run, head, score, thresholds[score]) for head, score in pairs}
 
 
+def phases(run: RunRecord) -> dict[str, Formation | None]:
+    """Each run-level phase the run's snapshots measure -> when it was reached (None: not within the run)."""
+    return phase_steps(run.snapshots.steps, run.snapshots.summaries)
+
+
+def phase_changes(steps: list[int], summaries: list[dict[str, Any]]) -> dict[str, Fall]:
+    """Each phase change (lit_interp.formation.PHASE_CHANGES) whose series any snapshot holds -> where the series
+    falls (NaN fields with a reason when it does not fall far enough)."""
+    found = {}
+    for name, change in PHASE_CHANGES.items():
+        values = [summary_value(summary, change.key) for summary in summaries]
+        if any(value is not None for value in values):
+            # Imported only for a run with the series: lit_interp.analysis imports torch, which other runs never need.
+            from lit_interp.analysis.phase_change import phase_change
+
+            series = [math.nan if value is None else value for value in values]
+            found[name] = phase_change(steps, series, change.min_fall)
+    return found
+
+
+def describe_fall(fall: Fall) -> str:
+    """A table cell: the step halfway down and the 20-80 % span of the fall, or why there is none."""
+    if math.isnan(fall.step):
+        return f"none ({fall.reason})"
+    return f"{fall.step:.0f} (falls from {fall.start:.0f} to {fall.end:.0f})"
+
+
+def key_frequencies(run: RunRecord) -> list[int] | None:
+    """The key frequencies at the run's last snapshot (modular addition), None for a run without them."""
+    section, entry = KEY_FREQUENCIES.split(".")
+    keys = run.last.get(section, {}).get(entry)
+    return list(keys) if isinstance(keys, list) else None
+
+
+def phase_columns(run: RunRecord) -> dict[str, Any]:
+    """runs.csv's columns of the run's phases: `<phase>_reached`, `<phase>_at` (the step, empty when never reached)
+    and `<phase>_at_first_snapshot`; for each phase change `<name>_at` (interpolated, empty when the series does not
+    fall far enough), `_start`, `_end` and `_relative_width`; `key_frequencies` as space-separated integers."""
+    row: dict[str, Any] = {}
+    for phase_name, formed in phases(run).items():
+        row[f"{phase_name}_reached"] = formed is not None  # False: measured, never reached; absent: not measured
+        row[f"{phase_name}_at"] = None if formed is None else formed.step
+        row[f"{phase_name}_at_first_snapshot"] = None if formed is None else formed.at_first_snapshot
+    for name, fall in phase_changes(run.snapshots.steps, run.snapshots.summaries).items():
+        row |= {f"{name}_at": fall.step, f"{name}_start": fall.start, f"{name}_end": fall.end}
+        row[f"{name}_relative_width"] = fall.relative_width
+    keys = key_frequencies(run)
+    if keys is not None:
+        row["key_frequencies"] = " ".join(map(str, keys)) or "none"
+    return row
+
+
 def findings(runs: list[RunRecord], thresholds: dict[str, float]) -> list[dict[str, Any]]:
     """For each head and thresholded score: in how many runs (with snapshots) the last snapshot reaches it."""
     with_snapshots = [run for run in runs if run.snapshots]
@@ -274,6 +339,7 @@ def csv_rows(runs: list[RunRecord], parameters: list[str], thresholds: dict[str,
         row |= {tag: value for tag, value in sorted(run.final.items())}
         row["last_snapshot_step"] = run.last.get("step")
         row["damaged_snapshots"] = "; ".join(map(str, run.snapshots.damaged)) or None
+        row |= phase_columns(run)
         row |= head_scores(run, thresholds)
         for key, formed in formations(run, thresholds).items():
             row[f"{key}/formed_at"] = None if formed is None else formed.step
