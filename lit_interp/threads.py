@@ -65,7 +65,7 @@ def choose_threads(
     requested: int | None, cfg: Any, batch_size: int, world_size: int = 1, resumed: int | None = None
 ) -> ThreadChoice:
     """The count: --threads, else LIT_INTERP_THREADS, else a resumed run's own, else OMP_NUM_THREADS / MKL_NUM_THREADS,
-    else one thread for a small step and every available core for a larger one."""
+    else one thread for a small step and every available core that is idle for a larger one."""
     if requested is not None:
         return ThreadChoice(requested, "--threads")
     from_environment = parse_count(os.environ.get(ENVIRONMENT), ENVIRONMENT)
@@ -81,7 +81,20 @@ def choose_threads(
     if flops < ONE_THREAD_BELOW_FLOPS:
         return ThreadChoice(1, f"a step is {flops / 1e9:.2g} GFLOP: more threads would spin; --threads to change")
     cores = available_cores(world_size)
-    return ThreadChoice(cores, f"a step is {flops / 1e9:.2g} GFLOP, {cores} available core(s); --threads to change")
+    idle = idle_cores(cores)
+    busy = f", the others busy (load average {os.getloadavg()[0]:.1f})" if idle < cores else ""
+    return ThreadChoice(
+        idle, f"a step is {flops / 1e9:.2g} GFLOP, {idle} of {cores} available core(s) idle{busy}; --threads to change"
+    )
+
+
+def idle_cores(cores: int) -> int:
+    """Of `cores`, those the last minute's load average leaves idle (at least one): a thread on a busy core thrashes."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return cores
+    return max(1, min(cores, cores - round(load)))
 
 
 def use_threads(choice: ThreadChoice) -> None:

@@ -16,6 +16,7 @@ LARGE = BosIntsModule(n_ctx=50, d_vocab=300, d_model=64, d_head=64, attn_only=Fa
 def test_the_choice_follows_the_order_of_who_asked(monkeypatch):
     for name in ("LIT_INTERP_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("os.getloadavg", lambda: (0.2, 0.2, 0.2))  # a quiet machine
     assert step_flops(SMALL, 64) < ONE_THREAD_BELOW_FLOPS < step_flops(LARGE, 256)
     assert choose_threads(None, SMALL, 64).threads == 1
     assert choose_threads(None, LARGE, 256).threads == available_cores()
@@ -43,3 +44,16 @@ def test_a_run_records_its_thread_count_and_a_resume_keeps_it(capsys, monkeypatc
         assert torch.load(last, weights_only=False)["lit_interp"]["threads"] == 2
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_large_step_takes_only_the_cores_the_load_average_leaves_idle(monkeypatch):
+    for name in ("LIT_INTERP_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr("lit_interp.threads.available_cores", lambda world_size=1: 8)
+    for load, threads in ((0.3, 8), (2.6, 5), (7.6, 1), (30.0, 1)):
+        monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
+        choice = choose_threads(None, LARGE, 256)
+        assert choice.threads == threads, (load, choice)
+        assert ("busy (load average" in choice.reason) == (threads < 8)
+    assert choose_threads(None, SMALL, 64).threads == 1
+    assert choose_threads(3, LARGE, 256).threads == 3  # an explicit count is never second-guessed
