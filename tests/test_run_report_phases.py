@@ -219,9 +219,12 @@ def test_cross_run_report_and_csv_show_each_runs_phases_and_key_frequencies(tmp_
 LONG_STEPS = list(range(0, 1001, 50))
 
 
+BUMP_STEP = 350  # the probe loss rises 0.3 above its running minimum here, before the phase change
+
+
 def write_induction_run(run: Path, falls: bool) -> list[float]:
     """In-context loss flat at 0 then (if `falls`) a logistic drop of 3 nats around step 500; the LLC at every
-    fourth snapshot only."""
+    fourth snapshot only; the probe loss falls from 2 by 0.001 a snapshot, with a bump of 0.3 at BUMP_STEP."""
     in_context = [
         -3.0 / (1 + math.exp(-(step - 500) / 20)) if falls else -0.01 * index for index, step in enumerate(LONG_STEPS)
     ]
@@ -229,7 +232,7 @@ def write_induction_run(run: Path, falls: bool) -> list[float]:
         summary = {
             "step": step,
             "task": "InductionModule",
-            "loss": 1.0,
+            "loss": 2.0 - 0.001 * index + (0.3 if step == BUMP_STEP else 0.0),
             "in_context": {"first_half_loss": 4.0, "repeated_half_loss": 4.0 + value, "in_context_loss": value},
         }
         if index % 4 == 0:
@@ -255,6 +258,9 @@ def test_run_report_draws_the_in_context_phase_change_band_and_llc_points(tmp_pa
     assert values(points["y"]) == [1.0 + index for index in range(0, len(LONG_STEPS), 4)]
     table = dict(phase_section(run).items[0].rows)
     assert table["in_context_phase_change"][0] == f"{fall.step:.0f} (falls from {fall.start:.0f} to {fall.end:.0f})"
+    columns = phase_section(run).items[0].columns
+    bump = dict(zip(columns, table["in_context_phase_change"]))
+    assert bump["loss bump before it (nats)"] == pytest.approx(0.3 - 0.001) and bump["bump at step"] == BUMP_STEP
 
 
 def test_cross_run_report_shows_each_runs_phase_change_step(tmp_path):

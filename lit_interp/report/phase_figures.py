@@ -75,15 +75,25 @@ def phase_section(run: RunSnapshots) -> Section | None:
         rows[name] = {"step": describe_fall(fall), "rule": PHASE_CHANGES[name].name}
         if not math.isnan(fall.step):
             rows[name] |= {"depth": fall.depth, "relative width (small: abrupt)": fall.relative_width}
+            rows[name] |= loss_bump_before(run, fall.step)
     note = (
         "First snapshot step at which the rule holds (dotted lines in the figures below); '<= s': already at the "
         "first snapshot, step s; 'not by step s': never within the run's snapshots. A phase change's step is "
-        "interpolated between snapshots, with the steps at 20 % and 80 % of its fall (the band in the figures)."
+        "interpolated between snapshots, with the steps at 20 % and 80 % of its fall (the band in the figures), "
+        "and the probe loss's largest rise above its running minimum before it (the loss bump)."
     )
     keys = run.summaries[-1].get("fourier", {}).get("key_frequencies")
     if keys is not None:
         note += f" Key frequencies at the last snapshot (step {run.steps[-1]}): {keys or 'none'}."
     return Section("Phases of training", [table(rows, "phase")], note)
+
+
+def loss_bump_before(run: RunSnapshots, step: float) -> dict[str, float]:
+    """The probe loss's largest rise above its running minimum up to `step` (Olsson et al.'s bump), and where."""
+    from lit_interp.analysis.phase_change import loss_bump  # the cross-run report imports no torch
+
+    rise, at = loss_bump(run.steps, [summary.get("loss", math.nan) for summary in run.summaries], step)
+    return {"loss bump before it (nats)": rise, "bump at step": at if math.isnan(at) else int(at)}
 
 
 def summary_series(run: RunSnapshots, key: str) -> list[float]:
