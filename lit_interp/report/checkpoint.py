@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lit_interp.heads import PER_HEAD_TENSOR, head_labels
-from lit_interp.report import descriptions
+from lit_interp.heads import PER_HEAD_TENSOR
+from lit_interp.report import descriptions, seed_analyses
 from lit_interp.report.analyses import HANDLED, component_attribution_section, logit_lens_section, patching_section
 from lit_interp.report.figures import (
     Axes,
@@ -22,12 +22,11 @@ from lit_interp.report.figures import (
     shrink,
 )
 from lit_interp.report.html import Preformatted, Section, embed, render, table
+from lit_interp.report.tensor_figures import HEATMAP_MAX_SIDE, MAX_EXAMPLES, head_titles, tensor_figure
 
 if TYPE_CHECKING:  # torch is only needed by the caller: `analyze --run` never imports it
     import torch
 
-HEATMAP_MAX_SIDE = 256  # larger matrices are shown as block means
-MAX_EXAMPLES = 16
 SUMMARY_KEYS = {
     "step",
     "task",
@@ -39,6 +38,13 @@ SUMMARY_KEYS = {
     "adversarial",
     "term_importance",
     "checkpoint",
+    "layers",
+    "probes",
+    "logit_difference",
+    "backup_logit_difference",
+    "loss_by_c",
+    "loss_by_seq_len",
+    "attention_under_ablation",
 }
 
 # family of per-head tensors -> (heading, note, column name, row name, value name)
@@ -82,12 +88,33 @@ FAMILIES = {
         "score",
     ),
     "kq_composition_circuit": (
-        "K-composition circuits",
+        "K+Q-composition circuits",
         "The score a later head's query gives a key whose residual stream carries an earlier head's output "
         "(named _from_<writer>, one figure per writer).",
         "key token",
         "query token",
         "score",
+    ),
+    "ov_neuron_circuit": (
+        "OV circuits into the same layer's neurons W_E W_OV W_in",
+        "Row: the input token the head attends to; column: the neuron of the same layer's MLP it drives.",
+        "d_mlp",
+        "d_vocab",
+        "pre-activation",
+    ),
+    "ov_matrix": (
+        "W_OV in d_model space",
+        "Each head's processed W_OV: rows the d_model input direction, columns the d_model output; centred on 0.",
+        "d_model (output)",
+        "d_model (input)",
+        "weight",
+    ),
+    "qk_matrix": (
+        "W_QK in d_model space",
+        "Each head's processed W_QK: rows the query's d_model direction, columns the key's; centred on 0.",
+        "d_model (key)",
+        "d_model (query)",
+        "weight",
     ),
 }
 PATTERNS = {
@@ -111,14 +138,24 @@ def checkpoint_report(summary: dict[str, Any], tensors: dict[str, torch.Tensor],
     used: set[str] = {"example_inputs"}
     sections = [
         head_table(summary),
+        seed_analyses.layer_section(summary),
         *pattern_sections(arrays, labels, used),
         example_section(arrays, labels, used),
+        seed_analyses.top_k_section(arrays, used),
+        seed_analyses.predictions_section(arrays, used),
+        seed_analyses.ablated_attention_section(summary, arrays, labels, used),
+        seed_analyses.sign_of_c_section(arrays, labels, used),
         *per_head_sections(arrays, used, token_task(summary)),
         *ablation_sections(summary),
+        seed_analyses.weight_edit_section(summary),
         composition_section(summary),
         component_attribution_section(summary),
+        seed_analyses.logit_difference_section(summary),
+        seed_analyses.backup_section(summary),
         logit_lens_section(summary),
         patching_section(summary, arrays, used),
+        seed_analyses.probes_section(summary),
+        *seed_analyses.loss_curve_sections(summary, arrays, used),
         *loss_table_sections(summary),
         *other_summary_sections(summary),
         *other_tensor_sections(arrays, summary, labels, used),
@@ -182,12 +219,6 @@ def ablation_sections(summary: dict[str, Any]) -> list[Section]:
             )
         )
     return sections
-
-
-def head_titles(array: np.ndarray, labels: list[str]) -> list[str]:
-    """`L{layer}H{head}` for a `[layer head ...]` tensor (the summary's labels when they match)."""
-    n_layers, n_heads = array.shape[:2]
-    return labels if len(labels) == n_layers * n_heads else head_labels(n_layers, n_heads)
 
 
 def pattern_grid(array: np.ndarray) -> Frame:
@@ -361,34 +392,24 @@ def generic_section(name: str, value: dict | list) -> Section:
 def other_tensor_sections(
     arrays: dict[str, np.ndarray], summary: dict[str, Any], labels: list[str], used: set[str]
 ) -> list[Section]:
-    """Tensors no section above drew: [layer head q k] as per-head grids, [layer head n] and 2-D ones as heatmaps."""
-    scores = {score for by_head in summary.get("heads", {}).values() for score in by_head}
-    items = []
-    for name, array in arrays.items():
-        per_head_score = array.ndim == 2 and (name.startswith("head_") or name in scores)  # the head table has it
-        if name in used or per_head_score or array.ndim not in (2, 3, 4):
-            continue
-        title = None
-        if array.ndim == 4:
-            matrices, titles, axes = (
-                [m for layer in array for m in layer],
-                head_titles(array, labels),
-                Axes("key", "query"),
-            )
-            title = name
-        elif array.ndim == 3:
-            matrices, titles = [array.reshape(-1, array.shape[-1])], [name]
-            axes = Axes("index", "head", y_labels=head_titles(array, labels), square=False)
-        else:
-            matrices, titles, axes = [array], [name], Axes("column", "row", square=False)
-        shrunk = [shrink(matrix, HEATMAP_MAX_SIDE)[0] for matrix in matrices]
-        if axes.y_labels is not None and shrunk[0].shape[0] != len(axes.y_labels):
-            axes.y_labels = None
-        pattern = "pattern" in name and all(0 <= m.min() and m.max() <= 1 for m in shrunk)
-        scale = attention_scale() if pattern else data_scale(shrunk, "value")
-        items.append(embed(heatmap_grid([Frame("", shrunk)], titles, scale, axes, title=title)))
-    note = "Tensors of the analysis without a dedicated section above."
+    """Tensors no section above drew, each as the figure its dimensions call for (tensor_figures)."""
+    items = [
+        embed(tensor_figure(name, array, labels, component_labels(summary)))
+        for name, array in arrays.items()
+        if name not in used and array.ndim <= 5 and array.size > 0
+    ]
+    note = "Tensors of the analysis without a dedicated section above, axes named by their dimensions."
     return [Section("Other tensors", items, note)] if items else []
+
+
+def component_labels(summary: dict[str, Any]) -> list[str]:
+    """The rows of `component_direct_attribution`: embed, pos_embed, mlp{l}..., L{l}H{h}..., attn_bias."""
+    other = summary.get("direct_attribution")
+    other = other if isinstance(other, dict) else {}
+    embeddings = [name for name in ("embed", "pos_embed") if name in other]
+    layers = summary.get("layers", {})
+    mlps = [f"mlp{layer}" for layer in sorted(layers, key=lambda key: int(key) if key.isdigit() else 0) if "mlp_direct_attribution" in layers[layer]]
+    return [*embeddings, *mlps, *summary.get("heads", {}), *(["attn_bias"] if "attn_bias" in other else [])]
 
 
 def tensor_listing(tensors: dict[str, torch.Tensor]) -> Section:

@@ -110,11 +110,16 @@ def heatmap_grid(
     slider_prefix: str = "step",
     columns: int = 4,
     title: str | None = None,
+    reason: str | None = None,
 ) -> go.Figure:
     """One heatmap per title (e.g. per head) on one colour scale; with several frames, a slider picks the frame.
 
     The figure first shows the last frame (the latest step, or the first example when the labels say so).
+    When no frame holds a finite value the figure is an empty one saying so (plotly cannot range an all-NaN
+    heatmap), with `reason` (why the values are NaN) when known.
     """
+    if not any(np.isfinite(matrix).any() for frame in frames for matrix in frame.matrices):
+        return empty_figure(title or ", ".join(titles), reason)
     n = len(titles)
     columns = min(n, columns)
     rows = -(-n // columns)
@@ -261,14 +266,14 @@ def step_lines(
 ) -> go.Figure:
     """A line per series against step; the probe loss on a right-hand axis; stars where a series reaches `threshold`."""
     figure = go.Figure()
+    every_step = {step for steps, _ in series.values() for step in steps}
     for index, (name, (steps, values)) in enumerate(series.items()):
         figure.add_trace(
             go.Scatter(
                 x=np.asarray(steps, np.int64),
                 y=as_floats(values),
                 name=plain(name),
-                mode="lines+markers",
-                connectgaps=True,  # a score computed at only some snapshots is still one line
+                mode="lines+markers" if is_dense(steps, values, every_step) else "markers",
                 line=colour(index),
                 marker_size=4,
                 legendgroup=plain(name),
@@ -293,6 +298,13 @@ def step_lines(
         yaxis=dict(title=plain(value_name), showgrid=True, gridcolor="#eee", **value_axis(values, log=log_y))
     )
     return figure
+
+
+def is_dense(steps: list[int], values: list[float | None], every_step: set[int]) -> bool:
+    """A series with a finite value at every step of its figure (and three or more): a line; else only its points,
+    so a costly score measured at the last two snapshots does not read as a trend."""
+    measured = {step for step, value in zip(steps, values) if value is not None and math.isfinite(value)}
+    return len(measured) >= 3 and measured >= every_step
 
 
 def add_formation_star(figure: go.Figure, name: str, steps: list[int], values: list, threshold: float, color: str):
@@ -386,4 +398,124 @@ def layout(figure: go.Figure, title: str | None = None, height: int = 400, width
     # Tiny scores as 4e-10, not plotly's SI "400p", which reads as a unit; log axes keep their powers.
     figure.for_each_xaxis(lambda axis: axis.update(exponentformat="e") if axis.type != "log" else None)
     figure.for_each_yaxis(lambda axis: axis.update(exponentformat="e") if axis.type != "log" else None)
+    return figure
+
+
+def empty_figure(title: str | None, reason: str | None = None) -> go.Figure:
+    """A figure with no data and a note in its middle: all values NaN, and why when known."""
+    figure = go.Figure()
+    layout(figure, title=title, height=200, width=720)
+    note = "all values NaN" + (f": {reason}" if reason else "")
+    figure.add_annotation(text=plain(note), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, width=640)
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
+    return figure
+
+
+@dataclass
+class Points:
+    """One series of a points figure: x, y, and optionally a symmetric error bar per point."""
+
+    x: list
+    y: list[float]
+    error: list[float] | None = None
+
+
+def points(
+    series: dict[str, Points],
+    title: str,
+    x_name: str,
+    y_name: str,
+    y_range: tuple[float, float] | None = None,
+    lines: bool = False,
+    log_y: bool = False,
+    shaded: tuple[float, float] | None = None,
+    mark_maximum: bool = False,
+) -> go.Figure:
+    """Markers (joined only when `lines`: a profile over positions, not a trend), error bars where given,
+    a fixed y range where the values are shares, an x band shaded (e.g. the training range)."""
+    finite = [v for one in series.values() for v in one.y if v is not None and math.isfinite(v)]
+    if not finite:
+        return empty_figure(title)
+    figure = go.Figure()
+    for index, (name, one) in enumerate(series.items()):
+        error = None if one.error is None else dict(type="data", array=as_floats(one.error), visible=True)
+        figure.add_trace(
+            go.Scatter(
+                x=one.x,
+                y=as_floats(one.y),
+                error_y=error,
+                name=plain(name),
+                mode="lines+markers" if lines else "markers",
+                line=colour(index),
+                marker_size=6,
+                showlegend=len(series) > 1,
+                hovertemplate=f"{plain(name)}<br>{plain(x_name)} %{{x}}<br>{plain(y_name)} %{{y:.4g}}<extra></extra>",
+            )
+        )
+        if mark_maximum and any(math.isfinite(v) for v in one.y):
+            best = int(np.nanargmax(as_floats(one.y)))
+            figure.add_trace(
+                go.Scatter(
+                    x=[one.x[best]],
+                    y=[one.y[best]],
+                    mode="markers",
+                    marker=dict(symbol="star", size=12, color=colour(index)["color"], line=dict(width=1)),
+                    showlegend=False,
+                    hovertemplate=f"{plain(name)} highest at {plain(x_name)} %{{x}}<extra></extra>",
+                )
+            )
+    if shaded is not None:
+        figure.add_vrect(x0=shaded[0], x1=shaded[1], fillcolor="grey", opacity=0.12, line_width=0)
+    layout(figure, title=title, height=380, width=720 if len(series) > 1 else 620)
+    y_axis = dict(title=plain(y_name), showgrid=True, gridcolor="#eee")
+    if y_range is not None:
+        y_axis["range"] = list(y_range)
+    elif log_y and min(finite) > 0:
+        y_axis["type"] = "log"
+    figure.update_layout(
+        xaxis=dict(title=plain(x_name), showgrid=True, gridcolor="#eee"),
+        yaxis=y_axis,
+        legend=dict(orientation="h", x=0, y=-0.22, yanchor="top", font_size=10),
+    )
+    return figure
+
+
+def identity_scatter(x: dict[str, float], y: dict[str, float], title: str, x_name: str, y_name: str) -> go.Figure:
+    """One labelled point per key of both maps, with the line y = x: points off it moved."""
+    keys = [key for key in x if key in y and math.isfinite(x[key]) and math.isfinite(y[key])]
+    if not keys:
+        return empty_figure(title)
+    xs, ys = [x[key] for key in keys], [y[key] for key in keys]
+    low, high = min(xs + ys), max(xs + ys)
+    pad = (high - low) * 0.05 or 1.0
+    figure = go.Figure(
+        [
+            go.Scatter(
+                x=[low - pad, high + pad],
+                y=[low - pad, high + pad],
+                mode="lines",
+                name="y = x",
+                line=dict(color="grey", dash="dot"),
+                hoverinfo="skip",
+            ),
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers+text",
+                text=[plain(key) for key in keys],
+                textposition="top center",
+                name="",
+                showlegend=False,
+                marker=dict(color=PALETTE[0], size=8),
+                hovertemplate=f"%{{text}}<br>{plain(x_name)} %{{x:.4g}}<br>{plain(y_name)} %{{y:.4g}}<extra></extra>",
+            ),
+        ]
+    )
+    layout(figure, title=title, height=460, width=520)
+    figure.update_layout(
+        xaxis=dict(title=plain(x_name), showgrid=True, gridcolor="#eee"),
+        yaxis=dict(title=plain(y_name), showgrid=True, gridcolor="#eee", scaleanchor="x"),
+        legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"),
+    )
     return figure
