@@ -107,7 +107,7 @@ def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], use
                 f"between the two halves of the probe batch (loss_noise) {section.get('loss_noise', float('nan')):.4g}."
             )
         if reason:
-            notes.append(f"Every {metric} patching score is NaN: {reason}.")
+            notes.append(f"Every {metric} patching score is NaN ({section_name}.reason): {reason}.")
     if not items and not notes:
         return None
     note = (

@@ -236,6 +236,7 @@ def pattern_sections(arrays: dict[str, np.ndarray], labels: list[str], used: set
                 head_titles(arrays[name], labels),
                 attention_scale(),
                 Axes("key_pos", "query_pos"),
+                title=name,
             )
             sections.append(Section(heading, [embed(figure)], note))
     return sections
@@ -256,11 +257,15 @@ def example_section(arrays: dict[str, np.ndarray], labels: list[str], used: set[
             positions = [f"{position}:{int(token)}" for position, token in enumerate(inputs[example])]
         frames.append(Frame(str(example), matrices, positions, positions))
     axes = Axes("key_pos:token", "query_pos:token") if tokens else Axes("key_pos", "query_pos")
-    figure = heatmap_grid(frames, head_titles(patterns[0], labels), attention_scale(), axes, slider_prefix="example")
+    titles = head_titles(patterns[0], labels)
+    figure = heatmap_grid(
+        frames, titles, attention_scale(), axes, slider_prefix="example", title="example_attention_patterns"
+    )
     return Section(
         "Attention on single examples",
         [embed(figure)],
-        "One probe sequence at a time: move the slider to choose the example; axes and hover show position:token.",
+        "One probe sequence at a time: move the slider to choose the example; axes and hover show position:token "
+        "(the tokens from example_inputs).",
     )
 
 
@@ -287,8 +292,7 @@ def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task:
         shape = next(iter(matrices.values())).shape
         axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
         scale = cosine_scale() if family == "rotary_similarity" else data_scale([m for m, _ in shrunk], value_name)
-        title = group if group != family else None  # e.g. rotary_similarity.rot_q, one of a family's figures
-        figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], list(matrices), scale, axes, title=title)
+        figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], list(matrices), scale, axes, title=group)
         block_note = f" Shown as means over {block}x{block} blocks." if block > 1 else ""
         sections.setdefault(family, Section(heading, [], note + block_note)).items.append(embed(figure))
     return list(sections.values())
@@ -323,7 +327,9 @@ def loss_table_sections(summary: dict[str, Any]) -> list[Section]:
         losses = summary["adversarial"]
         figure = bars(losses, "Loss on adversarial inputs", "input", losses.get("clean_loss", summary.get("loss")))
         sections.append(
-            Section("Adversarial inputs", [embed(figure), table({"loss": losses}, "", descriptions.ADVERSARIAL)])
+            Section(
+                "Adversarial inputs", [embed(figure), table({"loss": losses}, "adversarial", descriptions.ADVERSARIAL)]
+            )
         )
     if isinstance(summary.get("term_importance"), dict):
         terms = {name: value for name, value in summary["term_importance"].items() if name != "layer"}
@@ -332,7 +338,10 @@ def loss_table_sections(summary: dict[str, Any]) -> list[Section]:
             terms, f"Loss with one attention-score term of layer {layer} removed", "term removed", summary.get("loss")
         )
         sections.append(
-            Section("Attention-score term importance", [embed(figure), table({"loss": terms}, "", descriptions.TERMS)])
+            Section(
+                "Attention-score term importance",
+                [embed(figure), table({"loss": terms}, "term_importance", descriptions.TERMS)],
+            )
         )
     return sections
 
@@ -408,7 +417,11 @@ def component_labels(summary: dict[str, Any]) -> list[str]:
     other = other if isinstance(other, dict) else {}
     embeddings = [name for name in ("embed", "pos_embed") if name in other]
     layers = summary.get("layers", {})
-    mlps = [f"mlp{layer}" for layer in sorted(layers, key=lambda key: int(key) if key.isdigit() else 0) if "mlp_direct_attribution" in layers[layer]]
+    mlps = [
+        f"mlp{layer}"
+        for layer in sorted(layers, key=lambda key: int(key) if key.isdigit() else 0)
+        if "mlp_direct_attribution" in layers[layer]
+    ]
     return [*embeddings, *mlps, *summary.get("heads", {}), *(["attn_bias"] if "attn_bias" in other else [])]
 
 

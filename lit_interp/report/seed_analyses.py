@@ -18,9 +18,10 @@ MAX_TABLE_EXAMPLES = 4
 ABLATED = re.compile(r"attention_patterns_layer_(?P<layer>\d+)_mean_ablated")
 
 
-def scalars(section: dict[str, Any]) -> Table:
-    """A section's numbers and texts as name | value rows."""
-    return table({key: {"value": value} for key, value in section.items() if not isinstance(value, (dict, list))}, "")
+def scalars(section: dict[str, Any], name: str) -> Table:
+    """Summary section `name`'s numbers and texts as key | value rows."""
+    rows = {key: {"value": value} for key, value in section.items() if not isinstance(value, (dict, list))}
+    return table(rows, name)
 
 
 def layer_rows(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -52,7 +53,7 @@ def probes_section(summary: dict[str, Any]) -> Section | None:
     note = "Ridge probes for the recurrence's c and d from the last position's residual stream; an R² near its "
     note += "shuffled baseline is what a probe reads from nothing."
     if isinstance(probes, dict):
-        items.append(scalars(probes))
+        items.append(scalars(probes, "probes"))
         if probes.get("reason"):
             note = f"Every probe R² is NaN: {probes['reason']}"
     return Section("Recurrence probes", items, note)
@@ -81,7 +82,8 @@ def top_k_section(arrays: dict[str, np.ndarray], used: set[str]) -> Section | No
             rows[str(pos)] = row
         items.append(table(rows, f"example {example}: pos"))
     note = (
-        "From example_top_k_tokens, example_top_k_probs and example_target_rank: each position's likeliest next "
+        "From example_inputs, example_top_k_tokens, example_top_k_probs and example_target_rank: each position's "
+        "likeliest next "
         "tokens as token: probability, and the rank of its target (0: top; blank before the first target)."
     )
     return Section("Top-k predictions", items, note)
@@ -136,7 +138,7 @@ def loss_curve_sections(summary: dict[str, Any], arrays: dict[str, np.ndarray], 
         figure = points(series, "loss_by_seq_len (error bars: loss_by_seq_len_standard_error)", "seq_len", "loss")
         items = [embed(figure)]
         if isinstance(summary.get("loss_by_seq_len"), dict):
-            items.append(scalars(summary["loss_by_seq_len"]))
+            items.append(scalars(summary["loss_by_seq_len"], "loss_by_seq_len"))
         sections.append(Section("Loss at other sequence lengths", items, "MSE on fresh sequences of each length."))
     if {"c_grid", "loss_by_c"} <= set(arrays):
         used.update({"c_grid", "loss_by_c", "loss_by_c_standard_error"})
@@ -149,10 +151,15 @@ def loss_curve_sections(summary: dict[str, Any], arrays: dict[str, np.ndarray], 
             )
         }
         figure = points(
-            series, "loss_by_c (error bars: loss_by_c_standard_error)", "c", "loss", shaded=shaded, log_y=True
+            series,
+            "loss_by_c against c_grid (error bars: loss_by_c_standard_error)",
+            "c",
+            "loss",
+            shaded=shaded,
+            log_y=True,
         )
         note = "MSE of sequences generated with each signed c; shaded: the training range of c."
-        items = [embed(figure)] + ([scalars(bounds)] if bounds else [])
+        items = [embed(figure)] + ([scalars(bounds, "loss_by_c")] if bounds else [])
         sections.append(Section("Loss against c, inside and outside the training range", items, note))
     return sections
 
@@ -185,7 +192,7 @@ def ablated_attention_section(
     if not items:
         return None
     if isinstance(losses, dict) and losses:
-        items.append(scalars(losses))
+        items.append(scalars(losses, "attention_under_ablation"))
     note = "Every layer but the last with its hook_z replaced by the batch mean: how the later heads' attention moves."
     return Section("Attention under an ablation", items, note)
 
@@ -225,7 +232,7 @@ def logit_difference_section(summary: dict[str, Any]) -> Section | None:
         figure = bars(ordered, "logit_difference_share per head, largest first", "head", value_name="share")
         items.append(embed(figure))
     if isinstance(section, dict):
-        items.append(scalars(section))
+        items.append(scalars(section, "logit_difference"))
     note = "Each head's direct effect on correct minus best incorrect logit, over the clean logit difference." + caption
     return Section("Logit difference per head", items, note)
 
@@ -245,7 +252,7 @@ def backup_section(summary: dict[str, Any]) -> Section | None:
             embed(identity_scatter(clean, ablated, title, "clean attribution", "attribution, top head ablated"))
         )
     if isinstance(section, dict):
-        items.append(scalars(section))
+        items.append(scalars(section, "backup_logit_difference"))
     note = (
         "Above the line y = x: a head that writes more of the logit difference once the top head is gone (a backup "
         "head). naive_prediction: the clean logit difference less the ablated head's attribution."
