@@ -347,3 +347,9 @@ def test_signed_matrices_centre_on_zero_and_shares_are_fixed_to_the_unit_interva
 def test_sparse_series_are_points_and_dense_ones_lines():
     figure = step_lines({"every step": ([1, 2, 3], [0.1, 0.2, 0.3]), "last two": ([2, 3], [0.5, 0.6])}, "t", "v")
     assert [trace.mode for trace in figure.data] == ["lines+markers", "markers"]
+
+
+def test_a_range_of_a_thousandth_is_said_on_the_axis():
+    figure = step_lines({"loss": ([1, 2, 3], [2.8775, 2.8785, 2.8795])}, "t", "loss")
+    assert figure.layout.yaxis.title.text == "loss (all within 0.002)"
+    assert step_lines({"loss": ([1, 2, 3], [1.0, 2.0, 3.0])}, "t", "loss").layout.yaxis.title.text == "loss"

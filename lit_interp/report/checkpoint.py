@@ -22,7 +22,7 @@ from lit_interp.report.figures import (
     shrink,
 )
 from lit_interp.report.html import Preformatted, Section, embed, render, table
-from lit_interp.report.tensor_figures import HEATMAP_MAX_SIDE, MAX_EXAMPLES, head_titles, tensor_figure
+from lit_interp.report.tensor_figures import HEATMAP_MAX_SIDE, MAX_EXAMPLES, head_titles, tensor_dims, tensor_figure
 
 if TYPE_CHECKING:  # torch is only needed by the caller: `analyze --run` never imports it
     import torch
@@ -137,7 +137,7 @@ def checkpoint_report(summary: dict[str, Any], tensors: dict[str, torch.Tensor],
     labels = list(summary.get("heads", {}))
     used: set[str] = {"example_inputs"}
     sections = [
-        head_table(summary),
+        head_table(summary, arrays, used),
         seed_analyses.layer_section(summary),
         *pattern_sections(arrays, labels, used),
         example_section(arrays, labels, used),
@@ -186,10 +186,24 @@ def token_task(summary: dict[str, Any]) -> bool:
     return "acc" in summary.get("metrics", {})
 
 
-def head_table(summary: dict[str, Any]) -> Section | None:
+def head_table(
+    summary: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, used: set[str] | None = None
+) -> Section | None:
+    """Every per-head score; the `[layer head]` tensors holding one of its columns are named here, not redrawn."""
     if not summary.get("heads"):
         return None
+    scores = {score for by_head in summary["heads"].values() for score in by_head}
+    columns = [
+        name
+        for name, array in (arrays or {}).items()
+        if tensor_dims(name, array.ndim) == ("layer", "head")
+        and (name in scores or name.removeprefix("head_") in scores)
+    ]
+    if used is not None:
+        used.update(columns)
     note = "Every head and every score; click a column to sort, hover over its name for what it measures."
+    if columns:
+        note += f" The [layer head] tensors {', '.join(columns)} hold the column of the same name."
     return Section("Heads", [table(summary["heads"], "head", descriptions.SCORES)], note)
 
 

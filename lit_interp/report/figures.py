@@ -294,9 +294,9 @@ def step_lines(
         add_probe_loss(figure, loss)
     step_layout(figure, [*series, *(["probe loss (right axis)"] if loss is not None else [])], title, len(series) > 8)
     values = [value for _, values in series.values() for value in values]
-    figure.update_layout(
-        yaxis=dict(title=plain(value_name), showgrid=True, gridcolor="#eee", **value_axis(values, log=log_y))
-    )
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    title = plain(value_name + spread_note(finite))
+    figure.update_layout(yaxis=dict(title=title, showgrid=True, gridcolor="#eee", **value_axis(values, log=log_y)))
     return figure
 
 
@@ -362,6 +362,15 @@ def step_layout(figure: go.Figure, names: list[str], title: str, many: bool) -> 
         xaxis=dict(title="step", showgrid=True, gridcolor="#eee"),
         legend=dict(font_size=10, **legend),
     )
+
+
+def spread_note(values: list[float]) -> str:
+    """' (all within 0.002)' when the values span under 1% of their size: an autoscaled axis would stretch that
+    range over the whole plot and a flat line would read as a cliff."""
+    if len(values) < 2:
+        return ""
+    spread, size = max(values) - min(values), max(abs(value) for value in values)
+    return f" (all within {spread:.2g})" if 0 < spread < 0.01 * size else ""
 
 
 def as_floats(values: list[float | None]) -> np.ndarray:
@@ -468,11 +477,11 @@ def points(
     if shaded is not None:
         figure.add_vrect(x0=shaded[0], x1=shaded[1], fillcolor="grey", opacity=0.12, line_width=0)
     layout(figure, title=title, height=380, width=720 if len(series) > 1 else 620)
-    y_axis = dict(title=plain(y_name), showgrid=True, gridcolor="#eee")
+    y_axis = dict(title=plain(y_name + spread_note(finite)), showgrid=True, gridcolor="#eee")
     if y_range is not None:
         y_axis["range"] = list(y_range)
-    elif log_y and min(finite) > 0:
-        y_axis["type"] = "log"
+    else:
+        y_axis |= value_axis(finite, log=log_y)
     figure.update_layout(
         xaxis=dict(title=plain(x_name), showgrid=True, gridcolor="#eee"),
         yaxis=y_axis,
