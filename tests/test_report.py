@@ -318,12 +318,16 @@ def test_an_all_nan_heatmap_is_a_note_with_its_reason():
     figure = heatmap_grid([Frame("", [nan])], ["grid"], data_scale([nan], "v"), Axes("pos", "layer"), reason="why")
     spec = json.loads(plotly.io.to_json(figure))
     assert spec["data"] == [] and spec["layout"]["annotations"][0]["text"] == "all values NaN: why"
+    long = heatmap_grid([Frame("", [nan])], ["grid"], data_scale([nan], "v"), Axes("pos", "layer"), reason="x " * 60)
+    assert long.layout.annotations[0].text.count("<br>") == 1  # wrapped: plotly draws one line however long
     summary, tensors = run_analysis(*tiny_task("prev_token_digits"), step=0, probe_batch_size=16)
     assert "reason" in summary["patching"] and not np.isfinite(tensors["head_patching_logit_difference"]).any()
     page = checkpoint_report(summary, tensors, "noise")
     assert f"Every loss patching score is NaN (patching.reason): {escape(summary['patching']['reason'])}" in page
     reason = summary["logit_difference_patching"]["reason"]
-    notes = [a["text"] for spec in figure_specs(page) for a in spec["layout"].get("annotations", [])]
+    notes = [
+        a["text"].replace("<br>", " ") for spec in figure_specs(page) for a in spec["layout"].get("annotations", [])
+    ]
     assert notes.count(f"all values NaN: {escape(reason)}") == 2  # both logit-difference patching grids
     assert ">loss_gap</td>" not in page  # a note, not a row of losses
 

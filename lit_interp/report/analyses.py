@@ -82,11 +82,13 @@ def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], use
             axes = Axes(
                 "pos", "layer", y_labels=[layer_label(layer) for layer in range(residual.shape[0])], square=False
             )
-            title = f"{residual_name}: resid_pre patched at one position ({metric})"
+            title = f"{residual_name} (one position's resid_pre)"
             figure = heatmap_grid(
                 [Frame("", [residual])], [title], data_scale([residual], value_name), axes, reason=reason
             )
-            items.append(embed(figure.update_layout(height=max(280, 160 + 40 * residual.shape[0])), "side-by-side"))
+            if figure.data:  # an all-NaN grid is a short note
+                figure.update_layout(height=max(280, 160 + 40 * residual.shape[0]))
+            items.append(embed(figure, "side-by-side"))
         if heads is not None and heads.ndim == 2:
             used.add(heads_name)
             axes = Axes(
@@ -95,9 +97,11 @@ def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], use
                 [f"H{head}" for head in range(heads.shape[1])],
                 [layer_label(layer) for layer in range(heads.shape[0])],
             )
-            title = f"{heads_name}: head output patched ({metric})"
+            title = f"{heads_name} (one head's hook_z)"
             figure = heatmap_grid([Frame("", [heads])], [title], data_scale([heads], value_name), axes, reason=reason)
-            items.append(embed(figure.update_layout(height=max(280, 160 + 40 * heads.shape[0])), "side-by-side"))
+            if figure.data:
+                figure.update_layout(height=max(280, 160 + 40 * heads.shape[0]))
+            items.append(embed(figure, "side-by-side"))
         values = {name: value for name, value in section.items() if name not in PATCHING_NOTES}
         if values:
             items.append(table({name: {metric: value} for name, value in values.items()}, section_name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -413,9 +414,10 @@ def layout(figure: go.Figure, title: str | None = None, height: int = 400, width
 def empty_figure(title: str | None, reason: str | None = None) -> go.Figure:
     """A figure with no data and a note in its middle: all values NaN, and why when known."""
     figure = go.Figure()
-    layout(figure, title=title, height=200, width=720)
+    layout(figure, title=title, height=160, width=560)
     note = "all values NaN" + (f": {reason}" if reason else "")
-    figure.add_annotation(text=plain(note), x=0.5, y=0.5, xref="paper", yref="paper", showarrow=False, width=640)
+    lines = "<br>".join(plain(line) for line in textwrap.wrap(note, 80))  # plotly does not wrap annotations
+    figure.add_annotation(text=lines, x=0, y=0.5, xref="paper", yref="paper", showarrow=False, align="left")
     figure.update_xaxes(visible=False)
     figure.update_yaxes(visible=False)
     return figure
@@ -482,8 +484,12 @@ def points(
         y_axis["range"] = list(y_range)
     else:
         y_axis |= value_axis(finite, log=log_y)
+    x_axis = dict(title=plain(x_name), showgrid=True, gridcolor="#eee")
+    xs = {x for one in series.values() for x in one.x}
+    if all(isinstance(x, int) for x in xs) and len(xs) <= 16:
+        x_axis["dtick"] = 1  # positions, offsets, lengths: no tick between two indices
     figure.update_layout(
-        xaxis=dict(title=plain(x_name), showgrid=True, gridcolor="#eee"),
+        xaxis=x_axis,
         yaxis=y_axis,
         legend=dict(orientation="h", x=0, y=-0.22, yanchor="top", font_size=10),
     )
