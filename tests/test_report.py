@@ -83,6 +83,8 @@ def test_checkpoint_report_is_offline_and_draws_every_analysis(analysis, checkpo
     specs = figure_specs(page)
     titles = {annotation["text"] for spec in specs for annotation in spec["layout"].get("annotations", [])}
     assert {"L0H0", "L0H1", "L1H0", "L1H1", "Q-composition"} <= titles
+    contrast = summary["heads"]["L1H0"]["qk_diagonal_contrast"]  # read off the QK circuit: beside it
+    assert f"L1H0 qk_diagonal_contrast {contrast:.3g}" in titles
     sliders = [spec for spec in specs if spec["layout"].get("sliders")]
     assert len(sliders) == 2  # the examples' patterns, clean and with layer 0 mean-ablated
     assert len(sliders[0]["frames"]) == tensors["example_attention_patterns"].shape[0]

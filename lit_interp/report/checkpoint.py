@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -117,6 +118,13 @@ FAMILIES = {
         "weight",
     ),
 }
+# family -> the head score read off its matrices, shown in each head's subplot title
+TITLE_SCORES = {
+    "ov_circuit": "ov_eigen_score",
+    "qk_circuit": "qk_diagonal_contrast",
+    "ov_matrix": "ov_large_entry_fraction",
+    "qk_matrix": "qk_eigen_score",
+}
 PATTERNS = {
     "attention_patterns": (
         "Mean attention patterns on the probe batch",
@@ -145,7 +153,7 @@ def checkpoint_report(summary: dict[str, Any], tensors: dict[str, torch.Tensor],
         seed_analyses.predictions_section(arrays, used),
         seed_analyses.ablated_attention_section(summary, arrays, labels, used),
         seed_analyses.sign_of_c_section(arrays, labels, used),
-        *per_head_sections(arrays, used, token_task(summary)),
+        *per_head_sections(arrays, used, token_task(summary), summary),
         *ablation_sections(summary),
         seed_analyses.weight_edit_section(summary),
         composition_section(summary),
@@ -283,7 +291,21 @@ def example_section(arrays: dict[str, np.ndarray], labels: list[str], used: set[
     )
 
 
-def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task: bool) -> list[Section]:
+def subplot_titles(heads: list[str], family: str, summary: dict[str, Any]) -> list[str]:
+    """Each head's label, with the head score read off its matrix (e.g. the QK diagonal contrast) where there is one."""
+    score = TITLE_SCORES.get(family)
+    scores = summary.get("heads", {})
+    return [
+        f"{head} {score} {scores[head][score]:.3g}"
+        if isinstance(scores.get(head, {}).get(score), float) and math.isfinite(scores[head][score])
+        else head
+        for head in heads
+    ]
+
+
+def per_head_sections(
+    arrays: dict[str, np.ndarray], used: set[str], token_task: bool, summary: dict[str, Any] | None = None
+) -> list[Section]:
     """Tensors named `<group>.L{l}H{h}` (OV circuits, similarities, score terms, anything new): a grid per group."""
     groups: dict[str, dict[str, np.ndarray]] = {}
     for name, array in arrays.items():
@@ -306,7 +328,8 @@ def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task:
         shape = next(iter(matrices.values())).shape
         axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
         scale = cosine_scale() if family == "rotary_similarity" else data_scale([m for m, _ in shrunk], value_name)
-        figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], list(matrices), scale, axes, title=group)
+        titles = subplot_titles(list(matrices), family, summary or {})
+        figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], titles, scale, axes, title=group)
         block_note = f" Shown as means over {block}x{block} blocks." if block > 1 else ""
         sections.setdefault(family, Section(heading, [], note + block_note)).items.append(embed(figure))
     return list(sections.values())
