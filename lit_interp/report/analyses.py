@@ -56,12 +56,12 @@ def logit_lens_section(summary: dict[str, Any]) -> Section | None:
 
 # metric -> (summary section, [layer pos] tensor, [layer head] tensor, what the scores restore)
 PATCHING = {
-    "loss": ("patching", "resid_pre_patching", "head_patching", "restored share of the loss gap"),
+    "loss": ("patching", "resid_pre_patching", "head_patching", "restored share"),
     "logit difference": (
         "logit_difference_patching",
         "resid_pre_patching_logit_difference",
         "head_patching_logit_difference",
-        "restored share of the logit difference",
+        "restored share",
     ),
 }
 PATCHING_NOTES = {"reason", "loss_gap", "loss_noise"}  # shown as text, not as losses in the table
@@ -82,12 +82,14 @@ def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], use
             axes = Axes(
                 "pos", "layer", y_labels=[layer_label(layer) for layer in range(residual.shape[0])], square=False
             )
-            title = f"{residual_name} (one position's resid_pre)"
-            figure = heatmap_grid(
-                [Frame("", [residual])], [title], data_scale([residual], value_name), axes, reason=reason
-            )
+            title = residual_name
+            scale = data_scale([residual], value_name)
+            figure = heatmap_grid([Frame("", [residual])], [""], scale, axes, title=title, reason=reason)
             if figure.data:  # an all-NaN grid is a short note
-                figure.update_layout(height=max(280, 160 + 40 * residual.shape[0]))
+                figure.update_layout(
+                    height=max(280, 160 + 40 * residual.shape[0]),
+                    width=min(1100, max(420, 220 + 14 * residual.shape[1])),
+                )
             items.append(embed(figure, "side-by-side"))
         if heads is not None and heads.ndim == 2:
             used.add(heads_name)
@@ -97,8 +99,9 @@ def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], use
                 [f"H{head}" for head in range(heads.shape[1])],
                 [layer_label(layer) for layer in range(heads.shape[0])],
             )
-            title = f"{heads_name} (one head's hook_z)"
-            figure = heatmap_grid([Frame("", [heads])], [title], data_scale([heads], value_name), axes, reason=reason)
+            title = heads_name
+            scale = data_scale([heads], value_name)
+            figure = heatmap_grid([Frame("", [heads])], [""], scale, axes, title=title, reason=reason)
             if figure.data:
                 figure.update_layout(height=max(280, 160 + 40 * heads.shape[0]))
             items.append(embed(figure, "side-by-side"))
@@ -116,7 +119,8 @@ def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], use
         return None
     note = (
         "The last position's answer changed by corrupting its source; 1: patching this clean activation restores "
-        "the clean metric, 0: no effect. " + " ".join(notes)
+        "the clean metric, 0: no effect. The *_patching grids score one position's resid_pre, the "
+        "head grids one head's hook_z; first by loss, then by logit difference (token tasks). " + " ".join(notes)
     )
     return Section("Activation patching", items, note)
 

@@ -326,7 +326,8 @@ def per_head_sections(
         shrunk = [shrink(matrix, HEATMAP_MAX_SIDE) for matrix in matrices.values()]
         block = shrunk[0][1]
         shape = next(iter(matrices.values())).shape
-        axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
+        square = shape[0] == shape[1]  # a [d_vocab d_mlp] map in square cells would be a sliver
+        axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block), square=square)
         scale = cosine_scale() if family == "rotary_similarity" else data_scale([m for m, _ in shrunk], value_name)
         titles = subplot_titles(list(matrices), family, summary or {})
         figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], titles, scale, axes, title=group)

@@ -121,6 +121,18 @@ def heatmap_grid(
     """
     if not any(np.isfinite(matrix).any() for frame in frames for matrix in frame.matrices):
         return empty_figure(title or ", ".join(titles), reason)
+    return drawn_heatmap_grid(frames, titles, scale, axes, slider_prefix, columns, title)
+
+
+def drawn_heatmap_grid(
+    frames: list[Frame],
+    titles: list[str],
+    scale: Scale,
+    axes: Axes,
+    slider_prefix: str,
+    columns: int,
+    title: str | None,
+) -> go.Figure:
     n = len(titles)
     columns = min(n, columns)
     rows = -(-n // columns)
@@ -465,35 +477,40 @@ def points(
             )
         )
         if mark_maximum and any(math.isfinite(v) for v in one.y):
-            best = int(np.nanargmax(as_floats(one.y)))
-            figure.add_trace(
-                go.Scatter(
-                    x=[one.x[best]],
-                    y=[one.y[best]],
-                    mode="markers",
-                    marker=dict(symbol="star", size=12, color=colour(index)["color"], line=dict(width=1)),
-                    showlegend=False,
-                    hovertemplate=f"{plain(name)} highest at {plain(x_name)} %{{x}}<extra></extra>",
-                )
-            )
+            add_maximum_star(figure, one, name, x_name, colour(index)["color"])
     if shaded is not None:
         figure.add_vrect(x0=shaded[0], x1=shaded[1], fillcolor="grey", opacity=0.12, line_width=0)
     layout(figure, title=title, height=380, width=720 if len(series) > 1 else 620)
     y_axis = dict(title=plain(y_name + spread_note(finite)), showgrid=True, gridcolor="#eee")
-    if y_range is not None:
-        y_axis["range"] = list(y_range)
-    else:
-        y_axis |= value_axis(finite, log=log_y)
-    x_axis = dict(title=plain(x_name), showgrid=True, gridcolor="#eee")
-    xs = {x for one in series.values() for x in one.x}
-    if all(isinstance(x, int) for x in xs) and len(xs) <= 16:
-        x_axis["dtick"] = 1  # positions, offsets, lengths: no tick between two indices
+    y_axis |= dict(range=list(y_range)) if y_range is not None else value_axis(finite, log=log_y)
     figure.update_layout(
-        xaxis=x_axis,
+        xaxis=index_axis(x_name, {x for one in series.values() for x in one.x}),
         yaxis=y_axis,
         legend=dict(orientation="h", x=0, y=-0.22, yanchor="top", font_size=10),
     )
     return figure
+
+
+def add_maximum_star(figure: go.Figure, one: Points, name: str, x_name: str, color: str) -> None:
+    best = int(np.nanargmax(as_floats(one.y)))
+    figure.add_trace(
+        go.Scatter(
+            x=[one.x[best]],
+            y=[one.y[best]],
+            mode="markers",
+            marker=dict(symbol="star", size=12, color=color, line=dict(width=1)),
+            showlegend=False,
+            hovertemplate=f"{plain(name)} highest at {plain(x_name)} %{{x}}<extra></extra>",
+        )
+    )
+
+
+def index_axis(x_name: str, xs: set) -> dict:
+    """An x axis with a tick on every index when the x values are a few integers (positions, offsets, lengths)."""
+    axis = dict(title=plain(x_name), showgrid=True, gridcolor="#eee")
+    if all(isinstance(x, int) for x in xs) and len(xs) <= 16:
+        axis["dtick"] = 1
+    return axis
 
 
 def identity_scatter(x: dict[str, float], y: dict[str, float], title: str, x_name: str, y_name: str) -> go.Figure:

@@ -255,7 +255,8 @@ def backup_section(summary: dict[str, Any]) -> Section | None:
         items.append(scalars(section, "backup_logit_difference"))
     note = (
         "Above the line y = x: a head that writes more of the logit difference once the top head is gone (a backup "
-        "head). naive_prediction: the clean logit difference less the ablated head's attribution."
+        "head); the ablated head itself falls to 0. naive_prediction: the clean logit difference less the ablated "
+        "head's attribution."
     )
     return Section("Backup heads by logit difference", items, note)
 
