@@ -359,3 +359,15 @@ def test_a_range_of_a_thousandth_is_said_on_the_axis():
     figure = step_lines({"loss": ([1, 2, 3], [2.8775, 2.8785, 2.8795])}, "t", "loss")
     assert figure.layout.yaxis.title.text == "loss (all within 0.002)"
     assert step_lines({"loss": ([1, 2, 3], [1.0, 2.0, 3.0])}, "t", "loss").layout.yaxis.title.text == "loss"
+
+
+def test_a_summary_read_back_from_json_with_nulls_for_nan_renders(task_analysis):
+    summary, tensors = task_analysis
+    summary = json.loads(json.dumps(summary).replace("NaN", "null"))  # snapshots write NaN as null
+    for scores in summary["heads"].values():
+        scores |= {"logit_difference_attribution": None, "backup_logit_difference_change": None}
+    for section in ("patching", "loss_by_c", "attention_under_ablation", "logit_difference"):
+        if isinstance(summary.get(section), dict):
+            summary[section] = {key: None for key in summary[section]}
+    page = checkpoint_report(summary, tensors, "nulls")
+    assert "Tensors in tensors.safetensors" in page

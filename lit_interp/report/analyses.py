@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 
 from lit_interp.heads import layer_label
 from lit_interp.report.figures import PALETTE, Axes, Frame, bars, data_scale, heatmap_grid, layout
-from lit_interp.report.html import Section, embed, table
+from lit_interp.report.html import Section, embed, number, table
 
 # Summary keys these sections draw, so the generic tables do not repeat them.
 HANDLED = {"patching", "logit_difference_patching", "direct_attribution"}
@@ -109,9 +109,10 @@ def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], use
         if values:
             items.append(table({name: {metric: value} for name, value in values.items()}, section_name))
         if "loss_gap" in section:
+            gap, noise = (number(section.get(key)) for key in ("loss_gap", "loss_noise"))
             notes.append(
-                f"By {metric}: corrupted minus clean (loss_gap) {section['loss_gap']:.4g}, the clean loss's noise "
-                f"between the two halves of the probe batch (loss_noise) {section.get('loss_noise', float('nan')):.4g}."
+                f"By {metric}: corrupted minus clean (loss_gap) {gap}, the clean loss's noise "
+                f"between the two halves of the probe batch (loss_noise) {noise}."
             )
         if reason:
             notes.append(f"Every {metric} patching score is NaN ({section_name}.reason): {reason}.")

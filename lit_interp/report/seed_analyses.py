@@ -143,8 +143,10 @@ def loss_curve_sections(summary: dict[str, Any], arrays: dict[str, np.ndarray], 
     if {"c_grid", "loss_by_c"} <= set(arrays):
         used.update({"c_grid", "loss_by_c", "loss_by_c_standard_error"})
         errors = arrays.get("loss_by_c_standard_error")
-        bounds = summary.get("loss_by_c", {})
-        shaded = (bounds["training_c_low"], bounds["training_c_high"]) if "training_c_high" in bounds else None
+        bounds = summary.get("loss_by_c")
+        bounds = bounds if isinstance(bounds, dict) else {}
+        low, high = bounds.get("training_c_low"), bounds.get("training_c_high")
+        shaded = (low, high) if is_finite(low) and is_finite(high) else None
         series = {
             "loss": Points(
                 arrays["c_grid"].tolist(), arrays["loss_by_c"].tolist(), None if errors is None else errors.tolist()
@@ -168,14 +170,15 @@ def ablated_attention_section(
     summary: dict[str, Any], arrays: dict[str, np.ndarray], labels: list[str], used: set[str]
 ) -> Section | None:
     """The mean patterns with an earlier layer mean-ablated, beside the clean ones; loss in each title."""
-    losses = summary.get("attention_under_ablation", {})
+    losses = summary.get("attention_under_ablation")
+    losses = losses if isinstance(losses, dict) else {}
     items: list = []
     for name in sorted(arrays):
         match = ABLATED.fullmatch(name)
         if not match:
             continue
         loss = losses.get(f"layer_{match['layer']}_mean_ablated_loss")
-        title = f"{name}: loss {loss:.4g}" if isinstance(loss, float) else name
+        title = f"{name}: loss {loss:.4g}" if is_finite(loss) else name
         if "attention_patterns" in arrays:
             clean = tensor_figure("attention_patterns", arrays["attention_patterns"], labels)
             clean.update_layout(
@@ -191,7 +194,7 @@ def ablated_attention_section(
             used.add(example)
     if not items:
         return None
-    if isinstance(losses, dict) and losses:
+    if losses:
         items.append(scalars(losses, "attention_under_ablation"))
     note = "Every layer but the last with its hook_z replaced by the batch mean: how the later heads' attention moves."
     return Section("Attention under an ablation", items, note)
@@ -220,9 +223,9 @@ def logit_difference_section(summary: dict[str, Any]) -> Section | None:
     items: list = []
     caption = ""
     if isinstance(section, dict):
-        if is_finite(section.get("share_above_threshold")):
+        if is_finite(section.get("share_above_threshold")) and is_finite(section.get("threshold")):
             caption = (
-                f" Heads with a share of at least {section.get('threshold', math.nan):g}: "
+                f" Heads with a share of at least {section['threshold']:g}: "
                 f"{section.get('n_heads_above_threshold')} summing to {section['share_above_threshold']:.3g}."
             )
         if section.get("reason"):
@@ -240,8 +243,10 @@ def logit_difference_section(summary: dict[str, Any]) -> Section | None:
 def backup_section(summary: dict[str, Any]) -> Section | None:
     """With the top logit-difference head zeroed: each head's attribution then against before, on y = x."""
     heads = summary.get("heads", {})
-    clean = {h: s["logit_difference_attribution"] for h, s in heads.items() if "backup_logit_difference_change" in s}
-    ablated = {h: clean[h] + heads[h]["backup_logit_difference_change"] for h in clean}
+    keys = ("logit_difference_attribution", "backup_logit_difference_change")
+    measured = {head: scores for head, scores in heads.items() if all(is_finite(scores.get(key)) for key in keys)}
+    clean = {head: scores[keys[0]] for head, scores in measured.items()}
+    ablated = {head: scores[keys[0]] + scores[keys[1]] for head, scores in measured.items()}
     section = summary.get("backup_logit_difference")
     if not clean and not isinstance(section, dict):
         return None
