@@ -371,3 +371,11 @@ def test_a_summary_read_back_from_json_with_nulls_for_nan_renders(task_analysis)
             summary[section] = {key: None for key in summary[section]}
     page = checkpoint_report(summary, tensors, "nulls")
     assert "Tensors in tensors.safetensors" in page
+
+
+def test_large_w_ov_entries_as_a_layer_head_grid():
+    summary = {"step": 0, "task": "t", "loss": 1.0, "heads": {"L0H0": {"ov_large_entry_fraction": 0.25}, "L1H1": {}}}
+    spec = next(s for s in figure_specs(checkpoint_report(summary, {}, "t")) if s["data"][0]["type"] == "heatmap")
+    grid = np.array(values(spec["data"][0]["z"])).reshape(2, 2)
+    assert grid[0, 0] == 0.25 and np.isnan(grid[1, 1]) and np.isnan(grid[0, 1])
+    assert (spec["layout"]["coloraxis"]["cmin"], spec["layout"]["coloraxis"]["cmax"]) == (0, 1)

@@ -9,8 +9,20 @@ from typing import Any
 import numpy as np
 import plotly.graph_objects as go
 
+from lit_interp.heads import layer_label, parse_head_label
 from lit_interp.report import descriptions
-from lit_interp.report.figures import PALETTE, Points, bars, identity_scatter, layout, points
+from lit_interp.report.figures import (
+    PALETTE,
+    Axes,
+    Frame,
+    Points,
+    attention_scale,
+    bars,
+    heatmap_grid,
+    identity_scatter,
+    layout,
+    points,
+)
 from lit_interp.report.html import Section, Table, embed, plain, table
 from lit_interp.report.tensor_figures import tensor_figure
 
@@ -294,3 +306,21 @@ def weight_edit_section(summary: dict[str, Any]) -> Section | None:
 
 def is_finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def large_entry_section(summary: dict[str, Any]) -> Section | None:
+    """Seed 002's share of |W_OV| entries above 0.05 as a [layer head] grid, on [0, 1]."""
+    heads = {parse_head_label(head): scores for head, scores in summary.get("heads", {}).items()}
+    heads.pop(None, None)
+    key = "ov_large_entry_fraction"
+    by_head = {at: scores[key] for at, scores in heads.items() if is_finite(scores.get(key))}
+    if not by_head:
+        return None
+    grid = np.full([max(at[axis] for at in heads) + 1 for axis in (0, 1)], np.nan, np.float32)
+    for (layer, head), value in by_head.items():
+        grid[layer, head] = value
+    rows = [layer_label(layer) for layer in range(grid.shape[0])]
+    axes = Axes("head", "layer", [f"H{head}" for head in range(grid.shape[1])], rows)
+    figure = heatmap_grid([Frame("", [grid])], [""], attention_scale("share"), axes, title="ov_large_entry_fraction")
+    note = "Fraction of each head's d_model x d_model W_OV entries larger than 0.05 in absolute value (seed 002)."
+    return Section("Large W_OV entries", [embed(figure.update_layout(height=max(280, 160 + 40 * grid.shape[0])))], note)
