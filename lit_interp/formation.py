@@ -20,6 +20,7 @@ THRESHOLDS: dict[str, Threshold] = {
     "bos_score": Threshold(0.5, "a BOS head"),
     "duplicate_score": Threshold(0.5, "a duplicate-token head"),
     "induction_score": Threshold(0.5, "an induction head"),
+    "prefix_matching_score": Threshold(0.5, "an induction head (prefix matching on the probe sequences)"),
     "ov_copying_score": Threshold(0.9, "a copying OV circuit"),
     "ov_eigen_score": Threshold(0.5, "a copying OV circuit (eigenvalues)"),
     "qk_eigen_score": Threshold(0.5, "a QK circuit attending to similar inputs"),

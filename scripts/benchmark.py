@@ -9,8 +9,10 @@ the fit's wall time spent inside the analysis callbacks' snapshots.
 
     python scripts/benchmark.py --quick                       # CPU table, a few minutes
     python scripts/benchmark.py --device cuda --compile       # fp32, bf16-mixed, + torch.compile
+    python scripts/benchmark.py --compile --configs bos_ints_mlp --steps 200   # CPU: eager against compiled
     python scripts/benchmark.py --ttq                         # time to quality, whole process
     python scripts/benchmark.py --callback-share              # analysis cost at default cadence
+    python scripts/benchmark.py --quick --load 2              # the same table with 2 busy loops saturating the cores
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from busy_loop import busy_cores
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ["prev_token_digits", "bos_ints_attn_only", "bos_ints_mlp", "affine_recurrence"]
@@ -423,7 +427,7 @@ TABLE_HEADER = [
 def benchmark_table(args) -> list[str]:
     settings = [(None, False)] if args.device == "cpu" else [("32-true", False), ("bf16-mixed", False)]
     if args.compile:
-        settings += [("bf16-mixed", True)]
+        settings += [("32-true" if args.device == "cpu" else "bf16-mixed", True)]
     rows = list(TABLE_HEADER)
     for config in args.configs:
         for precision, compile_forward in settings:
@@ -501,9 +505,8 @@ def main() -> None:
         "--warmup-steps", type=int, help="steps left out of the timing window (default 10 quick, 20 full)"
     )
     parser.add_argument("--repeats", type=int, help="alternating repeats per variant (default 3 quick, 5 full)")
-    parser.add_argument(
-        "--compile", action="store_true", help="CUDA only: also time a torch.compile'd training forward"
-    )
+    parser.add_argument("--compile", action="store_true", help="also time a torch.compile'd training forward")
+    parser.add_argument("--load", type=int, default=0, help="busy-loop processes saturating the cores throughout")
     parser.add_argument(
         "--skip-callbacks", action="store_true", help="leave out the run with the config's analysis callbacks"
     )
@@ -532,8 +535,12 @@ def main() -> None:
     args.repeats = args.repeats or (3 if args.quick else 5)
     if args.worker:
         return run_worker(args)
-    if args.compile and args.device != "cuda":
-        parser.error("--compile is for --device cuda (compile's CPU backend is not what a researcher would run here)")
+    with busy_cores(args.load):
+        measure(args)
+
+
+def measure(args) -> None:
+    print(f"# {args.load} busy-loop processes", flush=True)
     print(
         f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load average {load_average()}, {os.cpu_count()} CPUs",
         flush=True,

@@ -1,4 +1,9 @@
-"""Wall time of a seed sweep against the same fits run one after another, and of `--jobs 2`; and a search's result."""
+"""Wall time of a seed sweep against the same fits run one after another, and of `--jobs 2`; and a search's result.
+
+python scripts/benchmark_sweep.py --repeats 3                 # quiet: 8 seeds of the default config
+python scripts/benchmark_sweep.py --repeats 3 --load 2        # with 2 busy loops saturating the cores
+python scripts/benchmark_sweep.py --repeats 3 --cold          # also the sweeps with LIT_INTERP_SWEEP_COLD=1
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,14 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from busy_loop import busy_cores, load_average
 
 ROOT = Path(__file__).resolve().parents[1]
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
@@ -23,10 +31,12 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run(command: list[str], cwd: Path) -> tuple[float, float]:
+def run(command: list[str], cwd: Path, environment: dict[str, str] | None = None) -> tuple[float, float]:
     """(wall, CPU) seconds the command took; its output is dropped, a failure stops the benchmark."""
     started, cpu = time.perf_counter(), children_cpu()
-    result = subprocess.run(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    result = subprocess.run(
+        command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False, env=environment
+    )
     if result.returncode != 0:
         sys.exit(f"failed: {' '.join(command)}\n{result.stderr[-2000:]}")
     return time.perf_counter() - started, children_cpu() - cpu
@@ -46,10 +56,11 @@ def sequential_fits(config: str, seeds: list[int], work: Path) -> tuple[float, f
     return wall, cpu
 
 
-def sweep(config: str, seeds: list[int], jobs: int, work: Path, name: str) -> tuple[float, float]:
+def sweep(config: str, seeds: list[int], jobs: int, work: Path, name: str, cold: bool = False) -> tuple[float, float]:
     seed_list = ",".join(map(str, seeds))
     command = [sys.executable, "-m", "lit_interp", "sweep", name, "--config", config, "--seeds", seed_list]
-    return run([*command, "--jobs", str(jobs), *QUIET[1:]], work)
+    environment = dict(os.environ, LIT_INTERP_SWEEP_COLD="1") if cold else None
+    return run([*command, "--jobs", str(jobs), *QUIET[1:]], work, environment)
 
 
 def timing(args: argparse.Namespace) -> None:
@@ -60,6 +71,9 @@ def timing(args: argparse.Namespace) -> None:
         "sweep": lambda w: sweep(args.config, seeds, 1, w, "sweep"),
         "sweep --jobs 2": lambda w: sweep(args.config, seeds, 2, w, "sweep"),
     }
+    if args.cold:
+        modes["sweep, cold trials"] = lambda w: sweep(args.config, seeds, 1, w, "sweep", cold=True)
+        modes["sweep --jobs 2, cold trials"] = lambda w: sweep(args.config, seeds, 2, w, "sweep", cold=True)
     times: dict[str, list[tuple[float, float]]] = {mode: [] for mode in modes}
     for repeat in range(args.repeats):
         for mode, measure in modes.items():
@@ -73,13 +87,20 @@ def timing(args: argparse.Namespace) -> None:
                     shutil.rmtree(work, ignore_errors=True)
             wall, cpu = times[mode][-1]
             print(f"repeat {repeat}: {mode}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
-    base_wall = min(wall for wall, _ in times["sequential fits"])
-    base_cpu = min(cpu for _, cpu in times["sequential fits"])
-    print(f"\n{len(seeds)} seeds of {args.config}, best of {args.repeats}, load average {os.getloadavg()[0]:.1f}:")
-    print("| mode | wall time | / sequential | CPU time | / sequential |\n|---|---:|---:|---:|---:|")
+    base_wall = statistics.median(wall for wall, _ in times["sequential fits"])
+    base_cpu = statistics.median(cpu for _, cpu in times["sequential fits"])
+    print(
+        f"\n{len(seeds)} seeds of {args.config}, medians of {args.repeats} alternating runs, {args.load} busy loops, "
+        f"load average {load_average()}:"
+    )
+    print("| mode | wall time (range) | / sequential | CPU time | / sequential |\n|---|---:|---:|---:|---:|")
     for mode, values in times.items():
-        wall, cpu = min(w for w, _ in values), min(c for _, c in values)
-        print(f"| {mode} | {wall:.1f} s | {wall / base_wall:.3f} | {cpu:.1f} s | {cpu / base_cpu:.3f} |")
+        walls = [w for w, _ in values]
+        wall, cpu = statistics.median(walls), statistics.median(c for _, c in values)
+        print(
+            f"| {mode} | {wall:.1f} s ({min(walls):.1f}-{max(walls):.1f}) | {wall / base_wall:.2f} | {cpu:.1f} s | "
+            f"{cpu / base_cpu:.2f} |"
+        )
 
 
 def search(args: argparse.Namespace) -> None:
@@ -149,8 +170,11 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.989, help="val/acc that --search times (the seed's figure)")
     parser.add_argument("--keep", action="store_true", help="keep the timing's run directories (printed) for a look")
     parser.add_argument("--out", help="directory of --search's sweep (default: a new temporary directory)")
+    parser.add_argument("--load", type=int, default=0, help="busy-loop processes running throughout (default 0)")
+    parser.add_argument("--cold", action="store_true", help="also time the sweeps with a fresh interpreter per trial")
     args = parser.parse_args()
-    search(args) if args.search else timing(args)
+    with busy_cores(args.load):
+        search(args) if args.search else timing(args)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,12 @@ TINY = {
     ],
     "modular_addition": MODULAR_ADDITION_TINY,
     "modular_addition_cpu": MODULAR_ADDITION_TINY,
+    # The learning coefficient off: hundreds of SGLD steps at every expensive snapshot (tested on its own).
+    "induction": [
+        "--model.init_args.d_model=16",
+        "--model.init_args.d_head=8",
+        "--model.init_args.learning_coefficient=false",
+    ],
 }
 QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from lit_interp.analysis import attribution, circuits, fourier, logit_difference, patching, recurrence
+from lit_interp.analysis import induction as induction_analysis
 from lit_interp.analysis.ablation import head_ablation_losses, hook_mean_ablation_losses
 from lit_interp.analysis.adversarial import adversarial_analysis
 from lit_interp.analysis.attention_positions import (
@@ -35,6 +36,13 @@ from lit_interp.analysis.circuits import (
 )
 from lit_interp.analysis.examples import attention_with_layer_mean_ablated, targets_by_position, top_k_from_logits
 from lit_interp.analysis.interventions import kept_head_losses, qk_identity_losses
+from lit_interp.analysis.learning_coefficient import (
+    LLC_SETTINGS,
+    devinterp_available,
+    local_learning_coefficient,
+    training_sequences,
+    wants_learning_coefficient,
+)
 from lit_interp.analysis.neurons import (
     dead_neuron_fraction,
     neuron_activation_by_position,
@@ -107,14 +115,29 @@ def attention(context: AnalysisContext) -> tuple[Summary, Tensors]:
         "attention_scores": mean_attention_scores(cache, n_layers),
         "example_attention_patterns": torch.stack([pattern[:N_EXAMPLES] for pattern in by_layer], dim=1),
     }
-    if context.token_task:
-        tensors["example_inputs"] = context.batch[:N_EXAMPLES].float()
+    if context.token_task:  # the tokens the model read (a next-token task's batch holds one more)
+        tensors["example_inputs"] = context.task.model_input(context.batch[:N_EXAMPLES]).float()
     return head_fragment(scores), tensors
 
 
+def _repeated_sequence_scores(context: AnalysisContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`repeated_sequence_scores` on the first probe sequences, once per snapshot (two analyses read it)."""
+    if "repeated_sequence" not in context.memo:
+        inputs = context.task.model_input(context.batch[:REPEATED_SEQUENCES])
+        context.memo["repeated_sequence"] = repeated_sequence_scores(
+            context.model, inputs, prefix_len=int(context.has_bos)
+        )
+    return context.memo["repeated_sequence"]
+
+
+def _composition_scores(context: AnalysisContext) -> dict[str, torch.Tensor]:
+    if "composition" not in context.memo:
+        context.memo["composition"] = composition_scores(context.processed)
+    return context.memo["composition"]
+
+
 def repeated_sequence(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    inputs = context.task.model_input(context.batch[:REPEATED_SEQUENCES])
-    result = repeated_sequence_scores(context.model, inputs, prefix_len=int(context.has_bos))
+    result = _repeated_sequence_scores(context)
     if result is None:
         return {}, {}
     duplicate, induction, patterns = result
@@ -156,7 +179,7 @@ def eigenvalues_and_singular_values(context: AnalysisContext) -> tuple[Summary, 
 
 
 def composition(context: AnalysisContext) -> tuple[Summary, Tensors]:
-    scores = composition_scores(context.processed)
+    scores = _composition_scores(context)
     return {
         "composition": {mode: values.tolist() for mode, values in scores.items()}
         | {"labels": context.model.all_head_labels()}
@@ -382,6 +405,54 @@ def progress_measures(context: AnalysisContext) -> tuple[Summary, Tensors]:
     return {"progress_measures": summary}, tensors
 
 
+def prefix_matching(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    patterns = torch.stack(
+        [attention_pattern(context.cache, layer) for layer in range(context.model.cfg.n_layers)], dim=1
+    )  # batch layer head q k
+    scores, n_queries = induction_analysis.prefix_matching_scores(patterns, context.task.model_input(context.batch))
+    return head_fragment({"prefix_matching_score": scores}) | {"prefix_matching": {"queries": n_queries}}, {}
+
+
+def in_context_loss(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    inputs = context.task.model_input(context.batch[:REPEATED_SEQUENCES])
+    losses = induction_analysis.in_context_losses(context.model, inputs, prefix_len=int(context.has_bos))
+    return ({"in_context": losses} if losses is not None else {}), {}
+
+
+def induction_circuit(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    result = _repeated_sequence_scores(context)
+    if result is None:
+        return {}, {}
+    _, induction, _ = result
+    prev_token = previous_token_scores(mean_attention_patterns(context.cache, context.model.cfg.n_layers))
+    circuit = induction_analysis.induction_circuit(
+        prev_token, induction, _composition_scores(context)["k"], context.model.cfg.d_model
+    )
+    return {"induction_circuit": circuit}, {}
+
+
+def learning_coefficient(context: AnalysisContext) -> tuple[Summary, Tensors]:
+    sequences = training_sequences(context.datamodule, LLC_SETTINGS.n_sequences, context.batch.device)
+    estimate = local_learning_coefficient(context.model, context.task, sequences, LLC_SETTINGS)
+    return {"learning_coefficient": estimate}, {}
+
+
+def _has_prefix_matching_queries(context: AnalysisContext) -> bool:
+    """Probe sequences that repeat too few tokens leave nothing to score: the key is absent rather than NaN."""
+    if not context.token_task:
+        return False
+    queries = induction_analysis.prefix_matching_queries(context.task.model_input(context.batch))
+    return int(queries.sum()) >= induction_analysis.MIN_PREFIX_MATCHING_QUERIES
+
+
+def _wants_learning_coefficient(context: AnalysisContext) -> bool:
+    return wants_learning_coefficient(context.task) and devinterp_available()
+
+
+def _predicts_next_token(context: AnalysisContext) -> bool:
+    return induction_analysis.predicts_next_token(context.task, context.batch)
+
+
 def _is_recurrence(context: AnalysisContext) -> bool:
     return not context.token_task and all(hasattr(context.datamodule, name) for name in ("order", "coefficient_bounds"))
 
@@ -586,6 +657,13 @@ BUILTIN_ANALYSES = [
     Analysis("qk_circuits", qk_circuits),
     Analysis("rotary", rotary, applies=lambda context: is_rotary(context.model)),
     Analysis("composition", composition, applies=lambda context: context.model.cfg.n_layers >= 2),
+    Analysis("prefix_matching", prefix_matching, applies=_has_prefix_matching_queries),
+    Analysis("in_context_loss", in_context_loss, applies=_predicts_next_token),
+    Analysis(
+        "induction_circuit",
+        induction_circuit,
+        applies=lambda context: context.token_task and context.model.cfg.n_layers >= 2,
+    ),
     Analysis(
         "kq_composition",
         kq_composition,
@@ -646,4 +724,6 @@ BUILTIN_ANALYSES = [
         expensive=True,
     ),
     Analysis("backup_logit_difference", backup_logit_difference, applies=_token_task_with_other_heads, expensive=True),
+    # Hundreds of SGLD steps per estimate: the costliest analysis by far, for tasks that ask, with the devinterp extra.
+    Analysis("learning_coefficient", learning_coefficient, applies=_wants_learning_coefficient, expensive=True),
 ]

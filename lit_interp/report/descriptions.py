@@ -9,6 +9,8 @@ SCORES = {
     "occurrence.",
     "induction_score": "On a sequence repeated twice: mean attention from the second copy to the token after the same "
     "token's first occurrence.",
+    "prefix_matching_score": "On the probe sequences themselves: mean attention from a token to the position after its "
+    "one earlier occurrence (Olsson et al.'s prefix matching).",
     "zero_ablation_loss": "Probe loss with this head's output (hook_z) set to zero; compare with the clean probe loss.",
     "mean_ablation_loss": "Probe loss with this head's output (hook_z) replaced by its batch mean at each position.",
     "ov_copying_score": "Fraction of input tokens whose largest logit in the full OV circuit W_E W_OV W_U is the token "

@@ -330,24 +330,14 @@ class TaskModule(pl.LightningModule):
         }
 
 
-class PreviousTokenModule(TaskModule):
-    """Token tasks: cross-entropy on predicting the previous token, accuracy on validation."""
+class TokenPredictionModule(TaskModule):
+    """Token tasks: cross-entropy of the logits from `first_target_pos` on against `targets`, accuracy on validation."""
 
-    def __init__(self, n_ctx: int, d_vocab: int, first_target_pos: int, **optimizer_args: Any):
-        """`optimizer_args`: TaskModule's recipe (lr, weight_decay, betas, warmup_steps, decay_steps, min_lr_ratio)."""
+    def __init__(self, n_ctx: int, d_vocab: int, **optimizer_args: Any):
         super().__init__(n_ctx, **optimizer_args)
         require(d_vocab >= 2, f"d_vocab={d_vocab} must be >= 2")
-        require(1 <= first_target_pos < n_ctx, f"first_target_pos={first_target_pos} must lie in [1, n_ctx={n_ctx})")
         self.val_acc = MulticlassAccuracy(num_classes=d_vocab, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=d_vocab, average="micro")
-
-    @override
-    def model_input(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens
-
-    @override
-    def targets(self, tokens: torch.Tensor) -> torch.Tensor:
-        return tokens[:, self.hparams.first_target_pos - 1 : -1]
 
     @override
     def loss(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -362,6 +352,23 @@ class PreviousTokenModule(TaskModule):
             accuracy(logits[:, self.hparams.first_target_pos :].argmax(-1), self.targets(tokens))
             self.log(f"{stage}/acc", accuracy, prog_bar=True)
         return loss
+
+
+class PreviousTokenModule(TokenPredictionModule):
+    """Token tasks predicting the previous token: the model reads every token, position p is scored on token p - 1."""
+
+    def __init__(self, n_ctx: int, d_vocab: int, first_target_pos: int, **optimizer_args: Any):
+        """`optimizer_args`: TaskModule's recipe (lr, weight_decay, betas, warmup_steps, decay_steps, min_lr_ratio)."""
+        super().__init__(n_ctx, d_vocab, **optimizer_args)
+        require(1 <= first_target_pos < n_ctx, f"first_target_pos={first_target_pos} must lie in [1, n_ctx={n_ctx})")
+
+    @override
+    def model_input(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens
+
+    @override
+    def targets(self, tokens: torch.Tensor) -> torch.Tensor:
+        return tokens[:, self.hparams.first_target_pos - 1 : -1]
 
 
 def check_fits_in_memory(model: HookedTransformer, batch_size: int, what: str = "data.batch_size") -> None:

@@ -8,6 +8,7 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule, AffineRecurrenceModule
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
+from lit_interp.tasks.induction import InductionDataModule, InductionModule
 from lit_interp.tasks.modular_addition import ModularAdditionDataModule, ModularAdditionModule
 from lit_interp.tasks.prev_token_digits import DigitsDataModule, PrevTokenDigitsModule
 
@@ -41,10 +42,20 @@ def tiny_task(name: str):
     if name == "modular_addition":
         module = ModularAdditionModule(d_vocab=24, d_model=16, n_heads=2, d_head=8, d_mlp=32)
         return module, ModularAdditionDataModule(p=23)
+    if name == "induction":
+        module = InductionModule(n_ctx=16, d_vocab=16, d_model=16, n_heads=2, d_head=8)
+        return module, InductionDataModule(n_ctx=16, d_vocab=16, max_noise_len=4, batch_size=8)
     raise ValueError(name)
 
 
-TASKS = ["prev_token_digits", "bos_ints_attn_only", "bos_ints_mlp", "affine_recurrence", "modular_addition"]
+TASKS = [
+    "prev_token_digits",
+    "bos_ints_attn_only",
+    "bos_ints_mlp",
+    "affine_recurrence",
+    "modular_addition",
+    "induction",
+]
 
 
 def hooked(**config) -> HookedTransformer:

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lit_interp.analysis import run_analysis
+from lit_interp.analysis.induction import MIN_PREFIX_MATCHING_QUERIES, prefix_matching_queries
 from lit_interp.analysis.weights import processed_copy, processed_view
 from lit_interp.tasks.base import Stream
 
@@ -66,7 +67,7 @@ EXPECTED = {
         heads={"ov_copying_score", "bos_score", "bos_attention_trend"} | LOGIT_DIFFERENCE["heads"],
         last_layer_heads={"kq_recency"},
         expensive_heads=LOGIT_DIFFERENCE["expensive_heads"],
-        sections={"adversarial", "composition", "term_importance", "logit_difference"},
+        sections={"adversarial", "composition", "term_importance", "logit_difference", "induction_circuit"},
         expensive_sections=LOGIT_DIFFERENCE["expensive_sections"] | {"attention_under_ablation"},
         layers={"logit_lens_acc"},
         expensive_layers={"layer_qk_identity_loss"},
@@ -85,7 +86,7 @@ EXPECTED = {
         metric="acc",
         heads={"ov_copying_score", "bos_score", "bos_attention_trend"} | LOGIT_DIFFERENCE["heads"],
         expensive_heads=LOGIT_DIFFERENCE["expensive_heads"],
-        sections={"adversarial", "composition", "logit_difference"},
+        sections={"adversarial", "composition", "logit_difference", "induction_circuit"},
         expensive_sections=LOGIT_DIFFERENCE["expensive_sections"] | {"attention_under_ablation"},
         layers={"logit_lens_acc", "mlp_direct_attribution", "dead_neuron_fraction"},
         expensive_layers={"layer_qk_identity_loss"},
@@ -159,6 +160,23 @@ EXPECTED = {
             "train_pairs",
         },
     ),
+    "induction": dict(
+        metric="acc",
+        heads={"ov_copying_score", "bos_score", "bos_attention_trend"} | LOGIT_DIFFERENCE["heads"],
+        last_layer_heads={"kq_recency"},
+        expensive_heads=LOGIT_DIFFERENCE["expensive_heads"],
+        sections={"adversarial", "composition", "term_importance", "in_context", "induction_circuit"}
+        | {"logit_difference"},
+        expensive_sections=LOGIT_DIFFERENCE["expensive_sections"] | {"attention_under_ablation"},
+        layers={"logit_lens_acc"},
+        expensive_layers={"layer_qk_identity_loss"},
+        adversarial={"clean_loss", "repeated_tokens_loss", "no_bos_loss"},
+        first_layer_heads={"kept_alone_loss"},
+        tensors={"kq_composition_circuit_from_L0H1.L1H0", "positional_qk_circuit.L1H1", "example_inputs"}
+        | {"bos_attention_by_query_pos"}
+        | LOGIT_DIFFERENCE["tensors"],
+        expensive_tensors=LOGIT_DIFFERENCE["expensive_tensors"] | UNDER_ABLATION,
+    ),
 }
 ALWAYS_TENSORS = {
     "attention_patterns",
@@ -179,6 +197,24 @@ EXPENSIVE_TENSORS = {
     "head_mean_ablation_loss",
 }
 COMMON_LAYER_KEYS = {"attn_direct_attribution", "logit_lens_loss"}
+INDUCTION_CIRCUIT_KEYS = {
+    "induction_layer",
+    "induction_head",
+    "induction_score",
+    "previous_token_layer",
+    "previous_token_head",
+    "prev_token_score",
+    "k_composition",
+    "random_k_composition",
+}
+
+
+def prefix_matching_applies(module, data, probe_batch_size: int) -> bool:
+    """Token probe batches with enough repeated tokens get prefix-matching scores (few repeats: none)."""
+    batch = data.make_batch(Stream.PROBE, 0, probe_batch_size)
+    if batch.is_floating_point():
+        return False
+    return int(prefix_matching_queries(module.model_input(batch)).sum()) >= MIN_PREFIX_MATCHING_QUERIES
 
 
 def same(first: dict, second: dict) -> bool:
@@ -190,7 +226,10 @@ def same(first: dict, second: dict) -> bool:
 def test_summary_holds_exactly_the_keys_that_apply(task):
     module, data = tiny_task(task)
     summary, tensors = run_analysis(module, data, step=7, probe_batch_size=8)
-    expected = EXPECTED[task]
+    expected = dict(EXPECTED[task])
+    if prefix_matching_applies(module, data, 8):
+        expected["heads"] = expected["heads"] | {"prefix_matching_score"}
+        expected["sections"] = expected["sections"] | {"prefix_matching"}
     common = {"step", "task", "loss", "metrics", "heads", "hooks", "layers", "direct_attribution", "patching", "backup"}
     assert set(summary) == common | expected["sections"] | expected.get("expensive_sections", set())
     assert summary["step"] == 7 and summary["task"] == type(module).__name__
@@ -233,6 +272,11 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
     )
     if "term_importance" in expected["sections"]:
         assert set(summary["term_importance"]) == {"layer", "direct", "k_comp", "q_comp", "kq_comp"}
+    if "in_context" in expected["sections"]:
+        assert set(summary["in_context"]) == {"first_half_loss", "repeated_half_loss", "in_context_loss"}
+    if "induction_circuit" in expected["sections"]:
+        others = {"other_k_composition"} if module.model.cfg.n_heads > 1 else set()  # none beside a single head
+        assert set(summary["induction_circuit"]) == INDUCTION_CIRCUIT_KEYS | others
     assert summary["layers"][str(n_layers)]["logit_lens_loss"] == pytest.approx(summary["loss"], rel=1e-5)
     always = ALWAYS_TENSORS - expected.get("absent_tensors", set())
     assert always | EXPENSIVE_TENSORS | expected["tensors"] | expected.get("expensive_tensors", set()) <= set(tensors)
@@ -242,7 +286,7 @@ def test_summary_holds_exactly_the_keys_that_apply(task):
     json.dumps(summary, allow_nan=True)
 
 
-@pytest.mark.parametrize("task", ["bos_ints_attn_only", "affine_recurrence"])
+@pytest.mark.parametrize("task", ["bos_ints_attn_only", "affine_recurrence", "induction"])
 def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
     module, data = tiny_task(task)
     full, full_tensors = run_analysis(module, data, step=0, probe_batch_size=8, hook_mean_ablation=False)
@@ -274,14 +318,16 @@ def test_expensive_false_leaves_out_only_the_expensive_analyses(task):
         )
 
 
-def test_example_tensors_hold_the_first_probe_sequences_and_their_own_patterns():
-    module, data = tiny_task("bos_ints_attn_only")
+@pytest.mark.parametrize("task", ["bos_ints_attn_only", "induction"])
+def test_example_tensors_hold_the_first_probe_sequences_and_their_own_patterns(task):
+    module, data = tiny_task(task)
     _, tensors = run_analysis(module, data, step=0, probe_batch_size=12, hook_mean_ablation=False, expensive=False)
-    batch = data.make_batch(Stream.PROBE, 0, 12)
-    assert torch.equal(tensors["example_inputs"], batch[:8].float())
-    _, cache = module.model.run_with_cache(batch[:8])
+    inputs = module.model_input(data.make_batch(Stream.PROBE, 0, 12)[:8])  # induction: one token fewer
+    assert torch.equal(tensors["example_inputs"], inputs.float())
+    _, cache = module.model.run_with_cache(inputs)
     torch.testing.assert_close(tensors["example_attention_patterns"][:, 1], cache["pattern", 1])
-    assert tensors["example_attention_patterns"].shape == (8, 2, 1, 10, 10)
+    cfg = module.model.cfg
+    assert tensors["example_attention_patterns"].shape == (8, 2, cfg.n_heads, cfg.n_ctx, cfg.n_ctx)
 
 
 NAN_SCRIPT = """

@@ -9,9 +9,10 @@ from lit_interp.errors import ConfigError
 from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule
 from lit_interp.tasks.base import Stream
 from lit_interp.tasks.bos_ints import BosIntsDataModule
+from lit_interp.tasks.induction import InductionDataModule
 from lit_interp.tasks.prev_token_digits import DigitsDataModule
 
-DATAMODULES = [DigitsDataModule, BosIntsDataModule, AffineRecurrenceDataModule]
+DATAMODULES = [DigitsDataModule, BosIntsDataModule, AffineRecurrenceDataModule, InductionDataModule]
 
 
 @pytest.mark.parametrize("datamodule_class", DATAMODULES)
@@ -68,6 +69,42 @@ def test_recurrence_follows_its_rule_and_is_normalised(order):
         assert (solution[:order].abs() <= 0.9 + 1e-6).all()
 
 
+def split_repeats(sequence: list[int], prefix: int, n_ctx: int) -> tuple[int, int]:
+    """(noise length k, segment length L) of `[prefix, noise, r, r, filler]`, found from the tokens: the smallest
+    k whose segment (n_ctx + 1 - prefix - k) // 2 repeats right after itself."""
+    for noise in range(n_ctx):
+        length = (n_ctx + 1 - prefix - noise) // 2
+        start = prefix + noise
+        if length >= 2 and sequence[start : start + length] == sequence[start + length : start + 2 * length]:
+            return noise, length
+    raise AssertionError(f"no repeated segment in {sequence}")
+
+
+@pytest.mark.parametrize("bos_token", [0, 63, None])
+def test_induction_sequences_repeat_a_segment_after_some_noise(bos_token):
+    data = InductionDataModule(n_ctx=32, d_vocab=64, bos_token=bos_token, max_noise_len=12)
+    tokens = data.make_batch(Stream.TRAIN, 0, 512)
+    assert tokens.shape == (512, 33) and tokens.dtype == torch.long
+    prefix = int(bos_token is not None)
+    if bos_token is not None:
+        assert (tokens[:, 0] == bos_token).all() and (tokens[:, 1:] != bos_token).all()
+    ordinary = set(range(64)) - ({bos_token} if bos_token is not None else set())
+    assert set(tokens[:, prefix:].unique().tolist()) == ordinary
+    noise_lengths = {split_repeats(sequence, prefix, 32)[0] for sequence in tokens.tolist()}
+    # Chance repeats can make a shorter k fit too, never a longer one: every k from 0 to 12 shows up.
+    assert noise_lengths == set(range(13))
+
+
+def test_induction_without_noise_repeats_the_half_after_bos():
+    tokens = InductionDataModule(n_ctx=16, d_vocab=20, max_noise_len=0).make_batch(Stream.TRAIN, 0, 64)
+    assert torch.equal(tokens[:, 1:9], tokens[:, 9:17])
+
+
+def test_induction_link_values():
+    data = InductionDataModule(n_ctx=24, d_vocab=50)
+    assert (data.n_ctx, data.d_vocab, data.first_target_pos) == (24, 50, 0)
+
+
 def test_recurrence_link_values():
     data = AffineRecurrenceDataModule(vector_dim=8, seq_len=10, order=2)
     assert (data.n_ctx, data.d_vocab, data.first_target_pos) == (9, 8, 4)
@@ -82,6 +119,10 @@ def test_recurrence_link_values():
         (lambda: BosIntsDataModule(d_vocab=10, bos_token=-1), "bos_token=-1"),
         (lambda: AffineRecurrenceDataModule(seq_len=14, order=14), "order=14"),
         (lambda: AffineRecurrenceDataModule(coefficient_bounds=(2.0, -2.0)), "coefficient_bounds"),
+        (lambda: InductionDataModule(n_ctx=16, max_noise_len=14), "max_noise_len=14"),
+        (lambda: InductionDataModule(max_noise_len=-1), "max_noise_len=-1"),
+        (lambda: InductionDataModule(d_vocab=10, bos_token=10), "bos_token=10"),
+        (lambda: InductionDataModule(d_vocab=2), "d_vocab=2"),
     ],
 )
 def test_bad_data_values_name_the_value(build, message):

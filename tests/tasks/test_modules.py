@@ -12,6 +12,7 @@ from lit_interp.errors import ConfigError
 from lit_interp.tasks.affine_recurrence import AffineRecurrenceDataModule, AffineRecurrenceModule
 from lit_interp.tasks.base import Stream
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
+from lit_interp.tasks.induction import InductionDataModule, InductionModule
 from lit_interp.tasks.prev_token_digits import DigitsDataModule, PrevTokenDigitsModule
 
 
@@ -35,7 +36,12 @@ def tiny_recurrence():
     return module, data
 
 
-@pytest.mark.parametrize("build", [tiny_digits, tiny_bos_mlp, tiny_recurrence])
+def tiny_induction():
+    data = InductionDataModule(n_ctx=16, d_vocab=16, max_noise_len=4)
+    return InductionModule(n_ctx=16, d_vocab=16, d_model=16, n_heads=2, d_head=8), data
+
+
+@pytest.mark.parametrize("build", [tiny_digits, tiny_bos_mlp, tiny_recurrence, tiny_induction])
 def test_module_exposes_a_hooked_transformer_and_a_trainable_loss(build):
     module, data = build()
     assert isinstance(module.model, HookedTransformer)
@@ -54,6 +60,24 @@ def test_previous_token_loss_scores_only_positions_with_a_previous_token():
     perfect = torch.full((4, data.n_ctx, 10), -30.0)
     perfect[:, 1:].scatter_(-1, tokens[:, :-1, None], 30.0)  # position 0 is left wrong on purpose
     assert module.loss(perfect, tokens) < 1e-6
+
+
+def test_induction_loss_scores_the_next_token_at_every_position():
+    module, data = tiny_induction()
+    tokens = data.make_batch(Stream.TRAIN, 0, 4)
+    assert module.model_input(tokens).shape == (4, 16) and module.targets(tokens).shape == (4, 16)
+    perfect = torch.full((4, 16, 16), -30.0)
+    perfect.scatter_(-1, tokens[:, 1:, None], 30.0)
+    assert module.loss(perfect, tokens) < 1e-6
+    perfect[:, 0] = 0.0  # BOS predicting the first token is scored too: uniform there costs log(16) / 16
+    assert module.loss(perfect, tokens).item() == pytest.approx(math.log(16) / 16, rel=1e-4)
+
+
+def test_induction_model_is_attention_only_with_learned_positions():
+    module, _ = tiny_induction()
+    cfg = module.model.cfg
+    assert cfg.attn_only and cfg.positional_embedding_type == "standard" and cfg.n_layers == 2
+    assert module.model.W_pos.requires_grad and module.model.W_pos.abs().sum() > 0
 
 
 def test_recurrence_loss_starts_at_twice_the_order():
@@ -148,6 +172,7 @@ def test_cosine_decay_follows_warmup_and_holds_at_its_floor():
         (lambda: BosIntsModule(betas=(0.9, 1.5)), "betas"),
         (lambda: BosIntsModule(attn_only=False, d_mlp=None), "d_mlp=None"),
         (lambda: BosIntsModule(d_model=16, d_head=16, n_heads=0), "n_heads"),
+        (lambda: InductionModule(n_ctx=8, first_target_pos=8), "first_target_pos=8"),
     ],
 )
 def test_bad_model_values_name_the_value(build, message):

@@ -22,8 +22,8 @@ _forked: list[Any] = []
 
 
 def lit_interp_arguments(command: list[str]) -> list[str] | None:
-    """`ARGS` of `[python, -m, lit_interp, ARGS...]`, the commands a warm process can run; None for any other."""
-    if len(command) >= 3 and command[0] == sys.executable and command[1:3] == ["-m", "lit_interp"]:
+    """`ARGS` of `[python, -m, lit_interp, fit, ...]`, the commands a warm process can run; None for any other."""
+    if len(command) >= 4 and command[0] == sys.executable and command[1:4] == ["-m", "lit_interp", "fit"]:
         return command[3:]
     return None
 
@@ -99,10 +99,12 @@ def run_forked(arguments: list[str], stdout: str, stderr: str, environment: dict
         os.dup2(target, fd)
         os.close(target)
     sys.argv = ["python -m lit_interp", *arguments]
-    from lit_interp.cli import main
+    from lit_interp.commands.train import main
+    from lit_interp.startup import startup_done
 
     try:
-        main(arguments)
+        main(arguments)  # what `python -m lit_interp fit ...` runs
     finally:
+        startup_done()
         sys.stdout.flush()
         sys.stderr.flush()
