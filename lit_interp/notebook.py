@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -9,7 +10,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from transformer_lens import HookedTransformer
 
+from lit_interp.analysis.examples import TopKPredictions, targets_by_position, top_k_predictions
+from lit_interp.analysis.interventions import WeightEdit, edited_losses
+from lit_interp.analysis.losses import is_token_task
 from lit_interp.analysis.snapshot import DEFAULT_PROBE_BATCH_SIZE
+from lit_interp.analysis.weights import processed_copy
 from lit_interp.checkpoints import latest_checkpoint, load_checkpoint, validate_schema
 from lit_interp.errors import ConfigError
 from lit_interp.heads import parse_head_label
@@ -49,6 +54,24 @@ class Run:
     def head_scores(self) -> pandas.DataFrame:
         """Every snapshot's per-head scores: one row per (step, head), one column per score."""
         return head_score_table(self.snapshots.summaries)
+
+    def top_k(self, tokens: torch.Tensor, k: int = 10) -> TopKPredictions:
+        """Seed 003's `test_prompt`: the k likeliest next tokens at every position of `tokens` ([batch pos] or
+        [pos]) and each target's rank; `run.top_k(tokens).format(0, tokens)` prints sequence 0."""
+        if not is_token_task(tokens):
+            raise ConfigError(f"top_k reads token ids; got a {tokens.dtype} batch (a vector task has no next token)")
+        tokens = (tokens[None] if tokens.ndim == 1 else tokens).to(self.module.device)
+        return top_k_predictions(self.model, tokens, k, targets_by_position(self.module, tokens))
+
+    def edited_losses(
+        self, experiments: Mapping[str, Sequence[WeightEdit]], batch: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """The task's loss under each named list of weight edits (`lit_interp.analysis.interventions`'s
+        `ZeroHeadOutput`, `LowRankIdentityQK`), on the processed copy as seed 002 edits it; batch None: the probe
+        batch the snapshots used. An empty list gives the unedited loss."""
+        batch = self.probe_batch() if batch is None else batch.to(self.module.device)
+        model = processed_copy(self.model, center_unembed=is_token_task(batch))
+        return edited_losses(model, self.module, batch, experiments, in_place=True)  # the copy is ours to edit
 
     def analyze(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """`run_analysis` at this checkpoint's step; kwargs as run_analysis's (probe_batch_size, expensive, ...)."""

@@ -167,3 +167,43 @@ def test_analysis_functions_work_on_a_plain_hooked_transformer():
         losses = head_ablation_losses(model, task, tokens, mode)
         assert losses.shape == (2, 2) and losses[0, 1].item() == pytest.approx(clean, rel=1e-6)
         assert losses[0, 0].item() != pytest.approx(clean, rel=1e-3)
+
+
+def test_top_k_ranks_the_targets_among_the_model_s_own_logits(run_root):
+    run = load(run_root / "lightning_logs/version_0")
+    tokens = run.probe_batch(4)
+    predictions = run.top_k(tokens, k=3)
+    with torch.no_grad():
+        logits = run.model(run.module.model_input(tokens))
+    assert predictions.tokens.shape == (4, tokens.shape[1], 3)
+    torch.testing.assert_close(predictions.tokens, logits.topk(3, dim=-1).indices)
+    torch.testing.assert_close(predictions.probs, logits.softmax(-1).topk(3, dim=-1).values)
+    first = run.module.hparams.first_target_pos
+    assert predictions.target_rank[:, :first].isnan().all()
+    targets = run.module.targets(tokens)  # position first + i predicts targets[:, i]
+    target_logits = logits[:, first:].gather(-1, targets[..., None])
+    ranks = (logits[:, first:] > target_logits).sum(-1).float()
+    torch.testing.assert_close(predictions.target_rank[:, first:], ranks)
+    assert "top 0:" in predictions.format(0, tokens)
+    one = run.top_k(tokens[0], k=2)  # one sequence, [pos]
+    torch.testing.assert_close(one.tokens[0], predictions.tokens[0, :, :2])
+    with pytest.raises(ConfigError, match="token ids"):
+        run.top_k(torch.rand(2, 5))
+
+
+def test_edited_losses_zeroing_the_only_head_equals_its_zero_ablation(run_root):
+    from lit_interp.analysis.interventions import LowRankIdentityQK, ZeroHeadOutput
+
+    run = load(run_root / "lightning_logs/version_0")
+    batch = run.probe_batch(16)
+    losses = run.edited_losses(
+        {"clean": [], "zeroed": [ZeroHeadOutput(0, 0)], "qk identity": [LowRankIdentityQK(0, 0)]}, batch
+    )
+    clean = run.module.loss(run.model(run.module.model_input(batch)), batch).item()
+    assert losses["clean"] == pytest.approx(clean, rel=1e-4)
+    zeroed = head_ablation_losses(run.model, run.module, batch, "zero")[0, 0].item()
+    assert losses["zeroed"] == pytest.approx(zeroed, rel=1e-4) and losses["zeroed"] != pytest.approx(clean, rel=1e-3)
+    assert math.isfinite(losses["qk identity"]) and losses["qk identity"] != pytest.approx(clean, rel=1e-4)
+    assert run.edited_losses({"clean": []})["clean"] == pytest.approx(
+        run.module.loss(run.model(run.module.model_input(run.probe_batch())), run.probe_batch()).item(), rel=1e-4
+    )

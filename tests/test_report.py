@@ -9,18 +9,23 @@ import re
 from pathlib import Path
 
 import numpy as np
+import plotly.io
 import plotly.offline
 import pytest
 import torch
+from analysis.conftest import TASKS, tiny_task
+from markupsafe import escape
 from safetensors.torch import save_file
 
 from lit_interp import runlogs
 from lit_interp.analysis.snapshot import run_analysis
 from lit_interp.cli import main
+from lit_interp.heads import PER_HEAD_TENSOR
 from lit_interp.images import BLUES_ANCHORS, RED_BLUE_ANCHORS, colourmap, heatmap_rgb
 from lit_interp.report.checkpoint import checkpoint_report
-from lit_interp.report.figures import shrink
+from lit_interp.report.figures import Axes, Frame, data_scale, heatmap_grid, shrink, step_lines
 from lit_interp.report.run import run_report, thin
+from lit_interp.report.tensor_figures import tensor_dims, tensor_figure
 from lit_interp.snapshots import read_snapshots
 from lit_interp.tasks.bos_ints import BosIntsDataModule, BosIntsModule
 
@@ -78,8 +83,11 @@ def test_checkpoint_report_is_offline_and_draws_every_analysis(analysis, checkpo
     specs = figure_specs(page)
     titles = {annotation["text"] for spec in specs for annotation in spec["layout"].get("annotations", [])}
     assert {"L0H0", "L0H1", "L1H0", "L1H1", "Q-composition"} <= titles
+    contrast = summary["heads"]["L1H0"]["qk_diagonal_contrast"]  # read off the QK circuit: beside it
+    assert f"L1H0 qk_diagonal_contrast {contrast:.3g}" in titles
     sliders = [spec for spec in specs if spec["layout"].get("sliders")]
-    assert len(sliders) == 1 and len(sliders[0]["frames"]) == tensors["example_attention_patterns"].shape[0]
+    assert len(sliders) == 2  # the examples' patterns, clean and with layer 0 mean-ablated
+    assert len(sliders[0]["frames"]) == tensors["example_attention_patterns"].shape[0]
     second_example = sliders[0]["frames"][1]["data"][0]  # axes (and hover) label each position with its token
     tokens = [int(token) for token in tensors["example_inputs"][1]]
     assert (
@@ -251,3 +259,123 @@ def test_malformed_snapshot_is_one_line_naming_the_file(case, tmp_path, capsys):
         and err.count("\n") == 1
     ), err
     assert "Traceback" not in err and not (run / "analysis_report").exists()
+
+
+@pytest.fixture(scope="module", params=TASKS)
+def task_analysis(request) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Every key the registry writes for one builtin task (tiny untrained model, expensive analyses on)."""
+    torch.manual_seed(0)
+    module, datamodule = tiny_task(request.param)
+    return run_analysis(module, datamodule, step=0, probe_batch_size=16, hook_mean_ablation=False)
+
+
+def drawn_part(page: str) -> str:
+    """The page up to the closing listing of tensor names (which would show every name, drawn or not)."""
+    return page[: page.index("Tensors in tensors.safetensors</h2>")]
+
+
+def test_every_summary_key_and_tensor_of_every_task_is_shown(task_analysis):
+    summary, tensors = task_analysis
+    page = drawn_part(checkpoint_report(summary, tensors, "every key"))
+    for scores in [*summary.get("heads", {}).values(), *summary.get("layers", {}).values()]:
+        for score in scores:
+            assert f">{score}</th>" in page, score
+    for section, value in summary.items():
+        if isinstance(value, dict) and section not in ("heads", "layers", "metrics"):
+            assert re.search(rf"\b{re.escape(section)}\b", page), section
+            for key in value if section != "composition" else ():
+                assert re.search(rf"\b{re.escape(key)}(?![\w])", page), f"{section}.{key}"
+    texts = json.dumps(figure_specs(page)) + page
+    for name in tensors:
+        shown = PER_HEAD_TENSOR.fullmatch(name)["group"] if PER_HEAD_TENSOR.fullmatch(name) else name
+        assert re.search(rf"(?<![\w.]){re.escape(shown)}(?![\w])", texts), name
+
+
+def test_every_tensor_of_every_task_has_named_dimensions_that_title_its_axes(task_analysis):
+    summary, tensors = task_analysis
+    labels = list(summary["heads"])
+    for name, tensor in tensors.items():
+        if PER_HEAD_TENSOR.fullmatch(name):
+            continue
+        array = tensor.float().numpy()
+        dims = tensor_dims(name, array.ndim)
+        assert not dims[0].startswith("dim"), f"{name} {tuple(array.shape)}: add its dimensions to DIMS"
+        spec = json.loads(plotly.io.to_json(tensor_figure(name, array, labels)))
+        if not np.isfinite(array).any():
+            assert "all values NaN" in spec["layout"]["annotations"][0]["text"]
+            continue
+        x_titles = {
+            axis["title"]["text"] for key, axis in spec["layout"].items() if key.startswith("xaxis") and "title" in axis
+        }
+        y_titles = {
+            axis["title"]["text"] for key, axis in spec["layout"].items() if key.startswith("yaxis") and "title" in axis
+        }
+        assert x_titles == {dims[-1]}, (name, dims, x_titles)
+        if spec["data"][0]["type"] == "heatmap":
+            assert y_titles == {dims[-2]}, (name, dims, y_titles)
+
+
+def test_an_all_nan_heatmap_is_a_note_with_its_reason():
+    nan = np.full((2, 5), np.nan, np.float32)
+    figure = heatmap_grid([Frame("", [nan])], ["grid"], data_scale([nan], "v"), Axes("pos", "layer"), reason="why")
+    spec = json.loads(plotly.io.to_json(figure))
+    assert spec["data"] == [] and spec["layout"]["annotations"][0]["text"] == "all values NaN: why"
+    long = heatmap_grid([Frame("", [nan])], ["grid"], data_scale([nan], "v"), Axes("pos", "layer"), reason="x " * 60)
+    assert long.layout.annotations[0].text.count("<br>") == 1  # wrapped: plotly draws one line however long
+    summary, tensors = run_analysis(*tiny_task("prev_token_digits"), step=0, probe_batch_size=16)
+    assert "reason" in summary["patching"] and not np.isfinite(tensors["head_patching_logit_difference"]).any()
+    page = checkpoint_report(summary, tensors, "noise")
+    assert f"Every loss patching score is NaN (patching.reason): {escape(summary['patching']['reason'])}" in page
+    reason = summary["logit_difference_patching"]["reason"]
+    notes = [
+        a["text"].replace("<br>", " ") for spec in figure_specs(page) for a in spec["layout"].get("annotations", [])
+    ]
+    assert notes.count(f"all values NaN: {escape(reason)}") == 2  # both logit-difference patching grids
+    assert ">loss_gap</td>" not in page  # a note, not a row of losses
+
+
+def test_signed_matrices_centre_on_zero_and_shares_are_fixed_to_the_unit_interval(task_analysis):
+    summary, tensors = task_analysis
+    for name, tensor in tensors.items():
+        array = tensor.float().numpy()
+        if PER_HEAD_TENSOR.fullmatch(name) or array.ndim < 2 or not np.isfinite(array).any():
+            continue
+        spec = json.loads(plotly.io.to_json(tensor_figure(name, array, list(summary["heads"]))))
+        if spec["data"][0]["type"] != "heatmap":
+            continue
+        low, high = spec["layout"]["coloraxis"]["cmin"], spec["layout"]["coloraxis"]["cmax"]
+        if "pattern" in name:
+            assert (low, high) == (0, 1), name
+        elif np.nanmin(array) < 0:
+            assert low == -high, name
+
+
+def test_sparse_series_are_points_and_dense_ones_lines():
+    figure = step_lines({"every step": ([1, 2, 3], [0.1, 0.2, 0.3]), "last two": ([2, 3], [0.5, 0.6])}, "t", "v")
+    assert [trace.mode for trace in figure.data] == ["lines+markers", "markers"]
+
+
+def test_a_range_of_a_thousandth_is_said_on_the_axis():
+    figure = step_lines({"loss": ([1, 2, 3], [2.8775, 2.8785, 2.8795])}, "t", "loss")
+    assert figure.layout.yaxis.title.text == "loss (all within 0.002)"
+    assert step_lines({"loss": ([1, 2, 3], [1.0, 2.0, 3.0])}, "t", "loss").layout.yaxis.title.text == "loss"
+
+
+def test_a_summary_read_back_from_json_with_nulls_for_nan_renders(task_analysis):
+    summary, tensors = task_analysis
+    summary = json.loads(json.dumps(summary).replace("NaN", "null"))  # snapshots write NaN as null
+    for scores in summary["heads"].values():
+        scores |= {"logit_difference_attribution": None, "backup_logit_difference_change": None}
+    for section in ("patching", "loss_by_c", "attention_under_ablation", "logit_difference"):
+        if isinstance(summary.get(section), dict):
+            summary[section] = {key: None for key in summary[section]}
+    page = checkpoint_report(summary, tensors, "nulls")
+    assert "Tensors in tensors.safetensors" in page
+
+
+def test_large_w_ov_entries_as_a_layer_head_grid():
+    summary = {"step": 0, "task": "t", "loss": 1.0, "heads": {"L0H0": {"ov_large_entry_fraction": 0.25}, "L1H1": {}}}
+    spec = next(s for s in figure_specs(checkpoint_report(summary, {}, "t")) if s["data"][0]["type"] == "heatmap")
+    grid = np.array(values(spec["data"][0]["z"])).reshape(2, 2)
+    assert grid[0, 0] == 0.25 and np.isnan(grid[1, 1]) and np.isnan(grid[0, 1])
+    assert (spec["layout"]["coloraxis"]["cmin"], spec["layout"]["coloraxis"]["cmax"]) == (0, 1)

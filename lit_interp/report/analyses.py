@@ -9,10 +9,10 @@ import plotly.graph_objects as go
 
 from lit_interp.heads import layer_label
 from lit_interp.report.figures import PALETTE, Axes, Frame, bars, data_scale, heatmap_grid, layout
-from lit_interp.report.html import Section, embed, table
+from lit_interp.report.html import Section, embed, number, table
 
 # Summary keys these sections draw, so the generic tables do not repeat them.
-HANDLED = {"patching", "direct_attribution"}
+HANDLED = {"patching", "logit_difference_patching", "direct_attribution"}
 
 
 def logit_lens_section(summary: dict[str, Any]) -> Section | None:
@@ -54,36 +54,74 @@ def logit_lens_section(summary: dict[str, Any]) -> Section | None:
     return Section("Logit lens", [embed(figure)], note)
 
 
+# metric -> (summary section, [layer pos] tensor, [layer head] tensor, what the scores restore)
+PATCHING = {
+    "loss": ("patching", "resid_pre_patching", "head_patching", "restored share"),
+    "logit difference": (
+        "logit_difference_patching",
+        "resid_pre_patching_logit_difference",
+        "head_patching_logit_difference",
+        "restored share",
+    ),
+}
+PATCHING_NOTES = {"reason", "loss_gap", "loss_noise"}  # shown as text, not as losses in the table
+
+
 def patching_section(summary: dict[str, Any], arrays: dict[str, np.ndarray], used: set[str]) -> Section | None:
-    """Share of the clean loss restored by patching one clean activation into the corrupted run."""
+    """Share of the clean metric restored by patching one clean activation into the corrupted run: by loss and by
+    logit difference side by side; when the corruption's effect is within the noise, the reason instead."""
     items: list = []
-    residual = arrays.get("resid_pre_patching")
-    if residual is not None and residual.ndim == 2:
-        used.add("resid_pre_patching")
-        rows = [f"block {layer}" for layer in range(residual.shape[0])]
-        axes = Axes("position", "resid_pre of", y_labels=rows, square=False)
-        figure = heatmap_grid(
-            [Frame("", [residual])], ["resid_pre patched at one position"], data_scale([residual], "restored"), axes
-        )
-        items.append(embed(figure.update_layout(height=max(280, 160 + 40 * len(rows)))))
-    heads = arrays.get("head_patching")
-    if heads is not None and heads.ndim == 2:
-        used.add("head_patching")
-        axes = Axes(
-            "head",
-            "layer",
-            [f"H{head}" for head in range(heads.shape[1])],
-            [layer_label(layer) for layer in range(heads.shape[0])],
-        )
-        figure = heatmap_grid([Frame("", [heads])], ["head output patched"], data_scale([heads], "restored"), axes)
-        items.append(embed(figure.update_layout(height=max(280, 160 + 40 * heads.shape[0]))))
-    if isinstance(summary.get("patching"), dict):
-        items.append(table({name: {"loss": value} for name, value in summary["patching"].items()}, ""))
-    if not items:
+    notes = []
+    for metric, (section_name, residual_name, heads_name, value_name) in PATCHING.items():
+        section = summary.get(section_name)
+        section = section if isinstance(section, dict) else {}
+        reason = section.get("reason")
+        residual, heads = arrays.get(residual_name), arrays.get(heads_name)
+        if residual is not None and residual.ndim == 2:
+            used.add(residual_name)
+            axes = Axes(
+                "pos", "layer", y_labels=[layer_label(layer) for layer in range(residual.shape[0])], square=False
+            )
+            title = residual_name
+            scale = data_scale([residual], value_name)
+            figure = heatmap_grid([Frame("", [residual])], [""], scale, axes, title=title, reason=reason)
+            if figure.data:  # an all-NaN grid is a short note
+                figure.update_layout(
+                    height=max(280, 160 + 40 * residual.shape[0]),
+                    width=min(1100, max(420, 220 + 14 * residual.shape[1])),
+                )
+            items.append(embed(figure, "side-by-side"))
+        if heads is not None and heads.ndim == 2:
+            used.add(heads_name)
+            axes = Axes(
+                "head",
+                "layer",
+                [f"H{head}" for head in range(heads.shape[1])],
+                [layer_label(layer) for layer in range(heads.shape[0])],
+            )
+            title = heads_name
+            scale = data_scale([heads], value_name)
+            figure = heatmap_grid([Frame("", [heads])], [""], scale, axes, title=title, reason=reason)
+            if figure.data:
+                figure.update_layout(height=max(280, 160 + 40 * heads.shape[0]))
+            items.append(embed(figure, "side-by-side"))
+        values = {name: value for name, value in section.items() if name not in PATCHING_NOTES}
+        if values:
+            items.append(table({name: {metric: value} for name, value in values.items()}, section_name))
+        if "loss_gap" in section:
+            gap, noise = (number(section.get(key)) for key in ("loss_gap", "loss_noise"))
+            notes.append(
+                f"By {metric}: corrupted minus clean (loss_gap) {gap}, the clean loss's noise "
+                f"between the two halves of the probe batch (loss_noise) {noise}."
+            )
+        if reason:
+            notes.append(f"Every {metric} patching score is NaN ({section_name}.reason): {reason}.")
+    if not items and not notes:
         return None
     note = (
         "The last position's answer changed by corrupting its source; 1: patching this clean activation restores "
-        "the clean loss, 0: no effect."
+        "the clean metric, 0: no effect. The *_patching grids score one position's resid_pre, the "
+        "head grids one head's hook_z; first by loss, then by logit difference (token tasks). " + " ".join(notes)
     )
     return Section("Activation patching", items, note)
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lit_interp.heads import PER_HEAD_TENSOR, head_labels
-from lit_interp.report import descriptions
+from lit_interp.heads import PER_HEAD_TENSOR
+from lit_interp.report import descriptions, seed_analyses
 from lit_interp.report.analyses import HANDLED, component_attribution_section, logit_lens_section, patching_section
 from lit_interp.report.figures import (
     Axes,
@@ -22,12 +23,11 @@ from lit_interp.report.figures import (
     shrink,
 )
 from lit_interp.report.html import Preformatted, Section, embed, render, table
+from lit_interp.report.tensor_figures import HEATMAP_MAX_SIDE, MAX_EXAMPLES, head_titles, tensor_dims, tensor_figure
 
 if TYPE_CHECKING:  # torch is only needed by the caller: `analyze --run` never imports it
     import torch
 
-HEATMAP_MAX_SIDE = 256  # larger matrices are shown as block means
-MAX_EXAMPLES = 16
 SUMMARY_KEYS = {
     "step",
     "task",
@@ -39,6 +39,13 @@ SUMMARY_KEYS = {
     "adversarial",
     "term_importance",
     "checkpoint",
+    "layers",
+    "probes",
+    "logit_difference",
+    "backup_logit_difference",
+    "loss_by_c",
+    "loss_by_seq_len",
+    "attention_under_ablation",
 }
 
 # family of per-head tensors -> (heading, note, column name, row name, value name)
@@ -82,13 +89,41 @@ FAMILIES = {
         "score",
     ),
     "kq_composition_circuit": (
-        "K-composition circuits",
+        "K+Q-composition circuits",
         "The score a later head's query gives a key whose residual stream carries an earlier head's output "
         "(named _from_<writer>, one figure per writer).",
         "key token",
         "query token",
         "score",
     ),
+    "ov_neuron_circuit": (
+        "OV circuits into the same layer's neurons W_E W_OV W_in",
+        "Row: the input token the head attends to; column: the neuron of the same layer's MLP it drives.",
+        "d_mlp",
+        "d_vocab",
+        "pre-activation",
+    ),
+    "ov_matrix": (
+        "W_OV in d_model space",
+        "Each head's processed W_OV: rows the d_model input direction, columns the d_model output; centred on 0.",
+        "d_model (output)",
+        "d_model (input)",
+        "weight",
+    ),
+    "qk_matrix": (
+        "W_QK in d_model space",
+        "Each head's processed W_QK: rows the query's d_model direction, columns the key's; centred on 0.",
+        "d_model (key)",
+        "d_model (query)",
+        "weight",
+    ),
+}
+# family -> the head score read off its matrices, shown in each head's subplot title
+TITLE_SCORES = {
+    "ov_circuit": "ov_eigen_score",
+    "qk_circuit": "qk_diagonal_contrast",
+    "ov_matrix": "ov_large_entry_fraction",
+    "qk_matrix": "qk_eigen_score",
 }
 PATTERNS = {
     "attention_patterns": (
@@ -110,15 +145,26 @@ def checkpoint_report(summary: dict[str, Any], tensors: dict[str, torch.Tensor],
     labels = list(summary.get("heads", {}))
     used: set[str] = {"example_inputs"}
     sections = [
-        head_table(summary),
+        head_table(summary, arrays, used),
+        seed_analyses.layer_section(summary),
         *pattern_sections(arrays, labels, used),
         example_section(arrays, labels, used),
-        *per_head_sections(arrays, used, token_task(summary)),
+        seed_analyses.top_k_section(arrays, used),
+        seed_analyses.predictions_section(arrays, used),
+        seed_analyses.ablated_attention_section(summary, arrays, labels, used),
+        seed_analyses.sign_of_c_section(arrays, labels, used),
+        *per_head_sections(arrays, used, token_task(summary), summary),
+        seed_analyses.large_entry_section(summary),
         *ablation_sections(summary),
+        seed_analyses.weight_edit_section(summary),
         composition_section(summary),
         component_attribution_section(summary),
+        seed_analyses.logit_difference_section(summary),
+        seed_analyses.backup_section(summary),
         logit_lens_section(summary),
         patching_section(summary, arrays, used),
+        seed_analyses.probes_section(summary),
+        *seed_analyses.loss_curve_sections(summary, arrays, used),
         *loss_table_sections(summary),
         *other_summary_sections(summary),
         *other_tensor_sections(arrays, summary, labels, used),
@@ -149,10 +195,24 @@ def token_task(summary: dict[str, Any]) -> bool:
     return "acc" in summary.get("metrics", {})
 
 
-def head_table(summary: dict[str, Any]) -> Section | None:
+def head_table(
+    summary: dict[str, Any], arrays: dict[str, np.ndarray] | None = None, used: set[str] | None = None
+) -> Section | None:
+    """Every per-head score; the `[layer head]` tensors holding one of its columns are named here, not redrawn."""
     if not summary.get("heads"):
         return None
+    scores = {score for by_head in summary["heads"].values() for score in by_head}
+    columns = [
+        name
+        for name, array in (arrays or {}).items()
+        if tensor_dims(name, array.ndim) == ("layer", "head")
+        and (name in scores or name.removeprefix("head_") in scores)
+    ]
+    if used is not None:
+        used.update(columns)
     note = "Every head and every score; click a column to sort, hover over its name for what it measures."
+    if columns:
+        note += f" The [layer head] tensors {', '.join(columns)} hold the column of the same name."
     return Section("Heads", [table(summary["heads"], "head", descriptions.SCORES)], note)
 
 
@@ -184,12 +244,6 @@ def ablation_sections(summary: dict[str, Any]) -> list[Section]:
     return sections
 
 
-def head_titles(array: np.ndarray, labels: list[str]) -> list[str]:
-    """`L{layer}H{head}` for a `[layer head ...]` tensor (the summary's labels when they match)."""
-    n_layers, n_heads = array.shape[:2]
-    return labels if len(labels) == n_layers * n_heads else head_labels(n_layers, n_heads)
-
-
 def pattern_grid(array: np.ndarray) -> Frame:
     """A `[layer head query_pos key_pos]` tensor as one frame of per-head matrices."""
     return Frame("", [matrix for layer in array for matrix in layer])
@@ -205,6 +259,7 @@ def pattern_sections(arrays: dict[str, np.ndarray], labels: list[str], used: set
                 head_titles(arrays[name], labels),
                 attention_scale(),
                 Axes("key_pos", "query_pos"),
+                title=name,
             )
             sections.append(Section(heading, [embed(figure)], note))
     return sections
@@ -225,15 +280,33 @@ def example_section(arrays: dict[str, np.ndarray], labels: list[str], used: set[
             positions = [f"{position}:{int(token)}" for position, token in enumerate(inputs[example])]
         frames.append(Frame(str(example), matrices, positions, positions))
     axes = Axes("key_pos:token", "query_pos:token") if tokens else Axes("key_pos", "query_pos")
-    figure = heatmap_grid(frames, head_titles(patterns[0], labels), attention_scale(), axes, slider_prefix="example")
+    titles = head_titles(patterns[0], labels)
+    figure = heatmap_grid(
+        frames, titles, attention_scale(), axes, slider_prefix="example", title="example_attention_patterns"
+    )
     return Section(
         "Attention on single examples",
         [embed(figure)],
-        "One probe sequence at a time: move the slider to choose the example; axes and hover show position:token.",
+        "One probe sequence at a time: move the slider to choose the example; axes and hover show position:token "
+        "(the tokens from example_inputs).",
     )
 
 
-def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task: bool) -> list[Section]:
+def subplot_titles(heads: list[str], family: str, summary: dict[str, Any]) -> list[str]:
+    """Each head's label, with the head score read off its matrix (e.g. the QK diagonal contrast) where there is one."""
+    score = TITLE_SCORES.get(family)
+    scores = summary.get("heads", {})
+    return [
+        f"{head} {score} {scores[head][score]:.3g}"
+        if isinstance(scores.get(head, {}).get(score), float) and math.isfinite(scores[head][score])
+        else head
+        for head in heads
+    ]
+
+
+def per_head_sections(
+    arrays: dict[str, np.ndarray], used: set[str], token_task: bool, summary: dict[str, Any] | None = None
+) -> list[Section]:
     """Tensors named `<group>.L{l}H{h}` (OV circuits, similarities, score terms, anything new): a grid per group."""
     groups: dict[str, dict[str, np.ndarray]] = {}
     for name, array in arrays.items():
@@ -254,10 +327,11 @@ def per_head_sections(arrays: dict[str, np.ndarray], used: set[str], token_task:
         shrunk = [shrink(matrix, HEATMAP_MAX_SIDE) for matrix in matrices.values()]
         block = shrunk[0][1]
         shape = next(iter(matrices.values())).shape
-        axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block))
+        square = shape[0] == shape[1]  # a [d_vocab d_mlp] map in square cells would be a sliver
+        axes = Axes(x_name, y_name, block_labels(shape[1], block), block_labels(shape[0], block), square=square)
         scale = cosine_scale() if family == "rotary_similarity" else data_scale([m for m, _ in shrunk], value_name)
-        title = group if group != family else None  # e.g. rotary_similarity.rot_q, one of a family's figures
-        figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], list(matrices), scale, axes, title=title)
+        titles = subplot_titles(list(matrices), family, summary or {})
+        figure = heatmap_grid([Frame("", [m for m, _ in shrunk])], titles, scale, axes, title=group)
         block_note = f" Shown as means over {block}x{block} blocks." if block > 1 else ""
         sections.setdefault(family, Section(heading, [], note + block_note)).items.append(embed(figure))
     return list(sections.values())
@@ -292,7 +366,9 @@ def loss_table_sections(summary: dict[str, Any]) -> list[Section]:
         losses = summary["adversarial"]
         figure = bars(losses, "Loss on adversarial inputs", "input", losses.get("clean_loss", summary.get("loss")))
         sections.append(
-            Section("Adversarial inputs", [embed(figure), table({"loss": losses}, "", descriptions.ADVERSARIAL)])
+            Section(
+                "Adversarial inputs", [embed(figure), table({"loss": losses}, "adversarial", descriptions.ADVERSARIAL)]
+            )
         )
     if isinstance(summary.get("term_importance"), dict):
         terms = {name: value for name, value in summary["term_importance"].items() if name != "layer"}
@@ -301,7 +377,10 @@ def loss_table_sections(summary: dict[str, Any]) -> list[Section]:
             terms, f"Loss with one attention-score term of layer {layer} removed", "term removed", summary.get("loss")
         )
         sections.append(
-            Section("Attention-score term importance", [embed(figure), table({"loss": terms}, "", descriptions.TERMS)])
+            Section(
+                "Attention-score term importance",
+                [embed(figure), table({"loss": terms}, "term_importance", descriptions.TERMS)],
+            )
         )
     return sections
 
@@ -361,34 +440,28 @@ def generic_section(name: str, value: dict | list) -> Section:
 def other_tensor_sections(
     arrays: dict[str, np.ndarray], summary: dict[str, Any], labels: list[str], used: set[str]
 ) -> list[Section]:
-    """Tensors no section above drew: [layer head q k] as per-head grids, [layer head n] and 2-D ones as heatmaps."""
-    scores = {score for by_head in summary.get("heads", {}).values() for score in by_head}
-    items = []
-    for name, array in arrays.items():
-        per_head_score = array.ndim == 2 and (name.startswith("head_") or name in scores)  # the head table has it
-        if name in used or per_head_score or array.ndim not in (2, 3, 4):
-            continue
-        title = None
-        if array.ndim == 4:
-            matrices, titles, axes = (
-                [m for layer in array for m in layer],
-                head_titles(array, labels),
-                Axes("key", "query"),
-            )
-            title = name
-        elif array.ndim == 3:
-            matrices, titles = [array.reshape(-1, array.shape[-1])], [name]
-            axes = Axes("index", "head", y_labels=head_titles(array, labels), square=False)
-        else:
-            matrices, titles, axes = [array], [name], Axes("column", "row", square=False)
-        shrunk = [shrink(matrix, HEATMAP_MAX_SIDE)[0] for matrix in matrices]
-        if axes.y_labels is not None and shrunk[0].shape[0] != len(axes.y_labels):
-            axes.y_labels = None
-        pattern = "pattern" in name and all(0 <= m.min() and m.max() <= 1 for m in shrunk)
-        scale = attention_scale() if pattern else data_scale(shrunk, "value")
-        items.append(embed(heatmap_grid([Frame("", shrunk)], titles, scale, axes, title=title)))
-    note = "Tensors of the analysis without a dedicated section above."
+    """Tensors no section above drew, each as the figure its dimensions call for (tensor_figures)."""
+    items = [
+        embed(tensor_figure(name, array, labels, component_labels(summary)))
+        for name, array in arrays.items()
+        if name not in used and array.ndim <= 5 and array.size > 0
+    ]
+    note = "Tensors of the analysis without a dedicated section above, axes named by their dimensions."
     return [Section("Other tensors", items, note)] if items else []
+
+
+def component_labels(summary: dict[str, Any]) -> list[str]:
+    """The rows of `component_direct_attribution`: embed, pos_embed, mlp{l}..., L{l}H{h}..., attn_bias."""
+    other = summary.get("direct_attribution")
+    other = other if isinstance(other, dict) else {}
+    embeddings = [name for name in ("embed", "pos_embed") if name in other]
+    layers = summary.get("layers", {})
+    mlps = [
+        f"mlp{layer}"
+        for layer in sorted(layers, key=lambda key: int(key) if key.isdigit() else 0)
+        if "mlp_direct_attribution" in layers[layer]
+    ]
+    return [*embeddings, *mlps, *summary.get("heads", {}), *(["attn_bias"] if "attn_bias" in other else [])]
 
 
 def tensor_listing(tensors: dict[str, torch.Tensor]) -> Section:

@@ -60,6 +60,31 @@ SCORES = {
     "largest one is ablated: positive for a backup head.",
 }
 
+LAYERS = {
+    "logit_lens_loss": "Task loss reading the output from resid_pre of block l (the last row: the final residual "
+    "stream, equal to the probe loss) through ln_final and the unembedding.",
+    "logit_lens_acc": "The same, accuracy.",
+    "attn_direct_attribution": "Sum of the layer's heads' direct_attribution.",
+    "mlp_direct_attribution": "The layer's MLP output's direct attribution.",
+    "dead_neuron_fraction": "Fraction of the layer's neurons never positive on the probe batch.",
+    "attn_out_outside_embedding_fraction": "Share of the attention output's squared norm (pooled over batch and "
+    "positions) outside the row space of the raw W_E.",
+    "mlp_out_outside_embedding_fraction": "Share of the MLP output's squared norm (pooled) outside the row space of "
+    "the raw W_E.",
+    "block_out_outside_embedding_ratio": "Seed 002's statistic: mean over vectors of |x - Px| / |x|, x the block's "
+    "output, P onto the row space of the processed W_E.",
+    "probe_c_r2": "5-fold cross-validated R² of a ridge probe from the last position's residual stream to c.",
+    "probe_c_shuffled_r2": "The same probe fitted to c shuffled across sequences: what a probe reads from nothing.",
+    "probe_d_r2": "5-fold cross-validated R² of a ridge probe from the last position's residual stream to d.",
+    "probe_d_shuffled_r2": "The same probe fitted to d shuffled across sequences: what a probe reads from nothing.",
+    "summed_ov_slope": "Mean slope of the line through each unit probe input's entries and those of "
+    "ln_final(x W_E sum_h W_OV) W_U.",
+    "summed_ov_r2": "R² of that line.",
+    "summed_ov_slope_random": "The same slope on random unit vectors (entries uniform in [0, 1) before scaling).",
+    "summed_ov_r2_random": "R² of that line on the random vectors.",
+    "layer_qk_identity_loss": "Probe loss with every head of the layer's W_QK replaced by a low-rank identity.",
+}
+
 ADVERSARIAL = {
     "clean_loss": "Loss on the probe batch as it is.",
     "repeated_tokens_loss": "Loss when every token sits beside a copy of itself (a, a, b, b, ...).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,11 +111,28 @@ def heatmap_grid(
     slider_prefix: str = "step",
     columns: int = 4,
     title: str | None = None,
+    reason: str | None = None,
 ) -> go.Figure:
     """One heatmap per title (e.g. per head) on one colour scale; with several frames, a slider picks the frame.
 
     The figure first shows the last frame (the latest step, or the first example when the labels say so).
+    When no frame holds a finite value the figure is an empty one saying so (plotly cannot range an all-NaN
+    heatmap), with `reason` (why the values are NaN) when known.
     """
+    if not any(np.isfinite(matrix).any() for frame in frames for matrix in frame.matrices):
+        return empty_figure(title or ", ".join(titles), reason)
+    return drawn_heatmap_grid(frames, titles, scale, axes, slider_prefix, columns, title)
+
+
+def drawn_heatmap_grid(
+    frames: list[Frame],
+    titles: list[str],
+    scale: Scale,
+    axes: Axes,
+    slider_prefix: str,
+    columns: int,
+    title: str | None,
+) -> go.Figure:
     n = len(titles)
     columns = min(n, columns)
     rows = -(-n // columns)
@@ -261,14 +279,14 @@ def step_lines(
 ) -> go.Figure:
     """A line per series against step; the probe loss on a right-hand axis; stars where a series reaches `threshold`."""
     figure = go.Figure()
+    every_step = {step for steps, _ in series.values() for step in steps}
     for index, (name, (steps, values)) in enumerate(series.items()):
         figure.add_trace(
             go.Scatter(
                 x=np.asarray(steps, np.int64),
                 y=as_floats(values),
                 name=plain(name),
-                mode="lines+markers",
-                connectgaps=True,  # a score computed at only some snapshots is still one line
+                mode="lines+markers" if is_dense(steps, values, every_step) else "markers",
                 line=colour(index),
                 marker_size=4,
                 legendgroup=plain(name),
@@ -289,10 +307,17 @@ def step_lines(
         add_probe_loss(figure, loss)
     step_layout(figure, [*series, *(["probe loss (right axis)"] if loss is not None else [])], title, len(series) > 8)
     values = [value for _, values in series.values() for value in values]
-    figure.update_layout(
-        yaxis=dict(title=plain(value_name), showgrid=True, gridcolor="#eee", **value_axis(values, log=log_y))
-    )
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    title = plain(value_name + spread_note(finite))
+    figure.update_layout(yaxis=dict(title=title, showgrid=True, gridcolor="#eee", **value_axis(values, log=log_y)))
     return figure
+
+
+def is_dense(steps: list[int], values: list[float | None], every_step: set[int]) -> bool:
+    """A series with a finite value at every step of its figure (and three or more): a line; else only its points,
+    so a costly score measured at the last two snapshots does not read as a trend."""
+    measured = {step for step, value in zip(steps, values) if value is not None and math.isfinite(value)}
+    return len(measured) >= 3 and measured >= every_step
 
 
 def add_formation_star(figure: go.Figure, name: str, steps: list[int], values: list, threshold: float, color: str):
@@ -352,6 +377,15 @@ def step_layout(figure: go.Figure, names: list[str], title: str, many: bool) -> 
     )
 
 
+def spread_note(values: list[float]) -> str:
+    """' (all within 0.002)' when the values span under 1% of their size: an autoscaled axis would stretch that
+    range over the whole plot and a flat line would read as a cliff."""
+    if len(values) < 2:
+        return ""
+    spread, size = max(values) - min(values), max(abs(value) for value in values)
+    return f" (all within {spread:.2g})" if 0 < spread < 0.01 * size else ""
+
+
 def as_floats(values: list[float | None]) -> np.ndarray:
     """Values as a float32 array (None as NaN, a gap): plotly stores it as compact base64, not as decimal text."""
     return np.array([math.nan if value is None else value for value in values], np.float32)
@@ -386,4 +420,134 @@ def layout(figure: go.Figure, title: str | None = None, height: int = 400, width
     # Tiny scores as 4e-10, not plotly's SI "400p", which reads as a unit; log axes keep their powers.
     figure.for_each_xaxis(lambda axis: axis.update(exponentformat="e") if axis.type != "log" else None)
     figure.for_each_yaxis(lambda axis: axis.update(exponentformat="e") if axis.type != "log" else None)
+    return figure
+
+
+def empty_figure(title: str | None, reason: str | None = None) -> go.Figure:
+    """A figure with no data and a note in its middle: all values NaN, and why when known."""
+    figure = go.Figure()
+    layout(figure, title=title, height=160, width=560)
+    note = "all values NaN" + (f": {reason}" if reason else "")
+    lines = "<br>".join(plain(line) for line in textwrap.wrap(note, 80))  # plotly does not wrap annotations
+    figure.add_annotation(text=lines, x=0, y=0.5, xref="paper", yref="paper", showarrow=False, align="left")
+    figure.update_xaxes(visible=False)
+    figure.update_yaxes(visible=False)
+    return figure
+
+
+@dataclass
+class Points:
+    """One series of a points figure: x, y, and optionally a symmetric error bar per point."""
+
+    x: list
+    y: list[float]
+    error: list[float] | None = None
+
+
+def points(
+    series: dict[str, Points],
+    title: str,
+    x_name: str,
+    y_name: str,
+    y_range: tuple[float, float] | None = None,
+    lines: bool = False,
+    log_y: bool = False,
+    shaded: tuple[float, float] | None = None,
+    mark_maximum: bool = False,
+) -> go.Figure:
+    """Markers (joined only when `lines`: a profile over positions, not a trend), error bars where given,
+    a fixed y range where the values are shares, an x band shaded (e.g. the training range)."""
+    finite = [v for one in series.values() for v in one.y if v is not None and math.isfinite(v)]
+    if not finite:
+        return empty_figure(title)
+    figure = go.Figure()
+    for index, (name, one) in enumerate(series.items()):
+        error = None if one.error is None else dict(type="data", array=as_floats(one.error), visible=True)
+        figure.add_trace(
+            go.Scatter(
+                x=one.x,
+                y=as_floats(one.y),
+                error_y=error,
+                name=plain(name),
+                mode="lines+markers" if lines else "markers",
+                line=colour(index),
+                marker_size=6,
+                showlegend=len(series) > 1,
+                hovertemplate=f"{plain(name)}<br>{plain(x_name)} %{{x}}<br>{plain(y_name)} %{{y:.4g}}<extra></extra>",
+            )
+        )
+        if mark_maximum and any(math.isfinite(v) for v in one.y):
+            add_maximum_star(figure, one, name, x_name, colour(index)["color"])
+    if shaded is not None:
+        figure.add_vrect(x0=shaded[0], x1=shaded[1], fillcolor="grey", opacity=0.12, line_width=0)
+    layout(figure, title=title, height=380, width=720 if len(series) > 1 else 620)
+    y_axis = dict(title=plain(y_name + spread_note(finite)), showgrid=True, gridcolor="#eee")
+    y_axis |= dict(range=list(y_range)) if y_range is not None else value_axis(finite, log=log_y)
+    figure.update_layout(
+        xaxis=index_axis(x_name, {x for one in series.values() for x in one.x}),
+        yaxis=y_axis,
+        legend=dict(orientation="h", x=0, y=-0.22, yanchor="top", font_size=10),
+    )
+    return figure
+
+
+def add_maximum_star(figure: go.Figure, one: Points, name: str, x_name: str, color: str) -> None:
+    best = int(np.nanargmax(as_floats(one.y)))
+    figure.add_trace(
+        go.Scatter(
+            x=[one.x[best]],
+            y=[one.y[best]],
+            mode="markers",
+            marker=dict(symbol="star", size=12, color=color, line=dict(width=1)),
+            showlegend=False,
+            hovertemplate=f"{plain(name)} highest at {plain(x_name)} %{{x}}<extra></extra>",
+        )
+    )
+
+
+def index_axis(x_name: str, xs: set) -> dict:
+    """An x axis with a tick on every index when the x values are a few integers (positions, offsets, lengths)."""
+    axis = dict(title=plain(x_name), showgrid=True, gridcolor="#eee")
+    if all(isinstance(x, int) for x in xs) and len(xs) <= 16:
+        axis["dtick"] = 1
+    return axis
+
+
+def identity_scatter(x: dict[str, float], y: dict[str, float], title: str, x_name: str, y_name: str) -> go.Figure:
+    """One labelled point per key of both maps, with the line y = x: points off it moved."""
+    keys = [key for key in x if key in y and math.isfinite(x[key]) and math.isfinite(y[key])]
+    if not keys:
+        return empty_figure(title)
+    xs, ys = [x[key] for key in keys], [y[key] for key in keys]
+    low, high = min(xs + ys), max(xs + ys)
+    pad = (high - low) * 0.05 or 1.0
+    figure = go.Figure(
+        [
+            go.Scatter(
+                x=[low - pad, high + pad],
+                y=[low - pad, high + pad],
+                mode="lines",
+                name="y = x",
+                line=dict(color="grey", dash="dot"),
+                hoverinfo="skip",
+            ),
+            go.Scatter(
+                x=xs,
+                y=ys,
+                mode="markers+text",
+                text=[plain(key) for key in keys],
+                textposition="top center",
+                name="",
+                showlegend=False,
+                marker=dict(color=PALETTE[0], size=8),
+                hovertemplate=f"%{{text}}<br>{plain(x_name)} %{{x:.4g}}<br>{plain(y_name)} %{{y:.4g}}<extra></extra>",
+            ),
+        ]
+    )
+    layout(figure, title=title, height=460, width=520)
+    figure.update_layout(
+        xaxis=dict(title=plain(x_name), showgrid=True, gridcolor="#eee"),
+        yaxis=dict(title=plain(y_name), showgrid=True, gridcolor="#eee", scaleanchor="x"),
+        legend=dict(orientation="h", x=0, y=-0.2, yanchor="top"),
+    )
     return figure
