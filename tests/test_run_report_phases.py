@@ -185,7 +185,7 @@ def test_scores_measured_at_only_some_snapshots_are_points(tmp_path):
             "task": "T",
             "loss": 1.0,
             "heads": {
-                "L0H0": {"prev_token_score": 0.1 * index, "patching_score": None}  # measured, NaN: still a line
+                "L0H0": {"prev_token_score": 0.1 * index, "patching_score": None}  # measured (NaN): not sparse
                 | ({"zero_ablation_loss": 2.0} if index % 2 == 0 else {})
             },
         }
@@ -197,7 +197,7 @@ def test_scores_measured_at_only_some_snapshots_are_points(tmp_path):
     modes = {spec["layout"]["title"]["text"]: spec["data"][0]["mode"] for spec in figures(scores)}
     assert modes == {
         "prev_token_score": "lines+markers",
-        "patching_score": "lines+markers",
+        "patching_score": "markers",  # no finite value to join: step_lines draws lines only through dense series
         "zero_ablation_loss": "markers",
     }
 
