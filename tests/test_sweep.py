@@ -383,7 +383,9 @@ def test_sweep_killed_mid_trial_resumes_from_last_checkpoint(tmp_path):
     assert [p.name for p in run.iterdir()] == ["version_0"]  # continued in its own run directory
     assert os.path.getmtime(first_checkpoint) < killed_at  # not trained again from the start
     assert (checkpoints / "step_0000060.ckpt").is_file()
-    assert "Restoring states from the checkpoint path at" in Path("seeds/trial_0000/stderr.log").read_text()
+    starts = [line for line in Path("seeds/trial_0000/stderr.log").read_text().splitlines() if " PrevToken" in line]
+    assert starts[0].startswith("lit_interp: training ") and starts[0].endswith("steps 0 to 60")
+    assert len(starts) == 2 and starts[1].startswith("lit_interp: resuming ") and "steps 0 " not in starts[1]
     assert fits_started(Path("seeds/trial_0000")) == 1 and fits_started(Path("seeds/trial_0001")) == 1
 
     again = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)

@@ -8,6 +8,7 @@ import atexit
 import multiprocessing
 import multiprocessing.util  # its exit handler joins live children: imported first, so ours runs before it
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -79,18 +80,40 @@ def launch(command: list[str], stdout: Path, stderr: Path, environment: dict[str
             return subprocess.Popen(tied, stdout=out, stderr=err, env=environment)
     for path in (stdout, stderr):
         path.touch()  # the trial's files exist from its start, as a cold trial's do
-    process = context.Process(target=run_forked, args=(arguments, str(stdout), str(stderr), environment))
+    process = context.Process(target=run_forked, args=(arguments, str(stdout), str(stderr), environment, os.getpid()))
     process.start()
     _forked[:] = [*(known for known in _forked if known.is_alive()), process]
     return ForkedFit(process)
 
 
-def run_forked(arguments: list[str], stdout: str, stderr: str, environment: dict[str, str]) -> None:
+def die_with(worker: int) -> None:
+    """SIGKILL this process the moment `worker` exits (kill -9 included), as the kernel kills a cold trial.
+
+    The fork server, this process's parent, outlives a killed worker by its interpreter's shutdown, so the
+    parent-death signal alone would let the trial write on after its worker is gone: a thread waits on the
+    worker's pidfd instead.
+    """
+    import threading
+
+    try:
+        handle = os.pidfd_open(worker)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def wait() -> None:
+        select.select([handle], [], [])  # readable once the worker has exited
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=wait, name="lit_interp-die-with-worker", daemon=True).start()
+
+
+def run_forked(arguments: list[str], stdout: str, stderr: str, environment: dict[str, str], worker: int) -> None:
     """The forked process: what `python -m lit_interp ARGS` does, with its output in the trial's log files."""
     import ctypes
     import gc
 
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: dies with the fork server
+    die_with(worker)
     gc.disable()  # as `python -m lit_interp`: the start-up objects are frozen once the model is built
     os.environ.clear()
     os.environ.update(environment)
