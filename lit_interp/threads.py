@@ -1,22 +1,21 @@
-"""How many intra-op threads a CPU run uses: asked for, set by the environment, or chosen from a step's work.
+"""How many intra-op threads a CPU run uses: asked for, set by the environment, or the cores left idle.
 
-PyTorch's intra-op pool spins on every kernel; for the small steps of these models more threads add
-little on an idle machine and thrash when the cores are shared (docs/benchmarks.md has the figures).
-The thread count also changes the order of float sums, so a run keeps its count when it resumes.
+PyTorch's intra-op pool spins on every kernel: on an idle machine every core helps these models' steps,
+validation and analysis a little, but a thread on a core another process keeps busy thrashes (the same fit
+ran 2x slower on 2 threads than on 1 beside two busy loops: docs/benchmarks.md). The thread count also
+changes the order of float sums, so a run keeps its count when it resumes.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
-from typing import Any
 
 from lit_interp.errors import ConfigError
 
 ENVIRONMENT = "LIT_INTERP_THREADS"  # the count, for every lit_interp command (the same as --threads)
 USER_SET = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # a thread count the user chose for PyTorch itself
-# A training step with fewer floating-point operations than this runs on one thread (measured: docs/benchmarks.md).
-ONE_THREAD_BELOW_FLOPS = 1e9
 MAX_THREADS = 512
 
 
@@ -38,17 +37,6 @@ def available_cores(world_size: int = 1) -> int:
     return max(1, cores // max(world_size, 1))
 
 
-def step_flops(cfg: Any, batch_size: int) -> float:
-    """A rough count of a training step's floating-point operations: forward and backward, 6 per weight and token,
-    plus the attention scores and patterns."""
-    d_attn = cfg.n_heads * cfg.d_head
-    per_layer = 4 * cfg.d_model * d_attn + (0 if cfg.attn_only else 2 * cfg.d_model * (cfg.d_mlp or 0))
-    weights = cfg.n_layers * per_layer + 2 * cfg.d_vocab * cfg.d_model
-    tokens = batch_size * cfg.n_ctx
-    attention = cfg.n_layers * 2 * batch_size * cfg.n_heads * cfg.n_ctx**2 * cfg.d_head
-    return 6.0 * tokens * weights + 3.0 * attention
-
-
 def parse_count(text: str | None, what: str) -> int | None:
     if text is None or str(text).strip() == "":
         return None
@@ -61,11 +49,9 @@ def parse_count(text: str | None, what: str) -> int | None:
     return value
 
 
-def choose_threads(
-    requested: int | None, cfg: Any, batch_size: int, world_size: int = 1, resumed: int | None = None
-) -> ThreadChoice:
+def choose_threads(requested: int | None, world_size: int = 1, resumed: int | None = None) -> ThreadChoice:
     """The count: --threads, else LIT_INTERP_THREADS, else a resumed run's own, else OMP_NUM_THREADS / MKL_NUM_THREADS,
-    else one thread for a small step and every available core that is idle for a larger one."""
+    else the available cores (the process's affinity, shared among `world_size` ranks) other processes leave idle."""
     if requested is not None:
         return ThreadChoice(requested, "--threads")
     from_environment = parse_count(os.environ.get(ENVIRONMENT), ENVIRONMENT)
@@ -77,24 +63,34 @@ def choose_threads(
         count = parse_count(os.environ.get(name), name)
         if count is not None:
             return ThreadChoice(count, name)
-    flops = step_flops(cfg, batch_size)
-    if flops < ONE_THREAD_BELOW_FLOPS:
-        return ThreadChoice(1, f"a step is {flops / 1e9:.2g} GFLOP: more threads would spin; --threads to change")
     cores = available_cores(world_size)
-    idle = idle_cores(cores)
-    busy = f", the others busy (load average {os.getloadavg()[0]:.1f})" if idle < cores else ""
-    return ThreadChoice(
-        idle, f"a step is {flops / 1e9:.2g} GFLOP, {idle} of {cores} available core(s) idle{busy}; --threads to change"
-    )
+    idle, busy = idle_cores(cores)
+    return ThreadChoice(idle, f"{idle} of {cores} available core(s) idle{busy}; --threads to change")
 
 
-def idle_cores(cores: int) -> int:
-    """Of `cores`, those the last minute's load average leaves idle (at least one): a thread on a busy core thrashes."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        return cores
-    return max(1, min(cores, cores - round(load)))
+def busy_elsewhere(samples: int = 5, interval: float = 0.01) -> int | None:
+    """Threads other processes are running right now (the kernel's procs_running less this one), the least of a few
+    samples so a passing blip does not count; None where /proc/stat cannot tell. Unlike the load average, a process
+    that just ended does not count."""
+    counts = []
+    for sample in range(samples):
+        try:
+            with open("/proc/stat") as stat:
+                running = next(int(line.split()[1]) for line in stat if line.startswith("procs_running "))
+        except (OSError, StopIteration, ValueError, IndexError):
+            return None
+        counts.append(max(0, running - 1))
+        if sample + 1 < samples:
+            time.sleep(interval)
+    return min(counts)
+
+
+def idle_cores(cores: int) -> tuple[int, str]:
+    """Of `cores`, those no other process keeps busy (at least one), and a note when some are busy."""
+    busy = busy_elsewhere()
+    if not busy:
+        return cores, ""
+    return max(1, cores - busy), f", {busy} thread(s) of other processes running"
 
 
 def use_threads(choice: ThreadChoice) -> None:

@@ -137,7 +137,7 @@ def analyze_checkpoint(args: argparse.Namespace) -> Path:
     probe_batch_size = args.probe_batch_size or snapshot_probe_size(checkpoint) or DEFAULT_PROBE_BATCH_SIZE
     require_batch_fits(module.model.cfg, probe_batch_size, "--probe_batch_size")
     if device == "cpu":
-        use_threads(choose_threads(None, module.model.cfg, probe_batch_size))
+        use_threads(choose_threads(None))
     module.to(device)
     step = checkpoint.get("global_step", 0)
     hooks = not (args.no_hook_mean_ablation or args.no_sweep_hooks)

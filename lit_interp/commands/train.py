@@ -336,14 +336,13 @@ class LitInterpCLI(LightningCLI):
         config = self.config[self.subcommand]
         requested = threads.parse_count(config.get("threads"), "--threads")
         on_gpu = torch.cuda.is_available() and config.trainer.accelerator not in ("cpu",)
-        model = getattr(self.model, "model", None)
-        if on_gpu or model is None or self.datamodule is None:
+        if on_gpu or getattr(self.model, "model", None) is None or self.datamodule is None:
             self.thread_choice = None
             return
         resumed = (self.checkpoint or {}).get("lit_interp", {}).get("threads")
         resumed = resumed if isinstance(resumed, int) and 1 <= resumed <= threads.MAX_THREADS else None
         devices = config.trainer.devices if isinstance(config.trainer.devices, int) else 1
-        self.thread_choice = threads.choose_threads(requested, model.cfg, self.datamodule.batch_size, devices, resumed)
+        self.thread_choice = threads.choose_threads(requested, devices, resumed)
         threads.use_threads(self.thread_choice)
 
     def _callbacks(self, trainer: dict[str, Any]) -> list:
