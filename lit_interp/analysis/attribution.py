@@ -125,7 +125,17 @@ def backup_heads(
     ln_final scale), and the task's loss in the ablated run. A head whose attribution rises when
     another is removed is a backup head.
     """
-    layer, head = divmod(int(clean.flatten().nan_to_num(float("-inf")).argmax()), model.cfg.n_heads)
+    (layer, head), output, ablated_cache = run_with_top_head_zeroed(model, task, batch, clean)
+    ablated = direct_attribution(ablated_cache, W_U, task.targets(batch), task.hparams.first_target_pos).mean(-1)
+    return (layer, head), ablated - clean, task.loss(output, batch).item()
+
+
+def run_with_top_head_zeroed(
+    model: HookedTransformer, task: Task, batch: torch.Tensor, scores: Float[torch.Tensor, "layer head"]
+) -> tuple[tuple[int, int], torch.Tensor, ActivationCache]:
+    """The head with the highest score (NaN never), and the model's output and cache with its `hook_z` zeroed at
+    every position."""
+    layer, head = divmod(int(scores.flatten().nan_to_num(float("-inf")).argmax()), model.cfg.n_heads)
 
     def ablate(z: torch.Tensor, hook) -> torch.Tensor:
         z = z.clone()
@@ -133,9 +143,8 @@ def backup_heads(
         return z
 
     with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)]):
-        output, ablated_cache = model.run_with_cache(task.model_input(batch))
-    ablated = direct_attribution(ablated_cache, W_U, task.targets(batch), task.hparams.first_target_pos).mean(-1)
-    return (layer, head), ablated - clean, task.loss(output, batch).item()
+        output, cache = model.run_with_cache(task.model_input(batch))
+    return (layer, head), output, cache
 
 
 def outside_subspace_fraction(

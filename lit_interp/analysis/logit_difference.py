@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from transformer_lens import ActivationCache, HookedTransformer
 
-from lit_interp.analysis.attribution import project, stack_head_results
+from lit_interp.analysis.attribution import project, run_with_top_head_zeroed, stack_head_results
 from lit_interp.analysis.losses import Task
 from lit_interp.analysis.patching import corrupt_previous, patch_heads, patch_residual
 
@@ -164,15 +164,7 @@ def backup_against_naive(
     targets = task.targets(batch)
     incorrect = best_incorrect(clean_output[:, first:], targets)
     clean = head_logit_difference_attribution(clean_cache, W_U, targets, incorrect, first)
-    layer, head = divmod(int(clean.flatten().nan_to_num(float("-inf")).argmax()), model.cfg.n_heads)
-
-    def ablate(z: torch.Tensor, hook) -> torch.Tensor:
-        z = z.clone()
-        z[:, :, head] = 0.0
-        return z
-
-    with model.hooks(fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)]):
-        output, ablated_cache = model.run_with_cache(task.model_input(batch))
+    (layer, head), output, ablated_cache = run_with_top_head_zeroed(model, task, batch, clean)
     ablated = head_logit_difference_attribution(ablated_cache, W_U, targets, incorrect, first)
     clean_logit_difference = logit_difference(clean_output[:, first:], targets).mean().item()
     summary = {

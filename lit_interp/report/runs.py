@@ -71,20 +71,7 @@ def formation_strip(runs: list[RunRecord], score: str, threshold: float) -> go.F
     by_run = {run.label: formations(run, {score: threshold}) for run in runs if run.snapshots}
     for head in list(dict.fromkeys(key.split("/")[0] for formed in by_run.values() for key in formed)):
         steps = [(name, formed.get(f"{head}/{score}")) for name, formed in by_run.items()]
-        reached = [(name, formed.step) for name, formed in steps if formed is not None]
-        if not reached:
-            continue
-        figure.add_trace(
-            go.Box(
-                y=[step for _, step in reached],
-                name=f"{plain(head)} ({len(reached)}/{len(steps)})",
-                boxpoints="all" if len(runs) <= MAX_RUNS_DRAWN else "outliers",
-                jitter=0.4,
-                pointpos=0,
-                text=[plain(name) for name, _ in reached],
-                hovertemplate="%{text}<br>step %{y}<extra></extra>",
-            )
-        )
+        add_strip(figure, plain(head), [(name, None if formed is None else formed.step) for name, formed in steps])
     if not figure.data:
         return None
     layout(
@@ -95,6 +82,24 @@ def formation_strip(runs: list[RunRecord], score: str, threshold: float) -> go.F
     )
     figure.update_layout(showlegend=False, yaxis_title="first snapshot step at or above")
     return figure
+
+
+def add_strip(figure: go.Figure, name: str, steps: list[tuple[str, float | None]]) -> None:
+    """One box of points, a run's step each (None: not reached); named with how many of the runs reached it."""
+    reached = [(run, step) for run, step in steps if step is not None]
+    if not reached:
+        return
+    figure.add_trace(
+        go.Box(
+            y=[step for _, step in reached],
+            name=f"{name} ({len(reached)}/{len(steps)})",
+            boxpoints="all" if len(steps) <= MAX_RUNS_DRAWN else "outliers",
+            jitter=0.4,
+            pointpos=0,
+            text=[plain(run) for run, _ in reached],
+            hovertemplate="%{text}<br>step %{y}<extra></extra>",
+        )
+    )
 
 
 def run_phase_steps(run: RunRecord) -> dict[str, float | None]:
@@ -110,20 +115,10 @@ def phase_strip(runs: list[RunRecord]) -> go.Figure | None:
     figure = go.Figure()
     by_run = {run.label: run_phase_steps(run) for run in runs if run.snapshots}
     for phase_name in (*PHASES, *PHASE_CHANGES):
-        steps = [(name, reached[phase_name]) for name, reached in by_run.items() if phase_name in reached]
-        got = [(name, step) for name, step in steps if step is not None]
-        if not got:
-            continue
-        figure.add_trace(
-            go.Box(
-                y=[step for _, step in got],
-                name=f"{phase_name} ({len(got)}/{len(steps)})",
-                boxpoints="all" if len(runs) <= MAX_RUNS_DRAWN else "outliers",
-                jitter=0.4,
-                pointpos=0,
-                text=[plain(name) for name, _ in got],
-                hovertemplate="%{text}<br>step %{y}<extra></extra>",
-            )
+        add_strip(
+            figure,
+            phase_name,
+            [(name, reached[phase_name]) for name, reached in by_run.items() if phase_name in reached],
         )
     if not figure.data:
         return None
