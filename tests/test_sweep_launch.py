@@ -24,14 +24,17 @@ def fit(root: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "lit_interp", "fit", *config, *options, f"--trainer.default_root_dir={root}", *extra]
 
 
-def start(command: list[str], name: str):
-    return launch(command, Path(f"{name}.out"), Path(f"{name}.err"), child_environment(1), command)
+def start(command: list[str], name: str, environment: dict[str, str] | None = None):
+    environment = environment or child_environment(1)
+    return launch(command, Path(f"{name}.out"), Path(f"{name}.err"), environment, command)
 
 
 def test_a_forked_trial_trains_what_a_fresh_process_trains_and_logs_to_its_files():
-    forked = start(fit("warm"), "warm")
+    environment = dict(child_environment(1), LIT_INTERP_THREADS="1")  # side by side, each on a core of its own
+    fresh = subprocess.Popen(fit("cold"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
+    forked = start(fit("warm"), "warm", environment)
     assert isinstance(forked, ForkedFit) and forked.wait(timeout=300) == 0
-    subprocess.run(fit("cold"), check=True, capture_output=True, timeout=300)
+    assert fresh.wait(timeout=300) == 0
     warm = torch.load("warm/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)["state_dict"]
     cold = torch.load("cold/lightning_logs/version_0/checkpoints/last.ckpt", weights_only=False)["state_dict"]
     assert warm.keys() == cold.keys() and all(torch.equal(warm[name], cold[name]) for name in warm)
@@ -72,19 +75,23 @@ if __name__ == "__main__":
     trial = launch(command, Path("left.out"), Path("left.err"), child_environment(1), command)
     while "training PrevTokenDigitsModule" not in Path("left.err").read_text():
         time.sleep(0.2)
-    print(trial.pid, flush=True)
+    import multiprocessing.forkserver
+    print(trial.pid, multiprocessing.forkserver._forkserver._forkserver_pid, flush=True)
 """
 
 
-def test_a_worker_that_exits_kills_its_running_trials_instead_of_waiting_for_them():
+def test_a_worker_that_exits_kills_its_running_trials_and_its_fork_server_instead_of_waiting_for_them():
     Path("leave.py").write_text(LEAVE_A_TRIAL_RUNNING)
-    worker = subprocess.run(
+    worker = subprocess.Popen(
         [sys.executable, "leave.py", *fit("left", "--trainer.max_steps=100000")],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
-        timeout=120,
     )
-    assert worker.returncode == 0, worker.stderr
-    trial = int(worker.stdout.split()[-1])
+    assert worker.wait(timeout=120) == 0
+    trial, server = map(int, worker.stdout.readline().split())
+    worker.stdout.close()
+    # the moment the worker has exited: the fork server is reaped (its shutdown would hold the worker's output open)
+    assert not Path(f"/proc/{server}").exists()
     time.sleep(0.5)
     assert not Path(f"/proc/{trial}").exists() or Path(f"/proc/{trial}/stat").read_text().split()[2] == "Z"

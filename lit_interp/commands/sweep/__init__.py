@@ -12,7 +12,7 @@ import sys
 from lit_interp.commands.arguments import user_errors
 from lit_interp.commands.sweep.definition import build_sweep
 from lit_interp.commands.sweep.study import check_same_command, existing_definition, start, summarise
-from lit_interp.commands.sweep.workers import Worker
+from lit_interp.commands.sweep.workers import Worker, warm_up
 
 
 def main(argv: list[str]) -> None:
@@ -25,6 +25,7 @@ def main(argv: list[str]) -> None:
         if recorded is not None:
             check_same_command(sweep, recorded)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warm_up(sweep)
         storage, directory_id = start(sweep)
     try:
         with user_errors():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.forkserver
 import multiprocessing.util  # its exit handler joins live children: imported first, so ours runs before it
 import os
 import select
@@ -15,8 +16,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# What every trial imports: preloaded once by the fork server, so a trial starts in a fraction of a second.
-PRELOAD = ["lit_interp.commands.train"]
+# What every trial imports: preloaded once by the fork server, so a trial starts in a fraction of a second
+# (the command, the builtin tasks and their analysis, and what a fit imports on its way: TensorBoard's writer, OmegaConf).
+PRELOAD = [
+    "lit_interp.commands.train",
+    *(f"lit_interp.tasks.{task}" for task in ("prev_token_digits", "bos_ints", "affine_recurrence", "induction")),
+    "lit_interp.tasks.modular_addition",
+    "lit_interp.analysis.builtin",
+    "lit_interp.images",
+    "torch.utils.tensorboard",
+    "omegaconf",
+]
 WARM_ENV = "LIT_INTERP_SWEEP_COLD"  # set to 1: every trial a fresh interpreter, as before
 _context: Any = None
 _forked: list[Any] = []
@@ -39,12 +49,30 @@ def warm_context():
     return _context
 
 
+def start_fork_server(command: list[str]) -> None:
+    """Where `command` (a trial's) would run warm, start the fork server's imports now, beside the worker's own
+    start-up, rather than at the first trial."""
+    if lit_interp_arguments(command) is not None and warm_context() is not None:
+        multiprocessing.forkserver.ensure_running()
+
+
 def kill_forked() -> None:
-    """At the worker's exit, its trials die as a cold trial does with its worker (and the exit never waits on one)."""
+    """At the worker's exit, its trials die as a cold trial does with its worker (and the exit never waits on one).
+
+    The fork server is killed and reaped too: its interpreter's shutdown would hold the worker's output open for
+    seconds after the worker exits, and reaping it counts its trials' CPU time in the worker's, as a cold trial's is.
+    """
     for process in _forked:
         if process.is_alive():
             process.kill()
             process.join()
+    server = multiprocessing.forkserver._forkserver
+    if server._forkserver_pid is not None:
+        try:
+            os.kill(server._forkserver_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server._stop()  # closes its pipe, reaps it and removes its socket
 
 
 class ForkedFit:

@@ -17,7 +17,7 @@ from typing import Any
 
 from lit_interp.commands.sweep.definition import RUN_ROOT_FLAG, Sweep, param_name
 from lit_interp.commands.sweep.heartbeat import Heartbeats
-from lit_interp.commands.sweep.launch import launch
+from lit_interp.commands.sweep.launch import launch, start_fork_server
 from lit_interp.commands.sweep.objective import objective_value
 from lit_interp.commands.sweep.study import Claim, Identity, Nothing, claim, heartbeat_of
 from lit_interp.optuna_storage import frozen_trial, trial_handle
@@ -58,6 +58,11 @@ def fit_command(sweep: Sweep, trial_directory: Path, number: int, values: dict[s
 
 # A worker's place in a cluster job (srun's task, torchrun's rank) is not its trials': each trial is a run of its own.
 NOT_INHERITED = (*RANK_VARIABLES, "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_LOCALID", "SLURM_NODEID", "SLURM_NTASKS")
+
+
+def warm_up(sweep: Sweep) -> None:
+    """If this sweep's trials run warm, start their fork server now: its imports overlap the study's start."""
+    start_fork_server(fit_command(sweep, Path(sweep.directory), 0, {}, resume=False))
 
 
 def child_environment(jobs: int) -> dict[str, str]:
