@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 # What every trial imports: preloaded once by the fork server, so a trial starts in a fraction of a second
-# (the command, the builtin tasks and their analysis, and what a fit imports on its way: TensorBoard's writer, OmegaConf).
+# (the command, the builtin tasks, their analysis, and what a fit imports on its way: TensorBoard's writer, OmegaConf).
 PRELOAD = [
     "lit_interp.commands.train",
     *(f"lit_interp.tasks.{task}" for task in ("prev_token_digits", "bos_ints", "affine_recurrence", "induction")),
