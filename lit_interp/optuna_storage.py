@@ -215,6 +215,26 @@ def postgres_lock(url: str, study_name: str) -> Iterator[None]:
         connection.close()
 
 
+def read_only_url(url: str) -> str:
+    """`url`, opened read-only where the database can be: a SQLite file that is not yet an Optuna database must not
+    become one (Optuna writes its schema version even when told not to create tables)."""
+    path = local_file(url)
+    if url.startswith(SQLITE) and path is not None:
+        return f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
+    return url
+
+
+@contextmanager
+def server_lock(url: str, study_name: str) -> Iterator[None]:
+    """The study's lock on a PostgreSQL server (nothing elsewhere): for reading a storage another worker may be
+    creating, without writing a lock file."""
+    if url.startswith("postgresql"):
+        with postgres_lock(url, study_name):
+            yield
+    else:
+        yield
+
+
 @contextmanager
 def storage_lock(url: str, study_name: str, fallback: Path) -> Iterator[None]:
     """Held while a worker counts, asks, fails stale trials or takes one over, so every machine reaching the storage
@@ -252,10 +272,8 @@ def load_existing_study(url: str, study_name: str, what: str):
     if path is not None and not path.is_file():
         raise ConfigError(f"{what}: its study's storage {path} does not exist; copy it with the sweep directory")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if url.startswith(SQLITE):  # read-only: a file that is not yet an Optuna database must not become one
-        url = f"sqlite:///file:{path.resolve()}?mode=ro&uri=true"
     try:
-        return optuna.load_study(study_name=study_name, storage=open_storage(url, read_only=True))
+        return optuna.load_study(study_name=study_name, storage=open_storage(read_only_url(url), read_only=True))
     except ConfigError as error:
         raise ConfigError(f"{what}: {error}") from None
     except optuna.exceptions.StorageInternalError:

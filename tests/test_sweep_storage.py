@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 from conftest import CONFIGS
-from storages import any_storage, heartbeat_storage, postgres_server, storage_url  # noqa: F401 (fixtures)
+from storages import any_storage, heartbeat_storage, postgres_server, postgres_url, storage_url  # noqa: F401
 from sweep_fakes import fake_fit_command, hold
 
 from lit_interp.cli import main
@@ -209,6 +209,28 @@ def test_the_storage_lock_lets_one_process_at_a_time_in(any_storage, tmp_path): 
     assert [h.wait(timeout=60) for h in holders] == [0, 0, 0]
     spans = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
     assert len(spans) == 4 and all(later[0] >= earlier[1] for earlier, later in zip(spans, spans[1:]))
+
+
+def test_reading_a_servers_study_waits_for_the_worker_creating_it(postgres_url):  # noqa: F811
+    # Optuna stamps a half-created database's schema version even when opened read-only: unlocked, that raced the
+    # creating worker's tables and failed it.
+    import threading
+
+    from lit_interp.commands.sweep.definition import build_sweep
+    from lit_interp.commands.sweep.study import existing_definition
+    from lit_interp.optuna_storage import postgres_lock
+
+    sweep = build_sweep(["sweep", "--config", CONFIG, "--seeds", "0-1", "--storage", postgres_url, "--study_name", "s"])
+    read: list = []
+    with postgres_lock(postgres_url, "s"):  # as start() holds it while it creates the tables and the study
+        reader = threading.Thread(target=lambda: read.append(existing_definition(sweep)))
+        reader.start()
+        reader.join(timeout=1.0)
+        assert reader.is_alive()  # waiting for the lock, not reading the empty database
+        study = optuna.create_study(storage=open_storage(postgres_url), study_name="s")
+        study.set_user_attr("lit_interp_sweep", {"recorded": 1})
+    reader.join(timeout=60)
+    assert read == [{"recorded": 1}]
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,9 @@ from lit_interp.optuna_storage import (
     fail_stale_trials,
     frozen_trial,
     open_storage,
+    read_only_url,
     record_heartbeat,
+    server_lock,
     storage_exists,
     storage_lock,
     supports_heartbeat,
@@ -82,8 +84,12 @@ def existing_definition(sweep: Sweep) -> dict[str, Any] | None:
 
     if not storage_exists(sweep.storage):
         return None
-    try:  # read-only: creating the tables here would race another worker's creating them under the lock
-        study = optuna.load_study(study_name=sweep.study_name, storage=open_storage(sweep.storage, read_only=True))
+    # Read-only, and on a server under the study's lock: Optuna stamps a half-created database's schema version
+    # even when opened without creating tables, which would race another worker's creating them under the lock.
+    try:
+        with server_lock(sweep.storage, sweep.study_name):
+            storage = open_storage(read_only_url(sweep.storage), read_only=True)
+            study = optuna.load_study(study_name=sweep.study_name, storage=storage)
     except Exception:  # no study, no tables yet, or a server out of reach (start() says which)
         return None
     return study.user_attrs.get("lit_interp_sweep")
