@@ -13,6 +13,25 @@ from lit_interp.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """`-n auto` (setup.cfg): the fast suite on one worker per core this process may use; the slow suite in this one
+    process (its fault runs time their kills, and each of its trainings wants the whole machine)."""
+    return cores() if config.option.markexpr == "not slow" else 0
+
+
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    # Each worker (and every fit it starts) on its share of the cores: the thread policy would follow the other
+    # workers' load from one run to the next, and runs a test compares bit for bit must share a thread count.
+    SHARE = str(max(1, cores() // workers))
+    for name in ("LIT_INTERP_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, SHARE)
+    torch.set_num_threads(int(os.environ["LIT_INTERP_THREADS"]))
+
 MODULAR_ADDITION_TINY = [
     "--model.init_args.d_model=16",
     "--model.init_args.d_head=4",
