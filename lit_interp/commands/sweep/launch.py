@@ -20,7 +20,10 @@ from typing import Any
 # (the command, the builtin tasks, their analysis, and what a fit imports on its way: TensorBoard's writer, OmegaConf).
 PRELOAD = [
     "lit_interp.commands.train",
-    *(f"lit_interp.tasks.{task}" for task in ("prev_token_digits", "bos_ints", "affine_recurrence", "induction")),
+    "lit_interp.tasks.prev_token_digits",
+    "lit_interp.tasks.bos_ints",
+    "lit_interp.tasks.affine_recurrence",
+    "lit_interp.tasks.induction",
     "lit_interp.tasks.modular_addition",
     "lit_interp.analysis.builtin",
     "lit_interp.images",
