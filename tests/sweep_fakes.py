@@ -2,9 +2,10 @@
 heartbeats, taking over, restarts) tested in seconds, on real storages, without training anything.
 
 `python tests/sweep_fakes.py sweep ARGS...` is `python -m lit_interp sweep ARGS...` whose trials run `fit` below:
-it counts steps (FAKE_FIT_STEPS, FAKE_FIT_STEP_SECONDS apart), keeps `last.ckpt` holding the step it reached (and
-resumes from it), logs start and end to the JSON-lines file FAKE_FIT_LOG, kills itself with SIGKILL after one step on
-its first FAKE_FIT_KILLED_ATTEMPTS attempts, and ends writing `metrics.csv` with `val/loss` = 1 + the seed.
+it counts steps (FAKE_FIT_STEPS, FAKE_FIT_STEP_SECONDS apart, times 1 + the seed with FAKE_FIT_SLOWER_BY_SEED),
+keeps `last.ckpt` holding the step it reached (and resumes from it), logs start and end to the JSON-lines file
+FAKE_FIT_LOG, kills itself with SIGKILL after one step on its first FAKE_FIT_KILLED_ATTEMPTS attempts, and ends
+writing `metrics.csv` with `val/loss` = 1 + the seed.
 FAKE_HOST stands in for the host name (a second "machine" on one host). `hold URL LOG` holds the storage's lock.
 """
 
@@ -37,6 +38,8 @@ def fit(trial_directory: Path, values: dict, resume: bool) -> None:
     attempt = int(attempts.read_text()) + 1 if attempts.exists() else 1
     attempts.write_text(str(attempt))
     steps, seconds = int(os.environ.get("FAKE_FIT_STEPS", "4")), float(os.environ.get("FAKE_FIT_STEP_SECONDS", "0.05"))
+    if os.environ.get("FAKE_FIT_SLOWER_BY_SEED"):
+        seconds *= 1 + int(values.get("seed_everything", 0))
     step = first = int(checkpoint.read_text()) if resume else 0
     event("start", trial_directory, step)
     while step < steps:

@@ -68,6 +68,21 @@ def test_workers_in_two_directories_share_one_study_and_run_every_trial_once(any
     assert started == [f"trial_{n:04d}" for n in range(6)]  # every trial started once, in one directory
 
 
+def test_a_worker_running_trials_side_by_side_exits_when_its_last_trial_ends_not_a_heartbeat_later(request):
+    """When one of two parallel trials ends, the other still runs and the worker waits to claim again; the other's
+    end must wake it at once (it once slept out the heartbeat interval: 9 s of a 51 s sweep at the default 10 s)."""
+    storage = storage_url("sqlite", Path.cwd(), request)
+    beat = ["--heartbeat", "30", "--grace_period", "60"]
+    second = worker("sweep", storage, "--seeds", "0-1", "--jobs", "2", *beat, FAKE_FIT_SLOWER_BY_SEED="1")
+    out, err = second.communicate(timeout=120)
+    exited = time.time()
+    assert second.returncode == 0, err
+    ends = sorted(e["time"] for e in events() if e["event"] == "end")
+    assert len(ends) == 2 and ends[1] - ends[0] >= 0.1  # seed 1's trial ended after seed 0's, while the worker waited
+    assert exited - ends[1] < 10, f"the worker exited {exited - ends[1]:.1f} s after its last trial ended"
+    assert out.splitlines()[-2].startswith("2 trials: 2 complete")
+
+
 def test_a_dead_workers_trial_is_taken_over_by_heartbeat_in_another_directory(heartbeat_storage):  # noqa: F811
     slow = {"FAKE_FIT_STEPS": "200", "FAKE_FIT_STEP_SECONDS": "0.05"}
     first = worker("a/sweep", heartbeat_storage, "--seeds", "0-1", *HEARTBEAT, **slow)

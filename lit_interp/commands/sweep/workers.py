@@ -144,7 +144,8 @@ class Worker:
                 if not self.running and next_claim == math.inf:
                     return
                 time.sleep(0.1)
-                self.poll()
+                if self.poll():
+                    next_claim = 0.0  # a slot is free, or the study may be done: claim now, not a heartbeat later
         except KeyboardInterrupt:
             for trial in self.running.values():  # the trials stay RUNNING: the next run of the command continues them
                 trial.child.terminate()
@@ -168,15 +169,19 @@ class Worker:
             self.running[claimed.number] = self.launch(claimed)
         return 0.0
 
-    def poll(self) -> None:
+    def poll(self) -> bool:
+        """Finish the trials whose child has exited (or restart it); whether any did."""
+        ended = False
         for number, trial in list(self.running.items()):
             if trial.child.poll() is not None:
                 del self.running[number]
+                ended = True
                 if not self.restart(trial):
                     try:
                         self.finish(trial)
                     finally:
                         trial.claimed.lock.release()
+        return ended
 
     def wait_for_lock(self, claimed: Claim) -> bool:
         """A retry's directory is still locked by the worker that lost the trial: it stops its child within a
