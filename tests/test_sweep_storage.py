@@ -74,10 +74,10 @@ def test_a_worker_running_trials_side_by_side_exits_when_its_last_trial_ends_not
     storage = storage_url("sqlite", Path.cwd(), request)
     beat = ["--heartbeat", "30", "--grace_period", "60"]
     slower = {"FAKE_FIT_SLOWER_BY_SEED": "1", "FAKE_FIT_STEP_SECONDS": "0.25"}  # seed 0: 1 s, seed 1: 2 s
-    second = worker("sweep", storage, "--seeds", "0-1", "--jobs", "2", *beat, **slower)
-    out, err = second.communicate(timeout=120)
+    sweep_worker = worker("sweep", storage, "--seeds", "0-1", "--jobs", "2", *beat, **slower)
+    out, err = sweep_worker.communicate(timeout=120)
     exited = time.time()
-    assert second.returncode == 0, err
+    assert sweep_worker.returncode == 0, err
     ends = sorted(e["time"] for e in events() if e["event"] == "end")
     assert len(ends) == 2 and ends[1] - ends[0] >= 0.5  # seed 1's trial ended well after seed 0's: the worker waited
     assert exited - ends[1] < 10, f"the worker exited {exited - ends[1]:.1f} s after its last trial ended"
